@@ -1,0 +1,106 @@
+"""App preferences (theme, keymap, extra model folders), kept apart from run configs.
+
+A run config describes one training run and travels with it; these settings describe one person's
+machine, so they live in the platform's config dir (``paths.settings_path()``, overridable with
+``SFT_TUI_SETTINGS``). A broken settings file must never stop the app from starting: the lenient
+loader falls back to defaults and says what was wrong, the strict one raises ``UserError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sft_tui.core.errors import UserError
+from sft_tui.core.paths import settings_path
+
+DEFAULT_THEME = "sft-dark"
+
+
+@dataclass
+class Settings:
+    model_dirs: list[str] = field(default_factory=list)
+    theme: str = DEFAULT_THEME
+    keymap: dict[str, str] = field(default_factory=dict)
+    # Set by a lenient load when the file could not be used; shown to the user, never saved.
+    warning: str | None = field(default=None, compare=False)
+
+    def model_dir_paths(self) -> list[Path]:
+        return [Path(d).expanduser() for d in self.model_dirs]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("warning")
+        return data
+
+
+def _parse(raw: Any, path: Path) -> Settings:
+    """Validate by hand: three keys do not justify a schema, but each mistake needs a fix."""
+    if raw is None:
+        return Settings()
+    if not isinstance(raw, dict):
+        raise UserError(f"Settings file {path} must be a mapping of keys, not {type(raw).__name__}.",
+                        "write it as 'model_dirs: [...]', 'theme: NAME', 'keymap: {action: key}'")
+    unknown = sorted(set(raw) - {"model_dirs", "theme", "keymap"})
+    if unknown:
+        raise UserError(f"Settings file {path} has unknown key(s): {', '.join(map(str, unknown))}.",
+                        "known keys are model_dirs, theme and keymap")
+    dirs = raw.get("model_dirs") or []
+    if isinstance(dirs, str):
+        dirs = [dirs]
+    if not isinstance(dirs, list) or not all(isinstance(d, str) for d in dirs):
+        raise UserError(f"Settings file {path}: model_dirs must be a list of folder paths.",
+                        "e.g. model_dirs: [~/models, /data/checkpoints]")
+    theme = raw.get("theme", DEFAULT_THEME)
+    if not isinstance(theme, str) or not theme:
+        raise UserError(f"Settings file {path}: theme must be a theme name.", f"e.g. theme: {DEFAULT_THEME}")
+    keymap = raw.get("keymap") or {}
+    if not isinstance(keymap, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in keymap.items()):
+        raise UserError(f"Settings file {path}: keymap must map binding ids to keys.",
+                        "e.g. keymap: {quit: ctrl+q, start_training: f5}")
+    return Settings(model_dirs=list(dirs), theme=theme, keymap=dict(keymap))
+
+
+def load_settings(path: str | Path | None = None, strict: bool = False) -> Settings:
+    """Read the settings file; a missing file is simply the defaults.
+
+    ``strict=False`` (the app's default) turns a broken file into defaults plus ``.warning``, so a
+    typo in a preferences file costs a message rather than the whole session.
+    """
+    path = Path(path) if path is not None else settings_path()
+    if not path.exists():
+        return Settings()
+    try:
+        text = path.read_text(encoding="utf-8")
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise UserError(f"Settings file {path} is not valid YAML{where}.",
+                            "fix it or delete it to go back to the defaults") from None
+        return _parse(raw, path)
+    except (UserError, OSError) as exc:
+        if strict:
+            if isinstance(exc, OSError):
+                raise UserError(f"Cannot read settings file {path}: {exc.strerror or exc}.",
+                                "check its permissions") from None
+            raise
+        message = exc.message if isinstance(exc, UserError) else f"Cannot read settings file {path}: {exc}"
+        return Settings(warning=f"{message} Using default settings.")
+
+
+def save_settings(settings: Settings, path: str | Path | None = None) -> Path:
+    path = Path(path) if path is not None else settings_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(yaml.safe_dump(settings.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
+        tmp.replace(path)  # atomic: a crash mid-write must not leave a half file the next start rejects
+    except OSError as exc:
+        raise UserError(f"Cannot write settings file {path}: {exc.strerror or exc}.",
+                        "check that the folder is writable, or set SFT_TUI_SETTINGS to another path") from None
+    return path
