@@ -1,0 +1,237 @@
+"""The built-in demo model: a tiny Llama trained from the bundled sample data, without network.
+
+Why pre-train: LoRA on a randomly initialised model barely moves, so a newcomer's first run would
+teach nothing. A few seconds of plain language-model training on prose in the task's vocabulary
+(``sample_data/reviews_text.jsonl``) gives the base model words and grammar but not the
+instruction format, which is exactly what supervised fine-tuning then adds — so the demo shows
+what SFT is for.
+
+The build is deterministic and cached under ``cache_dir()/demo-model/<version>``; concurrent
+builders (tests, a CLI and the TUI) each build into a temporary folder and rename it into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from sft_tui.core.paths import cache_dir, sample_data_dir
+
+# Bump when anything below changes the built model, so old caches are not reused.
+BUILD_VERSION = "3"
+
+VOCAB_SIZE = 1024
+HIDDEN = 128
+LAYERS = 4
+HEADS = 4
+KV_HEADS = 2
+INTERMEDIATE = 352
+CONTEXT = 512
+PRETRAIN_SECONDS_CAP = 30.0
+PRETRAIN_STEPS = 200
+PRETRAIN_SEQ = 96
+PRETRAIN_BATCH = 16
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
+
+# chatml with {% generation %} markers so transformers can return the assistant mask directly.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+Progress = Callable[[str], None]
+
+
+def _sample_files() -> list[Path]:
+    return sorted(p for p in sample_data_dir().iterdir() if p.suffix in (".jsonl", ".csv"))
+
+
+def _fingerprint() -> str:
+    digest = hashlib.sha256(BUILD_VERSION.encode())
+    for path in _sample_files():
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def demo_model_dir() -> Path:
+    """Where the demo model for the current sample data lives (it may not be built yet)."""
+    return cache_dir() / "demo-model" / f"v{BUILD_VERSION}-{_fingerprint()}"
+
+
+def is_built() -> bool:
+    return (demo_model_dir() / "config.json").exists()
+
+
+def ensure_demo_model(progress: Progress | None = None, force: bool = False) -> Path:
+    """Return the demo model folder, building it first if needed (~20 s on 2 CPU cores)."""
+    target = demo_model_dir()
+    if (target / "config.json").exists() and not force:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+    try:
+        build_demo_model(tmp, progress=progress)
+        if force and target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            # Another process finished first; its model is identical (deterministic build).
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _corpus_texts() -> list[str]:
+    """Every string in the sample data, for the tokenizer: it must know the task's words."""
+    texts: list[str] = []
+    for path in _sample_files():
+        if path.suffix == ".csv":
+            import csv
+
+            with open(path, encoding="utf-8", newline="") as fh:
+                for row in csv.reader(fh):
+                    texts.extend(row)
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            _collect_strings(json.loads(line), texts)
+    return texts
+
+
+def _collect_strings(value, out: list[str]) -> None:
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _collect_strings(item, out)
+    elif isinstance(value, list):
+        for item in value:
+            _collect_strings(item, out)
+
+
+def build_tokenizer(texts: list[str]):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(texts, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|pad|>",
+        unk_token=None,
+        additional_special_tokens=["<|im_start|>", "<|endoftext|>"],
+        model_max_length=CONTEXT,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def _pretrain_text() -> list[str]:
+    path = sample_data_dir() / "reviews_text.jsonl"
+    return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def build_demo_model(out_dir: Path, progress: Progress | None = None) -> Path:
+    """Build tokenizer and model into ``out_dir`` (deterministic given the sample data)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    say = progress or (lambda msg: None)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    say("training the demo tokenizer on the sample data")
+    tokenizer = build_tokenizer(_corpus_texts())
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        max_position_embeddings=CONTEXT,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        rms_norm_eps=1e-5,
+    )
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    say(f"pre-training a {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M-parameter Llama on plain review text")
+    _pretrain(model, tokenizer, say)
+    torch.random.set_rng_state(generator_state)
+
+    model.config.use_cache = True
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "README.md").write_text(
+        "# sft-tui demo model\n\nA tiny Llama-architecture causal LM and byte-level BPE tokenizer built by "
+        "`sft_tui.core.demo` from the bundled sample data, pre-trained for a few seconds on plain review "
+        "text. For trying sft-tui and for tests, not for real use.\n",
+        encoding="utf-8",
+    )
+    return out_dir
+
+
+def _pretrain(model, tokenizer, say: Progress) -> None:
+    import torch
+
+    ids: list[int] = []
+    for text in _pretrain_text():
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids.append(tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+    stream = torch.tensor(ids, dtype=torch.long)
+    n_windows = (len(stream) - 1) // PRETRAIN_SEQ
+    windows = stream[: n_windows * PRETRAIN_SEQ].view(n_windows, PRETRAIN_SEQ)
+
+    generator = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=PRETRAIN_STEPS, pct_start=0.1)
+    model.train()
+    start = time.monotonic()
+    for step in range(PRETRAIN_STEPS):
+        batch = windows[torch.randint(0, n_windows, (PRETRAIN_BATCH,), generator=generator)]
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 50 == 0 or step == PRETRAIN_STEPS - 1:
+            say(f"pre-training step {step + 1}/{PRETRAIN_STEPS}, loss {loss.item():.2f}")
+        if time.monotonic() - start > PRETRAIN_SECONDS_CAP:
+            # A slow machine still gets a usable (if weaker) model instead of a long wait.
+            say(f"pre-training stopped at the {PRETRAIN_SECONDS_CAP:.0f} s cap")
+            break
+    model.eval()

@@ -1,0 +1,34 @@
+"""Starting workers: the one place that spawns training processes for the CLI and the TUI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from sft_tui.core.rundir import RunDir
+
+
+def start_worker(run: RunDir, resume: bool = False) -> subprocess.Popen:
+    """Start the worker in its own session, detached from this terminal.
+
+    ``start_new_session`` puts the worker outside our process group, so closing the terminal,
+    a dropped SSH link or Ctrl-C in the UI never reaches it; only an explicit stop does.
+    """
+    cmd = [sys.executable, "-m", "sft_tui.worker", str(run.path)]
+    if resume:
+        cmd.append("--resume")
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    log = open(run.log_path, "ab")
+    try:
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True, close_fds=True,
+        )
+    finally:
+        log.close()
+    # Written here too (the worker rewrites it) so a reader never sees a started run without a pid.
+    run.pid_path.write_text(str(proc.pid))
+    return proc
