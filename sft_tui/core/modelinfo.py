@@ -42,6 +42,7 @@ class LinearShape:
     in_features: int
     out_features: int
     sum_in_out: int  # Σ (in + out) over every occurrence; LoRA params = r × this
+    params: int = 0  # Σ (in × out): the weights a 4/8-bit load would quantize
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -250,10 +251,11 @@ def _from_headers(files: list[Path]) -> tuple[int, str | None, dict[str, LinearS
 def _add_linear(linear: dict[str, LinearShape], leaf: str, fan_in: int, fan_out: int) -> None:
     cur = linear.get(leaf)
     if cur is None:
-        linear[leaf] = LinearShape(1, fan_in, fan_out, fan_in + fan_out)
+        linear[leaf] = LinearShape(1, fan_in, fan_out, fan_in + fan_out, fan_in * fan_out)
     else:
         cur.count += 1
         cur.sum_in_out += fan_in + fan_out
+        cur.params += fan_in * fan_out
 
 
 def _from_meta(path: Path, trust_remote_code: bool) -> tuple[int, dict[str, LinearShape]]:
@@ -317,7 +319,7 @@ def _linear_from_config(cfg: dict[str, Any]) -> dict[str, LinearShape]:
     kvd = (cfg.get("num_key_value_heads") or heads) * head_dim
     shapes = {"q_proj": (h, heads * head_dim), "k_proj": (h, kvd), "v_proj": (h, kvd), "o_proj": (heads * head_dim, h),
               "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}
-    return {k: LinearShape(n_layers, i, o, n_layers * (i + o)) for k, (i, o) in shapes.items()}
+    return {k: LinearShape(n_layers, i, o, n_layers * (i + o), n_layers * i * o) for k, (i, o) in shapes.items()}
 
 
 # --------------------------------------------------------------------------- the entry point
