@@ -338,20 +338,32 @@ def _problem_from_error(err: dict[str, Any], raw: Any) -> Problem:
 # --------------------------------------------------------------------------- cross-field rules
 
 
-class Environment(BaseModel):
-    """What the machine can do, passed in so validation stays testable and cheap."""
+class Environment:
+    """What the machine can do. Probed lazily: importing torch costs seconds, and most configs
+    never ask (only qlora, 8-bit optimizers and fp16/bf16 do). Pass values to test without probing."""
 
-    cuda_available: bool = False
-    bf16_supported: bool = False
+    def __init__(self, cuda_available: bool | None = None, bf16_supported: bool | None = None) -> None:
+        self._cuda, self._bf16 = cuda_available, bf16_supported
 
     @classmethod
     def detect(cls) -> "Environment":
-        try:
+        return cls()
+
+    @property
+    def cuda_available(self) -> bool:
+        if self._cuda is None:
             import torch
-        except ImportError:  # pragma: no cover - torch is a hard dependency
-            return cls()
-        cuda = torch.cuda.is_available()
-        return cls(cuda_available=cuda, bf16_supported=bool(cuda and torch.cuda.is_bf16_supported()))
+
+            self._cuda = bool(torch.cuda.is_available())
+        return self._cuda
+
+    @property
+    def bf16_supported(self) -> bool:
+        if self._bf16 is None:
+            import torch
+
+            self._bf16 = bool(self.cuda_available and torch.cuda.is_bf16_supported())
+        return self._bf16
 
 
 def cross_check(config: Config, env: Environment | None = None) -> list[Problem]:

@@ -1,0 +1,5 @@
+import sys
+
+from sft_tui.cli import main
+
+sys.exit(main())

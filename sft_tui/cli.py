@@ -1,0 +1,382 @@
+"""The ``sft-tui`` command: the TUI with no arguments, headless sub-commands otherwise.
+
+Output and exit codes are an API: 0 success, 1 the run or check failed, 2 the input was wrong
+(bad config, unknown run, missing file), 130 interrupted. Nothing here prints a traceback for a
+problem the user can fix; heavy libraries are imported only by the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+from rich.table import Table
+
+from sft_tui import __version__
+from sft_tui.core.config import (
+    Config,
+    ConfigError,
+    Environment,
+    apply_preset,
+    dump_yaml,
+    load_config,
+    preset_about,
+    preset_names,
+)
+from sft_tui.core.errors import UserError
+from sft_tui.core.rundir import FINAL_STATES, RunDir, find_run, list_runs
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- config
+
+
+def cmd_config_validate(args: argparse.Namespace) -> int:
+    env = None if args.no_env else Environment.detect()
+    try:
+        config = load_config(args.file, env=env)
+    except ConfigError as exc:
+        if args.json:
+            print(json.dumps({"valid": False, "problems": [p.to_dict() for p in exc.problems]}, indent=2))
+        else:
+            err_console.print(f"[bold red]{args.file}: {len(exc.problems)} problem(s)[/]")
+            for prob in exc.problems:
+                err_console.print(f"  ✗ {prob}", markup=False)
+        return 2
+    if args.json:
+        print(json.dumps({"valid": True, "config": config.to_dict()}, indent=2))
+    else:
+        console.print(f"[green]✓[/] {args.file} is valid ({config.method.type} on {config.model.path})")
+    return 0
+
+
+def cmd_config_new(args: argparse.Namespace) -> int:
+    config = Config()
+    if args.preset:
+        config = apply_preset(config, args.preset)
+    if args.model:
+        config.model.path = args.model
+    if args.data:
+        config.data.path = args.data
+    text = dump_yaml(config, comments=True)
+    if args.preset:
+        text = f"# preset: {args.preset} — {preset_about(args.preset)}\n" + text
+    sys.stdout.write(text)
+    return 0
+
+
+def cmd_config_presets(args: argparse.Namespace) -> int:
+    for name in preset_names():
+        console.print(f"[bold]{name}[/]: {preset_about(name)}")
+    return 0
+
+
+# --------------------------------------------------------------------------- train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from sft_tui.core.launch import start_worker
+
+    if args.resume:
+        run = find_run(args.resume, args.runs_dir)
+        if run.is_alive():
+            raise UserError(f"run {run.name} is already running", f"follow it with: sft-tui logs {run.name} --follow")
+        if run.latest_checkpoint() is None:
+            raise UserError(f"run {run.name} has no checkpoint to resume from",
+                            "start a new run with `sft-tui train CONFIG`")
+        run.writer().status("starting", resume=True)
+    else:
+        if not args.config:
+            raise UserError("give a config file or --resume RUN", "create a config with: sft-tui config new > run.yaml")
+        config = load_config(args.config, env=Environment.detect())
+        if args.name:
+            config.output.run_name = args.name
+        run = RunDir.create(config, runs_dir=args.runs_dir)
+    proc = start_worker(run, resume=bool(args.resume))
+    if args.detach:
+        print(run.path)
+        err_console.print(f"worker started (pid {proc.pid}); follow with: sft-tui logs {run.name} --follow")
+        return 0
+    return follow_with_progress(run)
+
+
+def follow_with_progress(run: RunDir) -> int:
+    """Draw the run until it ends; Ctrl-C asks the worker to stop (a second one detaches)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console.print(f"run directory: {run.path}")
+    interrupts = 0
+    final: dict[str, Any] = {}
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+        TextColumn("{task.fields[metrics]}"), TimeRemainingColumn(), console=console, transient=False,
+    ) as progress:
+        task = progress.add_task("starting", total=None, metrics="")
+        events = run.follow(poll=0.3)
+        while True:
+            try:
+                ev = next(events, None)
+            except KeyboardInterrupt:
+                interrupts += 1
+                if interrupts == 1:
+                    run.send("stop")
+                    progress.console.print("stopping: the worker saves a checkpoint and the adapter "
+                                           "(Ctrl-C again to leave it running in the background)")
+                    continue
+                progress.console.print(f"left running; follow with: sft-tui logs {run.name} --follow")
+                return 130
+            if ev is None:
+                break
+            kind = ev["type"]
+            if kind == "status":
+                progress.update(task, description=ev["state"])
+                if ev["state"] in FINAL_STATES:
+                    final = ev
+            elif kind == "train":
+                metrics = f"loss {ev['loss']:.4f}" if ev.get("loss") is not None else ""
+                if ev.get("tokens_per_s"):
+                    metrics += f"  {ev['tokens_per_s']:.0f} tok/s"
+                progress.update(task, total=ev.get("max_steps"), completed=ev.get("step", 0), metrics=metrics)
+            elif kind == "eval":
+                progress.console.print(f"step {ev.get('step')}: eval loss {ev.get('eval_loss', float('nan')):.4f}")
+            elif kind == "checkpoint":
+                progress.console.print(f"checkpoint saved: {ev.get('path')}")
+            elif kind == "error":
+                progress.console.print(f"[bold red]error:[/] {ev.get('message')}", markup=True)
+                if ev.get("hint"):
+                    progress.console.print(f"  hint: {ev['hint']}")
+            elif kind == "log" and ev.get("level") in ("warning", "error"):
+                progress.console.print(f"{ev['level']}: {ev.get('msg')}")
+    state = final.get("state") or run.status().state
+    if state in ("done", "stopped"):
+        console.print(f"[green]{state}[/]: adapter saved in {run.adapter_dir}")
+        return 0
+    console.print(f"[red]{state}[/]: see {run.log_path}")
+    return 1
+
+
+# --------------------------------------------------------------------------- runs / logs / stop
+
+
+def _fmt_time(ts: float | None) -> str:
+    return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
+
+
+def _fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    statuses = [run.status() for run in list_runs(args.runs_dir)]
+    if args.json:
+        rows = []
+        for st, run in zip(statuses, list_runs(args.runs_dir)):
+            rows.append({**st.to_dict(), "path": str(run.path)})
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not statuses:
+        console.print("no runs yet; start one with: sft-tui train CONFIG")
+        return 0
+    table = Table("run", "status", "model", "method", "step", "loss", "best eval", "started", "duration")
+    colours = {"done": "green", "training": "cyan", "failed": "red", "died": "red", "stopped": "yellow"}
+    for st in statuses:
+        step = f"{st.step}/{st.max_steps}" if st.max_steps else str(st.step)
+        table.add_row(
+            st.name, f"[{colours.get(st.state, 'white')}]{st.state}[/]", st.model, st.method, step,
+            f"{st.last_loss:.4f}" if st.last_loss is not None else "-",
+            f"{st.best_eval_loss:.4f}" if st.best_eval_loss is not None else "-",
+            _fmt_time(st.started), _fmt_duration(st.duration),
+        )
+    console.print(table)
+    return 0
+
+
+def format_event(ev: dict[str, Any]) -> str:
+    """One human line per event, shared by `logs` and the TUI's log pane."""
+    when = time.strftime("%H:%M:%S", time.localtime(ev.get("time", 0)))
+    kind = ev.get("type")
+    if kind == "train":
+        parts = [f"step {ev.get('step')}" + (f"/{ev['max_steps']}" if ev.get("max_steps") else "")]
+        for key, label, fmt in (("loss", "loss", ".4f"), ("lr", "lr", ".2e"), ("grad_norm", "grad", ".3f"),
+                                ("tokens_per_s", "tok/s", ".0f"), ("epoch", "epoch", ".2f")):
+            if ev.get(key) is not None:
+                parts.append(f"{label} {format(ev[key], fmt)}")
+        return f"{when} train  " + "  ".join(parts)
+    if kind == "eval":
+        return f"{when} eval   step {ev.get('step')}  eval_loss {ev.get('eval_loss', float('nan')):.4f}"
+    if kind == "status":
+        return f"{when} status {ev.get('state')}"
+    if kind == "error":
+        hint = f" (hint: {ev['hint']})" if ev.get("hint") else ""
+        return f"{when} ERROR  {ev.get('message')}{hint}"
+    if kind == "log":
+        return f"{when} {ev.get('level', 'info'):<6} {ev.get('msg')}"
+    if kind == "checkpoint":
+        return f"{when} saved  checkpoint at step {ev.get('step')}: {ev.get('path')}"
+    if kind == "memory":
+        return f"{when} memory {ev.get('device')}: {ev.get('allocated', 0) / 2**20:.0f} MiB allocated, peak {ev.get('peak', 0) / 2**20:.0f} MiB"
+    if kind == "progress":
+        return f"{when} {ev.get('stage')}: {100 * ev.get('fraction', 0):.0f}%"
+    rest = {k: v for k, v in ev.items() if k not in ("time", "type")}
+    return f"{when} {kind:<6} {json.dumps(rest, default=str)[:200]}"
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    run = find_run(args.run, args.runs_dir)
+    show: Callable[[dict[str, Any]], None]
+    if args.json:
+        def show(ev: dict[str, Any]) -> None:
+            print(json.dumps(ev), flush=True)
+    else:
+        def show(ev: dict[str, Any]) -> None:
+            if args.all or ev.get("type") not in ("memory", "progress"):
+                print(format_event(ev), flush=True)
+    if not args.follow:
+        for ev in run.events():
+            show(ev)
+        return 0
+    try:
+        for ev in run.follow(poll=0.5):
+            show(ev)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    run = find_run(args.run, args.runs_dir)
+    if not run.is_alive():
+        st = run.status()
+        raise UserError(f"run {run.name} is not running (status: {st.state})", "nothing to stop")
+    run.send("stop")
+    console.print(f"asked {run.name} to stop; it saves a checkpoint and the adapter first")
+    if args.wait:
+        deadline = time.monotonic() + args.timeout
+        while run.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        console.print(f"status: {run.status().state}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sft_tui.core.demo import ensure_demo_model
+
+    path = ensure_demo_model(progress=lambda msg: err_console.print(msg), force=args.rebuild)
+    print(path)
+    return 0
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    from sft_tui.app import run_app
+
+    return run_app(config_path=args.config, attach=getattr(args, "run", None), runs_dir=args.runs_dir)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sft-tui", description="Fine-tune language models from your terminal. With no command, opens the app."
+    )
+    parser.add_argument("--version", action="version", version=f"sft-tui {__version__}")
+    parser.add_argument("--config", help="open the app with this config loaded")
+    parser.add_argument("--runs-dir", help="folder holding run directories (default: sft-tui's data dir)")
+    parser.set_defaults(func=cmd_tui)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--runs-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        p.set_defaults(func=func)
+        return p
+
+    cfg = sub.add_parser("config", help="create and check run configs")
+    cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    p = cfg_sub.add_parser("validate", help="report every problem in a config file (exit 2 if any)")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-env", action="store_true", help="skip checks against this machine (CUDA, bf16)")
+    p.set_defaults(func=cmd_config_validate)
+    p = cfg_sub.add_parser("new", help="print a commented starting config")
+    p.add_argument("--preset", choices=preset_names())
+    p.add_argument("--model", help="model path, hub id or 'demo'")
+    p.add_argument("--data", help="training data path")
+    p.set_defaults(func=cmd_config_new)
+    p = cfg_sub.add_parser("presets", help="list presets")
+    p.set_defaults(func=cmd_config_presets)
+
+    p = add("train", cmd_train, "train from a config in a worker process")
+    p.add_argument("config", nargs="?")
+    p.add_argument("--detach", action="store_true", help="start the worker in the background and return")
+    p.add_argument("--resume", metavar="RUN", help="continue RUN from its newest checkpoint")
+    p.add_argument("--name", help="run name (default: model, method and time)")
+
+    p = add("runs", cmd_runs, "list runs with status, step and loss")
+    p.add_argument("--json", action="store_true")
+
+    p = add("logs", cmd_logs, "print a run's events")
+    p.add_argument("run")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
+    p.add_argument("--json", action="store_true", help="raw JSON lines")
+    p.add_argument("--all", action="store_true", help="include memory and progress events")
+
+    p = add("stop", cmd_stop, "ask a running worker to checkpoint and stop")
+    p.add_argument("run")
+    p.add_argument("--wait", action="store_true")
+    p.add_argument("--timeout", type=float, default=120.0)
+
+    p = add("attach", cmd_tui, "open the training monitor for a run")
+    p.add_argument("run")
+    p.add_argument("--config", default=None, help=argparse.SUPPRESS)
+
+    p = add("demo", cmd_demo, "build (or locate) the built-in demo model and print its folder")
+    p.add_argument("--rebuild", action="store_true")
+
+    for module in ("sft_tui.cli_data", "sft_tui.cli_models", "sft_tui.cli_eval"):
+        try:
+            mod = __import__(module, fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "runs_dir"):
+        args.runs_dir = None
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        err_console.print(f"error: {len(exc.problems)} problem(s) in {exc.source or 'the config'}:", markup=False)
+        for prob in exc.problems:
+            err_console.print(f"  ✗ {prob}", markup=False)
+        return 2
+    except UserError as exc:
+        err_console.print(f"error: {exc.message}", markup=False)
+        if exc.hint:
+            err_console.print(f"  hint: {exc.hint}", markup=False)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
