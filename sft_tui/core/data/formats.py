@@ -1,0 +1,288 @@
+"""Format detection, column mapping and conversion of any supported row into a Conversation.
+
+Detection looks at column names first and then at a sample of rows (message item keys), so a
+``conversations`` column with role/content items is read correctly whatever it is called. The
+confidence is lowered for every ambiguity so the UI can ask the user to confirm.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from sft_tui.core.errors import UserError
+
+from .conversation import BadRow, Conversation
+
+FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "text")
+
+# The names each format reads; the first group is required.
+FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "alpaca": (("instruction", "output"), ("input", "system", "history")),
+    "messages": (("messages",), ("system",)),
+    "sharegpt": (("conversations",), ("system",)),
+    "prompt_completion": (("prompt", "completion"), ()),
+    "text": (("text",), ()),
+}
+CANONICAL = {name for req, opt in FIELDS.values() for name in req + opt}
+ITEM_KEYS = ("role", "content", "from", "value")
+
+ROLE_MAP = {
+    "system": "system",
+    "user": "user", "human": "user",
+    "assistant": "assistant", "gpt": "assistant", "model": "assistant", "bot": "assistant",
+    "chatgpt": "assistant", "function_call": "assistant",
+    "tool": "tool", "function": "tool", "observation": "tool", "ipython": "tool", "tool_response": "tool",
+}
+
+# Common column pairs that mean alpaca; only suggested, never applied silently.
+_ALPACA_GUESSES = [
+    ("question", "answer"), ("query", "response"), ("input", "output"), ("instruction", "response"),
+    ("prompt", "response"), ("question", "response"), ("context", "response"), ("user", "assistant"),
+]
+
+
+@dataclass
+class Detection:
+    format: str
+    confidence: float
+    reason: str
+    columns: dict[str, str] = field(default_factory=dict)  # canonical name -> dataset column
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.format, "confidence": round(self.confidence, 3), "reason": self.reason,
+                "columns": dict(self.columns)}
+
+
+def resolve_columns(column_names: Iterable[str], mapping: dict[str, str] | None) -> dict[str, str]:
+    """Turn the user's mapping into canonical name -> dataset column (or item key for role/content).
+
+    Both directions are accepted ({instruction: question} and {question: instruction}) because
+    people write both; whichever side names an existing column is the column.
+    """
+    names = [c for c in column_names if not c.startswith("__")]
+    out = {c: c for c in names if c in CANONICAL}
+    for key, value in (mapping or {}).items():
+        if key in CANONICAL and value in names:
+            _assign(out, key, value)
+        elif value in CANONICAL and key in names:
+            _assign(out, value, key)
+        elif key in ITEM_KEYS or value in ITEM_KEYS:
+            canonical, actual = (key, value) if key in ITEM_KEYS else (value, key)
+            out[f"item:{canonical}"] = actual
+        else:
+            missing = value if key in CANONICAL else key
+            close = difflib.get_close_matches(str(missing), names, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise UserError(
+                f"data.columns maps '{key}' to '{value}', but the data has no column '{missing}' "
+                f"(columns: {', '.join(names) or 'none'})",
+                hint + f"map a format field ({', '.join(sorted(CANONICAL))}) to one of the data's columns",
+                kind="config",
+            )
+    return out
+
+
+def _assign(out: dict[str, str], canonical: str, column: str) -> None:
+    # A column taken by a mapping no longer stands for itself ({instruction: input} frees 'input').
+    if out.get(column) == column and column != canonical:
+        del out[column]
+    out[canonical] = column
+
+
+def _item_style(rows: list[Any]) -> str | None:
+    """'role' for role/content items, 'from' for from/value items, None if no list of dicts was seen."""
+    for turns in rows:
+        if isinstance(turns, list):
+            for item in turns:
+                if isinstance(item, dict):
+                    if "role" in item:
+                        return "role"
+                    if "from" in item:
+                        return "from"
+    return None
+
+
+def detect_format(dataset: Any, columns: dict[str, str] | None = None, sample: int = 50) -> Detection:
+    """Guess the format from columns and a sample of rows; format 'unknown' (confidence 0) if nothing fits."""
+    names = [c for c in dataset.column_names if not c.startswith("__")]
+    resolved = resolve_columns(names, columns)
+    n = min(sample, len(dataset))
+    head = dataset[:n] if n else {c: [] for c in dataset.column_names}
+    extra = [c for c in names if c not in resolved.values()]
+    candidates: list[str] = []
+    for fmt in ("messages", "sharegpt", "alpaca", "prompt_completion", "text"):
+        if all(r in resolved for r in FIELDS[fmt][0]):
+            candidates.append(fmt)
+    if not candidates:
+        guess = next(((a, b) for a, b in _ALPACA_GUESSES if a in names and b in names), None)
+        if guess:
+            fix = f"set data.columns: {{instruction: {guess[0]}, output: {guess[1]}}}"
+        else:
+            fix = ("map them with data.columns, e.g. {instruction: COLUMN, output: COLUMN}, "
+                   "or give data.format")
+        return Detection("unknown", 0.0, f"no known format in columns {names}; {fix}", resolved)
+    fmt = candidates[0]
+    conf = 1.0
+    reasons = [f"columns {', '.join(resolved[r] for r in FIELDS[fmt][0])}"]
+    if fmt in ("messages", "sharegpt"):
+        col = resolved[FIELDS[fmt][0][0]]
+        style = _item_style(head.get(col, []))
+        if style == "from":
+            fmt, reasons[0] = "sharegpt", f"column {col} holds from/value turns"
+        elif style == "role":
+            fmt, reasons[0] = "messages", f"column {col} holds role/content turns"
+        else:
+            conf -= 0.4
+            reasons.append("no turns seen in the first rows")
+    if len(candidates) > 1:
+        conf -= 0.2
+        reasons.append(f"also looks like {', '.join(c for c in candidates if c != fmt)}")
+    if extra:
+        conf -= 0.1
+        reasons.append(f"ignoring columns {', '.join(extra)}")
+    if n:
+        ok = 0
+        rows = [{k: head[k][i] for k in head} for i in range(n)]
+        for row in rows:
+            try:
+                to_conversation(row, fmt, resolved)
+                ok += 1
+            except BadRow:
+                pass
+        if ok < n:
+            conf *= max(ok / n, 0.1)
+            reasons.append(f"{n - ok} of the first {n} rows do not convert")
+    return Detection(fmt, max(0.0, min(1.0, conf)), "; ".join(reasons), resolved)
+
+
+def _text(value: Any) -> str | None:
+    """Content as a string: lists of {type: text} parts are joined, numbers stringified, None stays None."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        parts = [p.get("text", "") if isinstance(p, dict) else str(p) for p in value]
+        return "".join(parts)
+    if isinstance(value, (int, float, bool)):
+        return str(value)
+    raise BadRow("bad_type", f"expected text, got {type(value).__name__}")
+
+
+def _field(row: dict[str, Any], columns: dict[str, str], name: str, required: bool) -> Any:
+    col = columns.get(name, name)
+    value = row.get(col)
+    if value is None and required:
+        raise BadRow("missing_field", f"missing field '{col}'" + (f" (mapped to {name})" if col != name else ""))
+    return value
+
+
+def _chat_turns(items: Any, columns: dict[str, str], col: str) -> list[dict[str, str]]:
+    if not isinstance(items, list):
+        raise BadRow("bad_type" if items is not None else "missing_field",
+                     f"'{col}' should be a list of turns" if items is not None else f"missing field '{col}'")
+    role_key = columns.get("item:role")
+    content_key = columns.get("item:content")
+    turns = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise BadRow("bad_type", f"turn {i + 1} of '{col}' is not an object")
+        rk = role_key or ("role" if "role" in item else "from")
+        ck = content_key or ("content" if "content" in item or rk == "role" else "value")
+        role = item.get(rk)
+        if role is None:
+            raise BadRow("missing_field", f"turn {i + 1} has no '{rk}'")
+        norm = ROLE_MAP.get(str(role).strip().lower())
+        if norm is None:
+            raise BadRow("bad_role", f"turn {i + 1} has role '{role}'")
+        content = _text(item.get(ck))
+        if content is None:
+            if norm == "assistant" and item.get("tool_calls"):
+                content = str(item.get("tool_calls"))
+            else:
+                raise BadRow("missing_field", f"turn {i + 1} ({role}) has no '{ck}'")
+        turns.append({"role": norm, "content": content})
+    return turns
+
+
+def _check_turns(turns: list[dict[str, str]]) -> list[dict[str, str]]:
+    for i, turn in enumerate(turns):
+        if turn["role"] == "system" and i != 0:
+            raise BadRow("bad_role", f"turn {i + 1} is a system message after the start of the conversation")
+    while turns and turns[-1]["role"] != "assistant":
+        turns = turns[:-1]  # trailing prompts teach nothing
+    if not any(t["role"] == "assistant" for t in turns):
+        raise BadRow("no_assistant", "no assistant turn")
+    for i, turn in enumerate(turns):
+        if turn["role"] == "assistant" and not turn["content"].strip():
+            raise BadRow("empty_output", f"assistant turn {i + 1} is empty")
+    return turns
+
+
+def to_conversation(row: dict[str, Any], format: str, columns: dict[str, str] | None = None,
+                    system_prompt: str | None = None, line: int | None = None,
+                    source: str | None = None) -> Conversation:
+    """Normalise one raw row; raises BadRow (a UserError with ``kind``) when it cannot be trained on.
+
+    ``columns`` is canonical name -> column; an unresolved user mapping also works because names
+    that are not columns fall through to themselves.
+    """
+    if line is None:
+        line = row.get("__line__")
+    columns = columns or {}
+    try:
+        conv = _convert(row, format, columns, system_prompt)
+    except BadRow as exc:
+        raise BadRow(exc.kind, exc.detail, line, source) from None
+    conv.line, conv.source = line, source
+    return conv
+
+
+def _convert(row: dict[str, Any], fmt: str, columns: dict[str, str], system_prompt: str | None) -> Conversation:
+    if fmt == "alpaca":
+        instruction = _text(_field(row, columns, "instruction", True))
+        output = _text(_field(row, columns, "output", True))
+        extra = _text(_field(row, columns, "input", False))
+        system = _text(_field(row, columns, "system", False)) or system_prompt
+        history = _field(row, columns, "history", False) or []
+        turns: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+        if not isinstance(history, list):
+            raise BadRow("bad_type", "'history' should be a list of [instruction, answer] pairs")
+        for pair in history:
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise BadRow("bad_type", "'history' should be a list of [instruction, answer] pairs")
+            turns += [{"role": "user", "content": _text(pair[0]) or ""},
+                      {"role": "assistant", "content": _text(pair[1]) or ""}]
+        prompt = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
+        if not (prompt or "").strip():
+            raise BadRow("missing_field", "the instruction is empty")
+        turns += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+        return Conversation(_check_turns(turns))
+    if fmt in ("messages", "sharegpt"):
+        col = columns.get(FIELDS[fmt][0][0], FIELDS[fmt][0][0])
+        turns = _chat_turns(row.get(col), columns, col)
+        system = _text(row.get(columns.get("system", "system"))) if columns.get("system") else None
+        if turns and turns[0]["role"] == "system":
+            pass
+        elif system or system_prompt:
+            turns.insert(0, {"role": "system", "content": system or system_prompt})
+        return Conversation(_check_turns(turns))
+    if fmt == "prompt_completion":
+        prompt = _field(row, columns, "prompt", True)
+        completion = _field(row, columns, "completion", True)
+        if isinstance(prompt, list) or isinstance(completion, list):  # conversational prompt/completion (TRL)
+            turns = _chat_turns(prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}],
+                                columns, "prompt")
+            turns += _chat_turns(completion if isinstance(completion, list)
+                                 else [{"role": "assistant", "content": completion}], columns, "completion")
+            if system_prompt and turns[0]["role"] != "system":
+                turns.insert(0, {"role": "system", "content": system_prompt})
+            return Conversation(_check_turns(turns))
+        turns = [{"role": "user", "content": _text(prompt)}, {"role": "assistant", "content": _text(completion)}]
+        return Conversation(_check_turns(turns), raw=True)
+    if fmt == "text":
+        text = _text(_field(row, columns, "text", True))
+        if not text.strip():
+            raise BadRow("empty_output", "the text is empty")
+        return Conversation([{"role": "assistant", "content": text}], raw=True)
+    raise UserError(f"unknown data format '{fmt}'", f"use one of: {', '.join(FORMATS)}", kind="config")

@@ -1,0 +1,109 @@
+"""From rendered pieces to input_ids and labels, token by token.
+
+The whole training text is tokenized once (so tokens are exactly what the model sees, with no
+seams where pieces meet) and each token is labelled from the character offsets the fast
+tokenizer reports: a token is trained when any of its characters belongs to a trained piece.
+The same offsets drive ``segments()``, so the preview shows precisely the trained tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from sft_tui.core.errors import UserError
+
+from .conversation import BadRow, Conversation
+from .templates import Pieces, Renderer, get_renderer
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TokenizedRow:
+    input_ids: list[int]
+    labels: list[int]
+    text: str
+    offsets: list[tuple[int, int]] = field(repr=False)
+    original_length: int = 0  # tokens before truncation
+    truncated: bool = False
+
+    @property
+    def attention_mask(self) -> list[int]:
+        return [1] * len(self.input_ids)
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+    def segments(self) -> list[tuple[str, bool]]:
+        """(text, trained) chunks covering the kept tokens; chunk borders fall on token borders."""
+        if not self.input_ids:
+            return []
+        flags = [x != IGNORE_INDEX for x in self.labels]
+        out: list[tuple[str, bool]] = []
+        start_char, start_tok = 0, 0
+        for i in range(1, len(flags) + 1):
+            if i == len(flags) or flags[i] != flags[start_tok]:
+                end_char = self.offsets[i][0] if i < len(flags) else max(self.offsets[-1][1], start_char)
+                end_char = max(end_char, start_char)
+                out.append((self.text[start_char:end_char], flags[start_tok]))
+                start_char, start_tok = end_char, i
+        return out
+
+
+def _fast(tokenizer: Any) -> Any:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise UserError(
+            f"the tokenizer {type(tokenizer).__name__} is not a fast (Rust) tokenizer",
+            "sft-tui needs a fast tokenizer for exact label masking; most models ship tokenizer.json",
+            kind="config",
+        )
+    return backend
+
+
+def label_batch(pieces_batch: Sequence[Pieces], tokenizer: Any, max_length: int | None,
+                train_on_prompt: bool = False) -> list[TokenizedRow]:
+    """Tokenize many rendered rows at once (one Rust call) and label them from offsets."""
+    backend = _fast(tokenizer)
+    texts = ["".join(t for t, _ in pieces) for pieces in pieces_batch]
+    encodings = backend.encode_batch(texts, add_special_tokens=False)
+    rows = []
+    for pieces, text, enc in zip(pieces_batch, texts, encodings):
+        ids = enc.ids
+        offsets = enc.offsets
+        n = len(ids)
+        if train_on_prompt:
+            labels = list(ids)
+        else:
+            lengths = np.fromiter((len(t) for t, _ in pieces), dtype=np.int64, count=len(pieces))
+            flags = np.fromiter((f for _, f in pieces), dtype=bool, count=len(pieces))
+            char_trained = np.repeat(flags, lengths)
+            cum = np.concatenate(([0], np.cumsum(char_trained, dtype=np.int64)))
+            offs = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+            starts, ends = offs[:, 0], offs[:, 1]
+            trained = (cum[ends] - cum[starts]) > 0
+            empty = ends <= starts
+            if empty.any():
+                pos = np.minimum(starts[empty], max(len(text) - 1, 0))
+                trained[empty] = char_trained[pos] if len(char_trained) else False
+            labels = np.where(trained, np.asarray(ids, dtype=np.int64), IGNORE_INDEX).tolist()
+        truncated = max_length is not None and n > max_length
+        if truncated:
+            ids, labels, offsets = ids[:max_length], labels[:max_length], offsets[:max_length]
+        rows.append(TokenizedRow(list(ids), labels, text, list(offsets), n, truncated))
+    return rows
+
+
+def tokenize_conversation(conv: Conversation, tokenizer: Any, template: str | Renderer = "auto",
+                          max_length: int | None = None, train_on_prompt: bool = False,
+                          truncation: str = "truncate") -> TokenizedRow:
+    """One row, exactly as training sees it; raises BadRow('too_long') when truncation is 'drop'."""
+    renderer = template if isinstance(template, Renderer) else get_renderer(tokenizer, template)
+    row = label_batch([renderer.pieces(conv)], tokenizer, max_length, train_on_prompt)[0]
+    if row.truncated and truncation == "drop":
+        raise BadRow("too_long", f"{row.original_length} tokens > max_length {max_length}", conv.line, conv.source)
+    return row

@@ -1,0 +1,485 @@
+"""load → detect → normalise → render → tokenize+mask → cache → split → pack, as one call.
+
+Tokenized rows are cached on disk (Arrow, memory-mapped) under ``cache_dir()/tokenized/<key>``;
+the key covers the files' identity, the tokenizer and every data setting that changes tokens,
+and nothing else (split, seed, packing and batch size are applied after the cache, cheaply), so
+changing the validation split never re-tokenizes. Bad rows are tokenized as empty and recorded
+in the problem log in the same pass, which is what lets inspection and training share one cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from sft_tui.core.config import Config, DataConfig
+from sft_tui.core.errors import UserError
+from sft_tui.core.paths import cache_dir
+
+from .conversation import BadRow, Conversation, ProblemLog
+from .formats import FIELDS, Detection, detect_format, resolve_columns, to_conversation
+from .loading import LoadedRows, file_identity, load_rows_detailed, resolve_paths
+from .masking import IGNORE_INDEX, label_batch, tokenize_conversation
+from .report import DataReport
+from .stats import length_stats
+from .templates import Renderer, get_renderer
+
+PIPELINE_VERSION = "1"
+Progress = Callable[[str, float], None]
+TOKEN_COLUMNS = ["input_ids", "attention_mask", "labels", "length", "orig_length", "n_trained", "__row__"]
+
+
+@dataclass
+class PreparedData:
+    train: Any
+    eval: Any | None
+    eval_conversations: list[Conversation]
+    report: DataReport
+    warnings: list[str] = field(default_factory=list)
+    packing: bool = False
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Identity of a tokenizer by content (vocab, merges, normalisation, template), memoised on it."""
+    cached = getattr(tokenizer, "_sft_tui_fingerprint", None)
+    if cached:
+        return cached
+    digest = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    digest.update((backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))).encode())
+    digest.update(str(getattr(tokenizer, "chat_template", None)).encode())
+    digest.update(json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str).encode())
+    value = digest.hexdigest()[:20]
+    try:
+        tokenizer._sft_tui_fingerprint = value
+    except Exception:  # pragma: no cover - frozen objects
+        pass
+    return value
+
+
+def _key(path: Any, tokenizer: Any, data: DataConfig) -> str:
+    parts = {
+        "v": PIPELINE_VERSION,
+        "files": file_identity(resolve_paths(path)),
+        "tokenizer": [getattr(tokenizer, "name_or_path", ""), tokenizer_fingerprint(tokenizer)],
+        "data": {k: getattr(data, k) for k in ("format", "columns", "template", "system_prompt", "max_length",
+                                               "truncation", "train_on_prompt")},
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def tokenized_cache_dir() -> Path:
+    return cache_dir() / "tokenized"
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def _detection(loaded: LoadedRows, data: DataConfig) -> Detection:
+    ds = loaded.dataset
+    if data.format == "auto":
+        det = detect_format(ds, data.columns)
+        if det.format == "unknown":
+            raise UserError(f"could not tell the data format: {det.reason}",
+                            "set data.format and/or data.columns in the config", kind="config")
+        return det
+    resolved = resolve_columns(ds.column_names, data.columns)
+    required = FIELDS[data.format][0]
+    missing = [r for r in required if r not in resolved]
+    if missing:
+        have = [c for c in ds.column_names if not c.startswith("__")]
+        raise UserError(f"data.format is {data.format}, which needs column(s) {', '.join(missing)}; "
+                        f"the data has {', '.join(have)}",
+                        f"map them with data.columns, e.g. {{{missing[0]}: {have[0] if have else 'COLUMN'}}}",
+                        kind="config")
+    return Detection(data.format, 1.0, "set in the config", resolved)
+
+
+# --------------------------------------------------------------------------- the map function
+
+
+class _RowProcessor:
+    """Batched map function: raw rows → input_ids/labels, bad rows → empty + a problem note."""
+
+    def __init__(self, fmt: str, columns: dict[str, str], data: DataConfig, tokenizer: Any,
+                 renderer: Renderer, offset: int = 0) -> None:
+        self.fmt, self.columns, self.data = fmt, columns, data
+        self.tokenizer, self.renderer, self.offset = tokenizer, renderer, offset
+        self.on_batch: Callable[[int], None] | None = None
+
+    def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
+        n = len(indices)
+        keys = list(batch)
+        pieces, where = [], []
+        kinds, msgs = [""] * n, [""] * n
+        for i in range(n):
+            row = {k: batch[k][i] for k in keys}
+            try:
+                conv = to_conversation(row, self.fmt, self.columns, self.data.system_prompt)
+                pieces.append(self.renderer.pieces(conv))
+                where.append(i)
+            except BadRow as exc:
+                kinds[i], msgs[i] = exc.kind, exc.detail
+        out = {c: [[] if c in ("input_ids", "attention_mask", "labels") else 0 for _ in range(n)]
+               for c in TOKEN_COLUMNS}
+        rows = label_batch(pieces, self.tokenizer, self.data.max_length, self.data.train_on_prompt) if pieces else []
+        for i, tr in zip(where, rows):
+            trained = sum(1 for x in tr.labels if x != IGNORE_INDEX)
+            if tr.truncated:
+                kinds[i] = "too_long"
+                msgs[i] = f"{tr.original_length} tokens > max_length {self.data.max_length}"
+                if self.data.truncation == "drop":
+                    continue
+                if trained == 0:
+                    msgs[i] += " (nothing left to train after truncation, dropped)"
+                    continue
+            out["input_ids"][i] = tr.input_ids
+            out["attention_mask"][i] = [1] * len(tr.input_ids)
+            out["labels"][i] = tr.labels
+            out["length"][i] = len(tr.input_ids)
+            out["orig_length"][i] = tr.original_length
+            out["n_trained"][i] = trained
+        out["__row__"] = [self.offset + j for j in indices]
+        out["__kind__"] = kinds
+        out["__msg__"] = msgs
+        out["__line__"] = batch.get("__line__", [None] * n)
+        out["__file__"] = batch.get("__file__", [0] * n)
+        if self.on_batch:
+            self.on_batch(n)
+        return out
+
+
+def _auto_num_proc(n_rows: int, requested: int | None) -> int:
+    if requested:
+        return requested
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # Process start-up and pickling the tokenizer cost ~1 s; it only pays back on big data.
+    return 1 if n_rows < 50_000 or cpus < 2 else min(cpus, 8)
+
+
+def _tokenize_loaded(loaded: LoadedRows, det: Detection, tokenizer: Any, data: DataConfig, workdir: Path,
+                     progress: Progress | None, key: str):
+    import datasets
+
+    ds = loaded.dataset
+    renderer = get_renderer(tokenizer, data.template)
+    n = len(ds)
+    num_proc = _auto_num_proc(n, data.num_proc)
+    done = [0]
+
+    def tick(k: int) -> None:
+        done[0] += k
+        if progress:
+            progress("tokenizing", min(done[0] / n, 1.0))
+
+    kwargs = dict(batched=True, batch_size=1000, with_indices=True, remove_columns=ds.column_names,
+                  load_from_cache_file=False, desc=None)
+    if progress:
+        progress("tokenizing", 0.0)
+    if num_proc == 1:
+        proc = _RowProcessor(det.format, det.columns, data, tokenizer, renderer)
+        proc.on_batch = tick
+        out = ds.map(proc, cache_file_name=str(workdir / "map.arrow"), new_fingerprint=key, **kwargs)
+    else:
+        # Worker processes cannot call back; map in a few chunks and report between them.
+        chunks = max(2, min(10, n // 20_000))
+        bounds = np.linspace(0, n, chunks + 1).astype(int)
+        parts = []
+        for c, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            proc = _RowProcessor(det.format, det.columns, data, tokenizer, renderer, offset=int(a))
+            part = ds.select(range(int(a), int(b)))
+            parts.append(part.map(proc, num_proc=num_proc, cache_file_name=str(workdir / f"map{c}.arrow"),
+                                  new_fingerprint=f"{key}-{c}", **kwargs))
+            tick(int(b - a))
+        out = datasets.concatenate_datasets(parts)
+    return out
+
+
+def _collect(out: Any, loaded: LoadedRows) -> tuple[np.ndarray, ProblemLog]:
+    """Indices of trainable rows and the problem log, read from the map output's Arrow columns."""
+    table = out.data
+    kinds = np.asarray(table.column("__kind__").to_pylist(), dtype=object)
+    lengths = table.column("length").to_numpy()
+    good = np.nonzero(lengths > 0)[0]
+    problems = ProblemLog()
+    problems.merge(loaded.problems)
+    bad = np.nonzero(kinds != "")[0]
+    if bad.size:
+        sub = out.select_columns(["__kind__", "__msg__", "__line__", "__file__"]).select(bad[:200_000])
+        for kind, msg, line, f in zip(sub["__kind__"], sub["__msg__"], sub["__line__"], sub["__file__"]):
+            problems.add(kind, msg, line, loaded.files[f] if f is not None and f < len(loaded.files) else None)
+    return good, problems
+
+
+class _quiet_datasets:
+    """datasets' own tqdm bars would fight the UI's progress drawing; we report through ``progress``."""
+
+    def __enter__(self) -> None:
+        import datasets
+
+        self.was = datasets.is_progress_bar_enabled() if hasattr(datasets, "is_progress_bar_enabled") else True
+        datasets.disable_progress_bars()
+
+    def __exit__(self, *exc: Any) -> None:
+        import datasets
+
+        if self.was:
+            datasets.enable_progress_bars()
+
+
+def _tokenized(path: Any, tokenizer: Any, data: DataConfig, progress: Progress | None,
+               use_cache: bool = True) -> tuple[Any, dict[str, Any], bool]:
+    """(good tokenized rows, meta, from_cache). Meta holds detection, problems and sample rows."""
+    with _quiet_datasets():
+        return _tokenized_inner(path, tokenizer, data, progress, use_cache)
+
+
+def _tokenized_inner(path: Any, tokenizer: Any, data: DataConfig, progress: Progress | None,
+                     use_cache: bool = True) -> tuple[Any, dict[str, Any], bool]:
+    import datasets
+
+    key = _key(path, tokenizer, data)
+    target = tokenized_cache_dir() / key
+    if use_cache and (target / "meta.json").exists():
+        meta = json.loads((target / "meta.json").read_text())
+        if progress:
+            progress("cached", 1.0)
+        return datasets.load_from_disk(str(target / "data")), meta, True
+    if progress:
+        progress("loading", 0.0)
+    loaded = load_rows_detailed(path, skip_bad_rows=True)
+    det = _detection(loaded, data)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    try:
+        out = _tokenize_loaded(loaded, det, tokenizer, data, work, progress, key)
+        good, problems = _collect(out, loaded)
+        if progress:
+            progress("saving", 0.99)
+        good_ds = out.select(good).select_columns(TOKEN_COLUMNS)
+        good_ds.save_to_disk(str(work / "data"))
+        samples = []
+        for idx in good[:5].tolist():
+            row = loaded.dataset[int(out[int(idx)]["__row__"])]
+            conv = to_conversation(row, det.format, det.columns, data.system_prompt,
+                                   source=loaded.files[row.get("__file__", 0) or 0])
+            samples.append(conv.to_dict())
+        meta = {"detection": det.to_dict(), "problems": problems.to_dict(), "rows": len(loaded.dataset),
+                "rows_ok": int(good.size), "files": loaded.files, "line_kind": loaded.line_kind,
+                "template": get_renderer(tokenizer, data.template).name, "samples": samples}
+        (work / "meta.json").write_text(json.dumps(meta))
+        del out
+        for f in work.glob("map*.arrow"):
+            f.unlink(missing_ok=True)
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(work, target)
+        except OSError:  # another process finished the same key first: theirs is as good
+            pass
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if progress:
+        progress("done", 1.0)
+    return datasets.load_from_disk(str(target / "data")), meta, False
+
+
+def _lengths(ds: Any, column: str) -> np.ndarray:
+    return np.asarray(ds.data.column(column).to_numpy()) if ds.num_rows else np.zeros(0, dtype=np.int64)
+
+
+def _report(data: DataConfig, meta: dict[str, Any], ds: Any, tokenizer: Any, batch_size: int,
+            from_cache: bool, seed: int, n_samples: int) -> DataReport:
+    det = meta["detection"]
+    report = DataReport(
+        paths=meta["files"], format=det["format"], confidence=det["confidence"], reason=det["reason"],
+        columns=det["columns"], template=meta.get("template"), tokenizer=getattr(tokenizer, "name_or_path", None),
+        line_kind=meta.get("line_kind", "line"), rows=meta["rows"], rows_ok=meta["rows_ok"],
+        problems=ProblemLog.from_dict(meta["problems"]), from_cache=from_cache,
+    )
+    report.stats = length_stats(_lengths(ds, "length"), _lengths(ds, "n_trained"), data.max_length,
+                                batch_size=batch_size, original=_lengths(ds, "orig_length"), seed=seed)
+    renderer = get_renderer(tokenizer, data.template) if n_samples else None
+    for conv_dict in meta.get("samples", [])[:n_samples]:
+        conv = Conversation.from_dict(conv_dict)
+        row = tokenize_conversation(conv, tokenizer, renderer, data.max_length, data.train_on_prompt)
+        report.samples.append({"line": conv.line, "source": conv.source, "turns": conv.turns,
+                               "tokens": len(row.input_ids), "trained_tokens": row.trained_tokens,
+                               "segments": [[t, f] for t, f in row.segments()]})
+    if report.stats.get("rows") and report.stats.get("trained_tokens", 1) == 0:
+        report.warnings.append("no tokens are trained: check the format and data.train_on_prompt")
+    return report
+
+
+def _raise_if_bad(report: DataReport, data: DataConfig) -> None:
+    fatal = {k: v for k, v in report.problems.to_dict().items() if k != "too_long"}
+    if data.skip_bad_rows or not fatal:
+        return
+    kind, info = next(iter(fatal.items()))
+    ex = info["examples"][0] if info["examples"] else {}
+    where = f"{ex.get('source')}:{ex.get('line')}: " if ex.get("line") is not None else ""
+    total = sum(v["count"] for v in fatal.values())
+    text = f"{where}{ex.get('message', info['about'])}"
+    if kind == "bad_json":
+        text = f"{where}not valid JSON: {ex.get('message')}"
+    raise UserError(f"{total} bad row(s) in the data; first: {text}",
+                    "fix them, or set data.skip_bad_rows: true to leave them out "
+                    "(`sft-tui data inspect` lists them)", kind="bad_data")
+
+
+# --------------------------------------------------------------------------- public entry points
+
+
+def _as_data_config(source: Any) -> tuple[DataConfig, int, int]:
+    if isinstance(source, Config):
+        return source.data, source.training.batch_size, source.training.seed
+    if isinstance(source, DataConfig):
+        return source, 4, 42
+    if isinstance(source, (list, tuple)):
+        return DataConfig(path=[str(p) for p in source]), 4, 42
+    return DataConfig(path=str(source)), 4, 42
+
+
+def inspect_data(path_or_config: Any, tokenizer: Any = None, format: str | None = None,
+                 max_length: int | None = None, template: str | None = None,
+                 columns: dict[str, str] | None = None, batch_size: int | None = None,
+                 samples: int = 3, progress: Progress | None = None, use_cache: bool = True) -> DataReport:
+    """Everything the dataset screen and `sft-tui data inspect` show; never raises for bad rows.
+
+    Without a tokenizer it still detects the format, counts rows and finds problems (lengths are
+    then in characters).
+    """
+    start = time.perf_counter()
+    data, default_bs, seed = _as_data_config(path_or_config)
+    updates = {k: v for k, v in (("format", format), ("max_length", max_length), ("template", template),
+                                 ("columns", columns)) if v is not None}
+    if updates:
+        data = data.model_copy(update=updates)
+    bs = batch_size or default_bs
+    if tokenizer is None:
+        report = _inspect_without_tokenizer(data, samples, progress)
+    else:
+        ds, meta, hit = _tokenized(data.path, tokenizer, data, progress, use_cache)
+        report = _report(data, meta, ds, tokenizer, bs, hit, seed, samples)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _inspect_without_tokenizer(data: DataConfig, samples: int, progress: Progress | None) -> DataReport:
+    loaded = load_rows_detailed(data.path, skip_bad_rows=True)
+    det = _detection(loaded, data)
+    problems = ProblemLog()
+    problems.merge(loaded.problems)
+    ds = loaded.dataset
+    lengths: list[int] = []
+    shown: list[dict[str, Any]] = []
+    n = len(ds)
+    done = 0
+    for batch in ds.iter(batch_size=2000):
+        keys = list(batch)
+        for i in range(len(batch[keys[0]])):
+            row = {k: batch[k][i] for k in keys}
+            src = loaded.files[row.get("__file__") or 0]
+            try:
+                conv = to_conversation(row, det.format, det.columns, data.system_prompt, source=src)
+            except BadRow as exc:
+                problems.add(exc.kind, exc.detail, exc.line, src)
+                continue
+            lengths.append(sum(len(t["content"]) for t in conv.turns))
+            if len(shown) < samples:
+                shown.append({"line": conv.line, "source": src, "turns": conv.turns})
+        done += len(batch[keys[0]])
+        if progress:
+            progress("checking", done / n)
+    report = DataReport(paths=loaded.files, format=det.format, confidence=det.confidence, reason=det.reason,
+                        columns=det.columns, line_kind=loaded.line_kind, rows=n, rows_ok=len(lengths),
+                        problems=problems, samples=shown)
+    report.stats = {"rows": len(lengths), "unit": "characters"}
+    if lengths:
+        arr = np.asarray(lengths)
+        report.stats["length"] = {"min": int(arr.min()), "mean": round(float(arr.mean()), 1), "max": int(arr.max()),
+                                  **{f"p{p}": int(np.percentile(arr, p)) for p in (50, 90, 95, 99)}}
+    report.warnings.append("no tokenizer given: lengths are in characters (pass --model for token statistics)")
+    return report
+
+
+def prepare_datasets(config: Config, tokenizer: Any, progress: Progress | None = None) -> PreparedData:
+    """Train/eval datasets ready for a plain HF Trainer with ``make_collator``; raises UserError on bad data."""
+    data, seed = config.data, config.training.seed
+    ds, meta, hit = _tokenized(data.path, tokenizer, data, progress)
+    report = _report(data, meta, ds, tokenizer, config.training.batch_size, hit, seed, 3)
+    _raise_if_bad(report, data)
+    if ds.num_rows == 0:
+        raise UserError("no trainable rows in the data", "see `sft-tui data inspect` for what is wrong")
+    warnings = list(report.warnings)
+    too_long = report.problems.counts.get("too_long", 0)
+    if too_long:
+        warnings.append(f"{too_long} row(s) longer than max_length {data.max_length} were "
+                        f"{'cut' if data.truncation == 'truncate' else 'left out'}")
+    eval_rows: np.ndarray | None = None
+    if data.validation_path:
+        eval_ds, eval_meta, _ = _tokenized(data.validation_path, tokenizer, data, progress)
+        eval_report = _report(data, eval_meta, eval_ds, tokenizer, config.training.batch_size, True, seed, 0)
+        _raise_if_bad(eval_report, data)
+        train_ds = ds
+        eval_source = data.validation_path
+    elif data.validation_split > 0 and ds.num_rows >= 2:
+        n = ds.num_rows
+        n_eval = min(n - 1, max(1, int(round(n * data.validation_split))))
+        perm = np.random.default_rng(seed).permutation(n)
+        eval_rows, train_rows = np.sort(perm[:n_eval]), np.sort(perm[n_eval:])
+        train_ds, eval_ds = ds.select(train_rows), ds.select(eval_rows)
+        eval_source = data.path
+    else:
+        train_ds, eval_ds, eval_source = ds, None, None
+    eval_conversations = _conversations(eval_source, eval_ds, data, meta if eval_source == data.path else None)
+    report.train_rows = train_ds.num_rows
+    report.eval_rows = eval_ds.num_rows if eval_ds is not None else 0
+    keep = ["input_ids", "attention_mask", "labels"]
+    train_ds = train_ds.select_columns(keep)
+    eval_ds = eval_ds.select_columns(keep) if eval_ds is not None else None
+    if data.packing:
+        from .packing import pack
+
+        if progress:
+            progress("packing", 0.0)
+        with _quiet_datasets():
+            train_ds = pack(train_ds, data.max_length)
+            eval_ds = pack(eval_ds, data.max_length) if eval_ds is not None else None
+        if config.model.attn_implementation != "flash_attention_2":
+            warnings.append("packing without flash_attention_2: rows packed together can attend to each other; "
+                            "set model.attn_implementation: flash_attention_2 (CUDA) to keep them apart")
+    report.warnings = warnings
+    if progress:
+        progress("ready", 1.0)
+    return PreparedData(train_ds, eval_ds, eval_conversations, report, warnings, data.packing)
+
+
+def _conversations(path: Any, ds: Any, data: DataConfig, meta: dict[str, Any] | None) -> list[Conversation]:
+    """Held-out rows as conversations (for generation-based evaluation), read back from the raw data."""
+    if path is None or ds is None or ds.num_rows == 0:
+        return []
+    loaded = load_rows_detailed(path, skip_bad_rows=True)
+    det = _detection(loaded, data)
+    rows = _lengths(ds, "__row__") if ds._indices is None else np.asarray(ds["__row__"])
+    raw = loaded.dataset.select(rows.tolist())
+    out = []
+    for row in raw:
+        try:
+            out.append(to_conversation(row, det.format, det.columns, data.system_prompt,
+                                       source=loaded.files[row.get("__file__") or 0]))
+        except BadRow:
+            continue
+    return out

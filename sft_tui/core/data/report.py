@@ -1,0 +1,45 @@
+"""The one summary of a dataset that the CLI prints, the TUI draws and the worker logs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .conversation import ProblemLog
+
+
+@dataclass
+class DataReport:
+    paths: list[str]
+    format: str = "unknown"
+    confidence: float = 0.0
+    reason: str = ""
+    columns: dict[str, str] = field(default_factory=dict)
+    template: str | None = None
+    tokenizer: str | None = None
+    line_kind: str = "line"
+    rows: int = 0  # rows read
+    rows_ok: int = 0  # rows that will be trained on
+    train_rows: int | None = None
+    eval_rows: int | None = None
+    problems: ProblemLog = field(default_factory=ProblemLog)
+    stats: dict[str, Any] = field(default_factory=dict)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    from_cache: bool = False
+    seconds: float = 0.0
+
+    @property
+    def rows_bad(self) -> int:
+        return self.rows - self.rows_ok
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "paths": self.paths, "format": self.format, "confidence": round(self.confidence, 3),
+            "reason": self.reason, "columns": self.columns, "template": self.template,
+            "tokenizer": self.tokenizer, "line_kind": self.line_kind, "rows": self.rows,
+            "rows_ok": self.rows_ok, "rows_bad": self.rows_bad, "train_rows": self.train_rows,
+            "eval_rows": self.eval_rows, "problems": self.problems.to_dict(), "stats": self.stats,
+            "samples": self.samples, "warnings": self.warnings, "from_cache": self.from_cache,
+            "seconds": round(self.seconds, 3),
+        }
