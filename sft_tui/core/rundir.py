@@ -33,7 +33,7 @@ class EventWriter:
 
     def write(self, type: str, **fields: Any) -> dict[str, Any]:
         event = {"time": time.time(), "type": type, **fields}
-        line = json.dumps(event, default=_jsonable, allow_nan=False) + "\n"
+        line = json.dumps(_finite(event), default=_jsonable, allow_nan=False) + "\n"
         # O_APPEND makes each write land whole at the end even if two processes write.
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -46,9 +46,18 @@ class EventWriter:
         return self.write("status", state=state, **fields)
 
 
-def _jsonable(value: Any) -> Any:
+def _finite(value: Any) -> Any:
+    """NaN/inf are not JSON; they become null so every reader can parse every line."""
     if isinstance(value, float):
-        return None if value != value else value
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     if hasattr(value, "item"):
