@@ -16,9 +16,9 @@ weights
     lora:  P × (2, or 4 for fp32) + T × 4 (peft keeps adapters in fp32: ``autocast_adapter_dtype``).
     qlora: Q × (0.5 + 1/64 + 4/(64·256)) for NF4 with double quantization (bnb blocksize 64) or Q × 1
            for 8-bit, where Q = the params of the linear layers inside the blocks; the rest
-           (embeddings, lm_head, norms) stays 16-bit. Adapters fp32 as for lora.
-           Assumes the non-quantized params are *not* upcast to fp32 (peft's
-           ``prepare_model_for_kbit_training`` would add 2 bytes per embedding parameter).
+           (embeddings, lm_head, norms) is fp32, because the worker calls peft's
+           ``prepare_model_for_kbit_training``, which upcasts every non-quantized parameter.
+           Adapters fp32 as for lora.
 gradients
     T × (bytes of the trainable params' dtype): 2 for bf16 full fine-tuning, else 4.
 optimizer states
@@ -210,7 +210,7 @@ def estimate_memory(info: "ModelInfo", method: str = "lora", bits: int | None = 
         elif method == "qlora":
             q = sum(v.params for v in info.linear_layers.values()) or max(P - info.embedding_params, 0)
             per = NF4_BYTES if bits == 4 else 1.0
-            base = q * per + (P - q) * 2  # embeddings, lm_head and norms stay 16-bit
+            base = q * per + (P - q) * 4  # prepare_model_for_kbit_training upcasts the rest to fp32
         else:
             base = P * base16
         weights = int(base + T * 4)
@@ -437,7 +437,7 @@ def estimate_memory(info: "ModelInfo", method: str = "lora", bits: int | None = 
         elif method == "qlora":
             q = sum(v.params for v in info.linear_layers.values()) or max(P - info.embedding_params, 0)
             per = NF4_BYTES if bits == 4 else 1.0
-            base = q * per + (P - q) * 2  # embeddings, lm_head and norms stay 16-bit
+            base = q * per + (P - q) * 4  # prepare_model_for_kbit_training upcasts the rest to fp32
         else:
             base = P * base16
         weights = int(base + T * 4)
