@@ -116,10 +116,10 @@ def follow_with_progress(run: RunDir) -> int:
     interrupts = 0
     final: dict[str, Any] = {}
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[steps]}"),
         TextColumn("{task.fields[metrics]}"), TimeRemainingColumn(), console=console, transient=False,
     ) as progress:
-        task = progress.add_task("starting", total=None, metrics="")
+        task = progress.add_task("starting", total=None, metrics="", steps="")
         events = run.follow(poll=0.3)
         while True:
             try:
@@ -144,7 +144,9 @@ def follow_with_progress(run: RunDir) -> int:
                 metrics = f"loss {ev['loss']:.4f}" if ev.get("loss") is not None else ""
                 if ev.get("tokens_per_s"):
                     metrics += f"  {ev['tokens_per_s']:.0f} tok/s"
-                progress.update(task, total=ev.get("max_steps"), completed=ev.get("step", 0), metrics=metrics)
+                step, total = ev.get("step", 0), ev.get("max_steps")
+                progress.update(task, total=total, completed=step, metrics=metrics,
+                                steps=f"{step}/{total}" if total else str(step))
             elif kind == "eval":
                 progress.console.print(f"step {ev.get('step')}: eval loss {ev.get('eval_loss', float('nan')):.4f}")
             elif kind == "checkpoint":

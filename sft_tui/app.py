@@ -1,0 +1,173 @@
+"""The Textual app: steps as modes, app-wide keys, themes, help, and quitting without losing work.
+
+Screens are imported only when first shown, so start-up never pays for torch or transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Callable, Iterable
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.theme import Theme
+from textual.worker import Worker, WorkerState
+
+from sft_tui.core.errors import explain
+from sft_tui.core.session import Session
+from sft_tui.core.settings import Settings, load_settings, save_settings
+from sft_tui.core.themes import load_themes
+from sft_tui.screens.dialogs import ConfirmScreen, ErrorScreen, HelpScreen
+from sft_tui.widgets.stepbar import STEPS
+
+SCREENS_BY_MODE: dict[str, tuple[str, str]] = {
+    "model": ("sft_tui.screens.model", "ModelScreen"),
+    "data": ("sft_tui.screens.data", "DataScreen"),
+    "training": ("sft_tui.screens.training", "TrainingScreen"),
+    "monitor": ("sft_tui.screens.monitor", "MonitorScreen"),
+    "evaluate": ("sft_tui.screens.evaluate", "EvaluateScreen"),
+    "export": ("sft_tui.screens.export", "ExportScreen"),
+    "runs": ("sft_tui.screens.runs", "RunsScreen"),
+}
+STEP_ORDER = [key for key, _ in STEPS]
+FKEYS = {"model": "f2", "data": "f3", "training": "f4", "monitor": "f5", "evaluate": "f6", "export": "f7", "runs": "f8"}
+
+
+def _lazy(module: str, name: str) -> Callable[[], Screen]:
+    def make() -> Screen:
+        return getattr(importlib.import_module(module), name)()
+
+    return make
+
+
+class SftApp(App):
+    TITLE = "sft-tui"
+    CSS_PATH = "app.tcss"
+    MODES = {mode: _lazy(*target) for mode, target in SCREENS_BY_MODE.items()}
+    BINDINGS = [
+        Binding("ctrl+q", "request_quit", "Quit", priority=True, id="quit"),
+        Binding("ctrl+n", "next_step", "Next step", id="next_step"),
+        Binding("ctrl+b", "previous_step", "Back", id="previous_step"),
+        *[Binding(key, f"go('{mode}')", mode.capitalize(), show=False, id=f"go_{mode}") for mode, key in FKEYS.items()],
+    ]
+
+    def __init__(self, session: Session | None = None, start: str = "model", settings: Settings | None = None) -> None:
+        super().__init__()
+        self.session = session or Session()
+        self.start_mode = start
+        self.settings = settings if settings is not None else load_settings()
+        self._theme_warnings: list[str] = []
+        self._register_themes()
+
+    # ------------------------------------------------------------------ start-up
+    def _register_themes(self) -> None:
+        themes, self._theme_warnings = load_themes()
+        for data in themes:
+            try:
+                self.register_theme(Theme(**data))
+            except (TypeError, ValueError) as exc:
+                self._theme_warnings.append(f"theme {data.get('name')}: {exc}")
+        wanted = self.settings.theme
+        self.theme = wanted if wanted in self.available_themes else "sft-dark"
+
+    def on_mount(self) -> None:
+        if self.settings.keymap:
+            self.set_keymap(self.settings.keymap)
+        for warning in [self.settings.warning, *self._theme_warnings]:
+            if warning:
+                self.notify(warning, severity="warning", timeout=8)
+        self.theme_changed_signal.subscribe(self, self._remember_theme)
+        self.switch_mode(self.start_mode)
+
+    def _remember_theme(self, theme: Theme) -> None:
+        if self.settings.theme != theme.name:
+            self.settings.theme = theme.name
+            try:
+                save_settings(self.settings)
+            except OSError as exc:
+                self.notify(f"could not save the theme choice: {exc}", severity="warning")
+
+    # ------------------------------------------------------------------ navigation
+    def go_step(self, step: str) -> None:
+        if step in SCREENS_BY_MODE and step != self.current_mode:
+            self.switch_mode(step)
+
+    def action_go(self, step: str) -> None:
+        self.go_step(step)
+
+    def _step_index(self) -> int:
+        return STEP_ORDER.index(self.current_mode) if self.current_mode in STEP_ORDER else 0
+
+    def action_next_step(self) -> None:
+        self.go_step(STEP_ORDER[min(self._step_index() + 1, len(STEP_ORDER) - 1)])
+
+    def action_previous_step(self) -> None:
+        self.go_step(STEP_ORDER[max(self._step_index() - 1, 0)])
+
+    def action_help(self) -> None:
+        screen = self.screen
+        if isinstance(screen, HelpScreen):
+            return
+        title = getattr(screen, "TITLE", "") or "sft-tui"
+        body = getattr(screen, "HELP", "") or ""
+        self.push_screen(HelpScreen(title, body))
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for mode, (_, cls_name) in SCREENS_BY_MODE.items():
+            label = cls_name.removesuffix("Screen")
+            yield SystemCommand(f"Go to {label}", f"Open the {label.lower()} screen ({FKEYS[mode].upper()})",
+                                lambda m=mode: self.go_step(m))
+        yield SystemCommand("Help", "Explain the current screen (F1)", self.action_help)
+        # Screens add their own actions by defining ``commands()`` → (title, help, callback).
+        for title, help_text, callback in getattr(screen, "commands", lambda: [])():
+            yield SystemCommand(title, help_text, callback)
+
+    # ------------------------------------------------------------------ errors
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """One place turns a failed background task into a readable dialog."""
+        if event.state == WorkerState.ERROR and event.worker.error is not None:
+            info = explain(event.worker.error)
+            self.show_error(info.message, info.hint)
+
+    def show_error(self, message: str, hint: str = "", title: str = "Something went wrong") -> None:
+        self.push_screen(ErrorScreen(message, hint, title))
+
+    # ------------------------------------------------------------------ quitting
+    def action_request_quit(self) -> None:
+        """Ask before losing an unsaved config; say that a running worker keeps going."""
+        run = self.session.run
+        running = run is not None and run.is_alive()
+        if self.session.dirty:
+            self.push_screen(
+                ConfirmScreen("Your training config has unsaved changes. Quit anyway?"
+                              + (f"\n\nRun {run.name} keeps training in the background." if running else ""),
+                              [("cancel", "Keep editing"), ("quit", "Discard and quit")]),
+                lambda choice: self.exit(0) if choice == "quit" else None,
+            )
+        elif running:
+            self.push_screen(
+                ConfirmScreen(f"Run {run.name} keeps training in the background after you quit.\n"
+                              f"Re-attach any time with: sft-tui attach {run.name}",
+                              [("quit", "Quit, keep training"), ("cancel", "Stay")]),
+                lambda choice: self.exit(0) if choice == "quit" else None,
+            )
+        else:
+            self.exit(0)
+
+
+def run_app(config_path: str | None = None, attach: str | None = None, runs_dir: str | None = None) -> int:
+    """Entry point for ``sft-tui`` and ``sft-tui attach RUN`` (errors before start-up exit 2)."""
+    from sft_tui.core.rundir import find_run
+
+    session = Session.from_file(config_path) if config_path else Session()
+    session.runs_dir = Path(runs_dir) if runs_dir else None
+    start = "model"
+    if attach:
+        session.run = find_run(attach, runs_dir)
+        start = "monitor"
+    app = SftApp(session=session, start=start)
+    result = app.run()
+    return int(result or 0)
