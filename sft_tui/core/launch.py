@@ -32,3 +32,10 @@ def start_worker(run: RunDir, resume: bool = False) -> subprocess.Popen:
     # Written here too (the worker rewrites it) so a reader never sees a started run without a pid.
     run.pid_path.write_text(str(proc.pid))
     return proc
+
+
+def start_run(config, runs_dir=None) -> RunDir:
+    """Create the run directory for ``config`` and start its worker detached (TUI and CLI share it)."""
+    run = RunDir.create(config, runs_dir=runs_dir)
+    start_worker(run)
+    return run
