@@ -311,6 +311,8 @@ def _report(data: DataConfig, meta: dict[str, Any], ds: Any, tokenizer: Any, bat
     )
     report.stats = length_stats(_lengths(ds, "length"), _lengths(ds, "n_trained"), data.max_length,
                                 batch_size=batch_size, original=_lengths(ds, "orig_length"), seed=seed)
+    if "over_max_length" in report.stats:  # dropped rows are not in ds, but every long row is logged
+        report.stats["over_max_length"] = report.problems.counts.get("too_long", 0)
     renderer = get_renderer(tokenizer, data.template) if n_samples else None
     for conv_dict in meta.get("samples", [])[:n_samples]:
         conv = Conversation.from_dict(conv_dict)
