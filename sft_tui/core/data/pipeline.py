@@ -166,7 +166,8 @@ def _auto_num_proc(n_rows: int, requested: int | None) -> int:
         return requested
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     # Process start-up and pickling the tokenizer cost ~1 s; it only pays back on big data.
-    return 1 if n_rows < 50_000 or cpus < 2 else min(cpus, 8)
+    # With few cores the Rust tokenizer already uses them all in-process; forking only adds overhead.
+    return 1 if n_rows < 50_000 or cpus < 4 else min(cpus // 2, 8)
 
 
 def _tokenize_loaded(loaded: LoadedRows, det: Detection, tokenizer: Any, data: DataConfig, workdir: Path,

@@ -145,6 +145,18 @@ class JinjaRenderer(Renderer):
         except Exception:
             self._direct = False
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Compiled Jinja templates hold context variables that cannot be pickled (num_proc workers).
+        state = dict(self.__dict__)
+        state.pop("_compiled", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
+        self.__dict__.update(state)
+        self._compiled = _compile_jinja_template(self.template_text)
+
     def _render(self, turns: list[dict[str, str]], add_generation_prompt: bool) -> str:
         if not self._direct:
             return self.tokenizer.apply_chat_template(turns, tokenize=False,
