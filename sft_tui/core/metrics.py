@@ -1,0 +1,341 @@
+"""Training metrics as series: accumulated from run events, smoothed, down-sampled, with an ETA.
+
+The monitor, the runs comparison and any script share this: events go in (in order, in as many
+batches as they arrive), series and the latest values come out. Feeding is incremental, so a
+monitor that reads only what was appended since its last refresh never re-parses the log, and a
+chart asks ``downsample`` for at most as many points as it has columns. UI-free by design.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from sft_tui.core.rundir import FINAL_STATES, RunStatus, fold_event
+
+# Events the log pane shows (like `sft-tui logs` without --all): memory samples come every step.
+LOG_SKIP = frozenset({"memory"})
+
+
+@dataclass
+class Series:
+    """Points (x, y) in arrival order; ``None`` y values are dropped (NaN is written as null)."""
+
+    name: str
+    xs: list[float] = field(default_factory=list)
+    ys: list[float] = field(default_factory=list)
+
+    def add(self, x: Any, y: Any) -> None:
+        if x is None or y is None:
+            return
+        self.xs.append(float(x))
+        self.ys.append(float(y))
+
+    def __len__(self) -> int:
+        return len(self.xs)
+
+    @property
+    def last(self) -> float | None:
+        return self.ys[-1] if self.ys else None
+
+    def clear(self) -> None:
+        self.xs.clear()
+        self.ys.clear()
+
+
+class StepRate:
+    """Steps per second over the last ``window`` train events, from their wall-clock times."""
+
+    def __init__(self, window: int = 30) -> None:
+        self.points: deque[tuple[float, float]] = deque(maxlen=window)
+
+    def add(self, when: float | None, step: float | None) -> None:
+        if when is None or step is None:
+            return
+        if self.points and step < self.points[-1][1]:
+            self.points.clear()  # a resume that went back to an earlier checkpoint
+        self.points.append((float(when), float(step)))
+
+    def rate(self) -> float | None:
+        if len(self.points) < 2:
+            return None
+        (t0, s0), (t1, s1) = self.points[0], self.points[-1]
+        if t1 <= t0 or s1 <= s0:
+            return None
+        return (s1 - s0) / (t1 - t0)
+
+    def eta(self, step: float | None, max_steps: float | None) -> float | None:
+        """Seconds left at the current rate; None while unknown."""
+        rate = self.rate()
+        if rate is None or step is None or not max_steps:
+            return None
+        return max(max_steps - step, 0) / rate
+
+
+class RunMetrics:
+    """Everything the monitor draws, folded from events one batch at a time."""
+
+    def __init__(self, name: str = "", log_lines: int = 300) -> None:
+        self.status = RunStatus(name=name, state="new")
+        self.train_loss = Series("train loss")
+        self.eval_loss = Series("eval loss")
+        self.lr = Series("learning rate")
+        self.grad_norm = Series("grad norm")
+        self.tokens_per_s = Series("tokens/s")
+        self.last_train: dict[str, Any] | None = None
+        self.last_eval: dict[str, Any] | None = None
+        self.last_memory: dict[str, Any] | None = None
+        self.last_checkpoint: dict[str, Any] | None = None
+        self.last_progress: dict[str, Any] | None = None
+        self.last_status: dict[str, Any] | None = None
+        self.errors: list[dict[str, Any]] = []
+        self.logs: deque[dict[str, Any]] = deque(maxlen=log_lines)
+        self.rate = StepRate()
+        self.events_seen = 0
+        self.version = 0  # bumps whenever something drawable changed
+
+    def series(self, key: str) -> Series:
+        return {"loss": self.train_loss, "eval_loss": self.eval_loss, "lr": self.lr,
+                "grad_norm": self.grad_norm, "tokens_per_s": self.tokens_per_s}[key]
+
+    def feed(self, events: Iterable[dict[str, Any]]) -> set[str]:
+        """Fold events in order; returns the set of event types seen (empty when nothing new)."""
+        kinds: set[str] = set()
+        logs = self.logs
+        count = 0
+        for ev in events:
+            count += 1
+            kind = ev.get("type")
+            kinds.add(kind)  # type: ignore[arg-type]
+            fold_event(self.status, ev)
+            if kind == "train":
+                step = ev.get("step")
+                self.train_loss.add(step, ev.get("loss"))
+                self.lr.add(step, ev.get("lr"))
+                self.grad_norm.add(step, ev.get("grad_norm"))
+                self.tokens_per_s.add(step, ev.get("tokens_per_s"))
+                self.rate.add(ev.get("time"), step)
+                self.last_train = ev
+            elif kind == "memory":
+                self.last_memory = ev
+                continue
+            elif kind == "eval":
+                self.eval_loss.add(ev.get("step"), ev.get("eval_loss"))
+                self.last_eval = ev
+            elif kind == "checkpoint":
+                self.last_checkpoint = ev
+            elif kind == "progress":
+                self.last_progress = ev
+            elif kind == "status":
+                self.last_status = ev
+                if ev.get("state") == "starting":
+                    self.rate.points.clear()  # a resume: the gap while stopped is not training time
+            elif kind == "error":
+                self.errors.append(ev)
+            logs.append(ev)
+        if count:
+            self.events_seen += count
+            self.version += 1
+        return kinds
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def step(self) -> int:
+        return int(self.status.step or 0)
+
+    @property
+    def max_steps(self) -> int | None:
+        return self.status.max_steps
+
+    @property
+    def finished(self) -> bool:
+        return self.status.state in FINAL_STATES
+
+    def fraction(self) -> float | None:
+        if not self.max_steps:
+            return None
+        return min(max(self.step / self.max_steps, 0.0), 1.0)
+
+    def eta(self) -> float | None:
+        if self.finished:
+            return None
+        return self.rate.eta(self.step, self.max_steps)
+
+    def elapsed(self) -> float | None:
+        """Training seconds by the worker's own clock (deterministic: no 'now' involved)."""
+        if self.last_train is not None and self.last_train.get("elapsed_s") is not None:
+            return float(self.last_train["elapsed_s"])
+        return None
+
+    def best_eval(self) -> tuple[float | None, float | None]:
+        """(step, loss) of the lowest eval loss so far."""
+        if not self.eval_loss.ys:
+            return None, None
+        i = min(range(len(self.eval_loss.ys)), key=self.eval_loss.ys.__getitem__)
+        return self.eval_loss.xs[i], self.eval_loss.ys[i]
+
+
+# ---------------------------------------------------------------------- parsing
+
+
+def parse_bulk(data: bytes) -> list[dict[str, Any]]:
+    """Parse many complete JSONL lines at once (about twice as fast as line by line).
+
+    The whole chunk is decoded as one JSON array; if any line is damaged, fall back to parsing line
+    by line so one bad line never hides the rest (the same rule as ``rundir.parse_lines``).
+    """
+    text = data.decode("utf-8", errors="replace").strip()
+    if not text:
+        return []
+    try:
+        items = json.loads("[" + text.replace("\n", ",") + "]")
+    except json.JSONDecodeError:
+        from sft_tui.core.rundir import parse_lines
+
+        return parse_lines(text.splitlines())
+    return [obj for obj in items if isinstance(obj, dict) and "type" in obj]
+
+
+class FastTail:
+    """Like ``rundir.EventTail`` (incremental, leaves a torn last line for later) with bulk parsing."""
+
+    def __init__(self, path, offset: int = 0) -> None:
+        from pathlib import Path
+
+        self.path = Path(path)
+        self.offset = offset
+
+    def read_new(self, max_bytes: int | None = None) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                chunk = fh.read() if max_bytes is None else fh.read(max_bytes)
+        except FileNotFoundError:
+            return []
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            return []
+        self.offset += end + 1
+        return parse_bulk(chunk[: end + 1])
+
+
+def load_metrics(run, name: str | None = None) -> RunMetrics:
+    """A run's whole history as metrics (for comparisons and scripts)."""
+    metrics = RunMetrics(name or run.name)
+    metrics.feed(FastTail(run.events_path).read_new())
+    return metrics
+
+
+# ---------------------------------------------------------------------- smoothing and down-sampling
+
+
+def ema(values: Sequence[float], weight: float) -> list[float]:
+    """TensorBoard-style smoothing: exponential moving average, debiased so it starts at the data.
+
+    ``weight`` 0 returns the values unchanged; 0.9 is heavy smoothing.
+    """
+    if weight <= 0 or not values:
+        return list(values)
+    weight = min(weight, 0.999)
+    out = []
+    last = 0.0
+    n = 0
+    for v in values:
+        n += 1
+        last = last * weight + (1 - weight) * v
+        out.append(last / (1 - weight**n))
+    return out
+
+
+def downsample(xs: Sequence[float], ys: Sequence[float], buckets: int, how: str = "mean",
+               x_range: tuple[float, float] | None = None) -> tuple[list[float], list[float], list[float]]:
+    """Reduce points to at most ``buckets`` by x position.
+
+    Returns (x, y, y2) per non-empty bucket: for ``how='mean'`` y is the mean and y2 the same mean;
+    for ``how='minmax'`` y is the minimum and y2 the maximum (draw a span). x is the bucket's mean x.
+    Buckets split ``x_range`` (default: the data's own range) evenly, so several series down-sampled
+    with the same range line up column by column.
+    """
+    n = len(xs)
+    if n == 0 or buckets <= 0:
+        return [], [], []
+    lo, hi = x_range if x_range is not None else (min(xs), max(xs))
+    if n <= buckets and how == "mean" and x_range is None:
+        return list(xs), list(ys), list(ys)
+    span = hi - lo
+    scale = (buckets - 1) / span if span > 0 else 0.0
+    sx = [0.0] * buckets
+    sy = [0.0] * buckets
+    cnt = [0] * buckets
+    mn = [math.inf] * buckets
+    mx = [-math.inf] * buckets
+    last = buckets - 1
+    minmax = how == "minmax"
+    for x, y in zip(xs, ys):
+        b = int((x - lo) * scale + 0.5)
+        if b < 0 or b > last:
+            continue
+        sx[b] += x
+        sy[b] += y
+        cnt[b] += 1
+        if minmax:
+            if y < mn[b]:
+                mn[b] = y
+            if y > mx[b]:
+                mx[b] = y
+    out_x, out_y, out_y2 = [], [], []
+    for b in range(buckets):
+        c = cnt[b]
+        if not c:
+            continue
+        out_x.append(sx[b] / c)
+        if minmax:
+            out_y.append(mn[b])
+            out_y2.append(mx[b])
+        else:
+            m = sy[b] / c
+            out_y.append(m)
+            out_y2.append(m)
+    return out_x, out_y, out_y2
+
+
+# ---------------------------------------------------------------------- formatting
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds == math.inf:
+        return "-"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "n/a"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit in ("B", "KiB", "MiB") else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def fmt_num(value: float | None, digits: int = 4) -> str:
+    """Compact numbers for narrow panes: 1.234, 0.01234, 2.0e-04, 12.3k."""
+    if value is None or value != value:
+        return "-"
+    a = abs(value)
+    if a == 0:
+        return "0"
+    if a >= 1e3:
+        for unit, div in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+            if a >= div:
+                return f"{value / div:.{max(digits - 1, 2)}g}{unit}"
+    if a < 1e-3:
+        return f"{value:.1e}"
+    return f"{value:.{digits}g}"
+

@@ -1,0 +1,59 @@
+"""Statuses of every run in a runs dir, kept current incrementally.
+
+``RunDir.status()`` re-reads a run's whole events.jsonl; the runs screen refreshes every couple of
+seconds, so it keeps one tail per run instead and folds only the lines appended since the last
+refresh. The derived state follows the same rule as ``RunDir.status``: a run in an active state
+whose worker pid is gone shows ``died``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from sft_tui.core.metrics import FastTail
+from sft_tui.core.rundir import ACTIVE_STATES, RunDir, RunStatus, fold_event, list_runs, pid_alive
+
+
+class TrackedRun:
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self.tail = FastTail(run.events_path)
+        self.folded = run.status(events=[])  # model and method from the config, state "new"
+        self.folded.state = "new"
+
+    def refresh(self) -> RunStatus:
+        for ev in self.tail.read_new():
+            fold_event(self.folded, ev)
+        return with_liveness(copy.copy(self.folded), self.run.pid())
+
+
+def with_liveness(st: RunStatus, pid: int | None) -> RunStatus:
+    """Set pid/alive and turn an active state whose worker is gone into ``died`` (as RunDir.status)."""
+    st.pid = pid
+    st.alive = pid is not None and pid_alive(pid)
+    if st.state in ACTIVE_STATES and not st.alive:
+        st.state = "died" if pid is not None or st.state != "starting" else "starting"
+    return st
+
+
+class RunIndex:
+    """``refresh()`` → [(RunDir, RunStatus)] for every run, oldest first."""
+
+    def __init__(self, runs_dir: str | Path | None = None) -> None:
+        self.runs_dir = runs_dir
+        self._tracked: dict[Path, TrackedRun] = {}
+
+    def refresh(self) -> list[tuple[RunDir, RunStatus]]:
+        runs = list_runs(self.runs_dir)
+        seen = {run.path for run in runs}
+        for path in list(self._tracked):
+            if path not in seen:
+                del self._tracked[path]  # deleted on disk
+        out = []
+        for run in runs:
+            tracked = self._tracked.get(run.path)
+            if tracked is None:
+                tracked = self._tracked[run.path] = TrackedRun(run)
+            out.append((run, tracked.refresh()))
+        return out

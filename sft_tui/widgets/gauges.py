@@ -1,0 +1,112 @@
+"""Per-GPU gauges (memory with our worker's share, utilisation, temperature, power), or, without
+a GPU, the reason and the worker's CPU memory. Fed a ``GpuSnapshot`` from ``sft_tui.core.gpus``."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.text import Text
+from textual.widgets import Static
+
+from sft_tui.core.gpus import GpuSnapshot
+from sft_tui.core.metrics import fmt_bytes
+
+_EIGHTHS = " ▏▎▍▌▋▊▉█"
+
+
+def bar(fraction: float | None, width: int, share: float | None = None, color: str = "green") -> Text:
+    """A horizontal gauge; ``share`` (≤ fraction) is drawn in a stronger colour at the start."""
+    width = max(width, 1)
+    text = Text(no_wrap=True)
+    if fraction is None:
+        text.append("·" * width, style="dim")
+        return text
+    fraction = min(max(fraction, 0.0), 1.0)
+    cells = fraction * width
+    full = int(cells)
+    part = int((cells - full) * 8)
+    ours = int(round(min(share or 0.0, fraction) * width))
+    body = "█" * full + (_EIGHTHS[part] if part and full < width else "")
+    text.append(body[:ours], style="bold cyan")
+    text.append(body[ours:], style=color)
+    text.append("░" * (width - len(body)), style="dim")
+    return text
+
+
+def _level(fraction: float | None) -> str:
+    if fraction is None:
+        return "dim"
+    return "red" if fraction >= 0.95 else "yellow" if fraction >= 0.8 else "green"
+
+
+def gpu_lines(snapshot: GpuSnapshot | None, our_pids: list[int], width: int,
+              worker_rss: int | None = None, worker_alive: bool = False) -> list[Text]:
+    """The panel's lines for a given width (the monitor's side column is ~26-40 cells)."""
+    lines: list[Text] = []
+    if snapshot is None:
+        return [Text("sampling GPUs…", style="dim")]
+    if not snapshot.available or not snapshot.gpus:
+        reason = snapshot.reason or "no NVIDIA GPU found"
+        head, sep, detail = reason.partition(" (")
+        lines.append(Text(head, style="yellow", no_wrap=True, overflow="ellipsis"))
+        if sep:
+            lines.append(Text("(" + detail, style="dim", no_wrap=True, overflow="ellipsis"))
+        if worker_rss is not None:
+            lines.append(Text.assemble(("worker RSS ", "dim"), fmt_bytes(worker_rss), " (CPU)"))
+        else:
+            lines.append(Text("worker not running" if not worker_alive else "worker RSS n/a", style="dim"))
+        return lines
+    bar_w = max(width - 18, 4)
+    for gpu in snapshot.gpus:
+        name = (gpu.name or "GPU").replace("NVIDIA ", "")
+        lines.append(Text.assemble((f"GPU{gpu.index} ", "bold"), (name, ""), no_wrap=True, overflow="ellipsis"))
+        frac = gpu.mem_used / gpu.mem_total if gpu.mem_used is not None and gpu.mem_total else None
+        ours = gpu.memory_of(our_pids) if our_pids else 0
+        share = ours / gpu.mem_total if gpu.mem_total else None
+        line = Text("mem  ", style="dim", no_wrap=True)
+        line.append_text(bar(frac, bar_w, share, _level(frac)))
+        gib = 2**30
+        if gpu.mem_used is not None and gpu.mem_total:
+            line.append(f" {gpu.mem_used / gib:.1f}/{gpu.mem_total / gib:.0f}G")
+        lines.append(line)
+        if our_pids:
+            lines.append(Text.assemble(("     ours ", "dim"), (f"{ours / gib:.1f}G", "bold cyan") if ours else ("0 (not on this GPU)", "dim"),
+                                       no_wrap=True))
+        util = gpu.util_percent
+        line = Text("util ", style="dim", no_wrap=True)
+        line.append_text(bar(None if util is None else util / 100, bar_w, None, "magenta"))
+        line.append(f" {util:.0f}%" if util is not None else " n/a")
+        lines.append(line)
+        temp = f"{gpu.temperature_c:.0f}°C" if gpu.temperature_c is not None else "n/a"
+        power = f"{gpu.power_w:.0f}W" if gpu.power_w is not None else "n/a"
+        if gpu.power_limit_w:
+            power += f"/{gpu.power_limit_w:.0f}W"
+        temp_style = "red" if (gpu.temperature_c or 0) >= 85 else ""
+        lines.append(Text.assemble(("temp ", "dim"), (temp, temp_style), ("  power ", "dim"), power, no_wrap=True))
+    return lines
+
+
+class GpuPanel(Static):
+    """Redrawn by ``update_snapshot`` about once a second."""
+
+    DEFAULT_CSS = """
+    GpuPanel { height: auto; }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__("", id=id)
+        self.snapshot: GpuSnapshot | None = None
+        self.our_pids: list[int] = []
+        self.worker_rss: int | None = None
+        self.worker_alive = False
+
+    def update_snapshot(self, snapshot: GpuSnapshot | None, our_pids: list[int], worker_rss: int | None,
+                        worker_alive: bool) -> None:
+        self.snapshot, self.our_pids, self.worker_rss, self.worker_alive = snapshot, our_pids, worker_rss, worker_alive
+        self._redraw()
+
+    def on_resize(self) -> None:
+        self._redraw()
+
+    def _redraw(self) -> None:
+        width = max(self.content_size.width, 20)
+        self.update(Group(*gpu_lines(self.snapshot, self.our_pids, width, self.worker_rss, self.worker_alive)))
