@@ -31,8 +31,8 @@ class Series:
     def add(self, x: Any, y: Any) -> None:
         if x is None or y is None:
             return
-        self.xs.append(float(x))
-        self.ys.append(float(y))
+        self.xs.append(x)
+        self.ys.append(y)
 
     def __len__(self) -> int:
         return len(self.xs)
@@ -106,23 +106,40 @@ class RunMetrics:
         kinds: set[str] = set()
         logs = self.logs
         count = 0
+        st = self.status
+        train_x, train_y = self.train_loss.xs, self.train_loss.ys
         for ev in events:
             count += 1
             kind = ev.get("type")
-            kinds.add(kind)  # type: ignore[arg-type]
-            fold_event(self.status, ev)
-            if kind == "train":
-                step = ev.get("step")
-                self.train_loss.add(step, ev.get("loss"))
-                self.lr.add(step, ev.get("lr"))
-                self.grad_norm.add(step, ev.get("grad_norm"))
-                self.tokens_per_s.add(step, ev.get("tokens_per_s"))
-                self.rate.add(ev.get("time"), step)
-                self.last_train = ev
-            elif kind == "memory":
+            if kind == "memory":  # every step on a real run: keep it cheap
                 self.last_memory = ev
                 continue
-            elif kind == "eval":
+            kinds.add(kind)  # type: ignore[arg-type]
+            if kind == "train":  # the hot path, inlined (same rules as rundir.fold_event)
+                step = ev.get("step")
+                if step is not None:
+                    st.step = step
+                    loss = ev.get("loss")
+                    if loss is not None:
+                        train_x.append(step)
+                        train_y.append(loss)
+                        st.last_loss = loss
+                    for key, series in (("lr", self.lr), ("grad_norm", self.grad_norm),
+                                        ("tokens_per_s", self.tokens_per_s)):
+                        value = ev.get(key)
+                        if value is not None:
+                            series.xs.append(step)
+                            series.ys.append(value)
+                if "epoch" in ev:
+                    st.epoch = ev["epoch"]
+                if "max_steps" in ev:
+                    st.max_steps = ev["max_steps"]
+                self.rate.add(ev.get("time"), step)
+                self.last_train = ev
+                logs.append(ev)
+                continue
+            fold_event(st, ev)
+            if kind == "eval":
                 self.eval_loss.add(ev.get("step"), ev.get("eval_loss"))
                 self.last_eval = ev
             elif kind == "checkpoint":
@@ -300,6 +317,60 @@ def downsample(xs: Sequence[float], ys: Sequence[float], buckets: int, how: str 
             out_y.append(m)
             out_y2.append(m)
     return out_x, out_y, out_y2
+
+
+class SeriesReducer:
+    """A growing series kept as at most ``max_blocks`` block means, extended incrementally.
+
+    Points pass through an optional log10 and an optional EMA, then go into blocks of ``size``
+    points; when there are too many blocks, neighbours merge and the size doubles. Drawing a 100k-point
+    series then costs ``downsample`` over ~``max_blocks`` points, and each refresh only folds the
+    points appended since the last one.
+    """
+
+    def __init__(self, log_y: bool = False, smoothing: float = 0.0, max_blocks: int = 2048) -> None:
+        self.log_y, self.smoothing, self.max_blocks = log_y, min(max(smoothing, 0.0), 0.999), max_blocks
+        self.size = 1
+        self.blocks: list[list[float]] = []  # [sum_x, sum_y, count]
+        self.partial = [0.0, 0.0, 0]
+        self.consumed = 0
+        self._ema = 0.0
+        self._ema_n = 0
+
+    def extend(self, xs: Sequence[float], ys: Sequence[float]) -> None:
+        log_y, weight = self.log_y, self.smoothing
+        partial, blocks, size = self.partial, self.blocks, self.size
+        for i in range(self.consumed, len(xs)):
+            y = ys[i]
+            if log_y:
+                if y is None or y <= 0:
+                    continue
+                y = math.log10(y)
+            if weight:
+                self._ema_n += 1
+                self._ema = self._ema * weight + (1 - weight) * y
+                y = self._ema / (1 - weight**self._ema_n)
+            partial[0] += xs[i]
+            partial[1] += y
+            partial[2] += 1
+            if partial[2] >= size:
+                blocks.append(partial)
+                partial = [0.0, 0.0, 0]
+                if len(blocks) > self.max_blocks:
+                    merged = [[a[0] + b[0], a[1] + b[1], a[2] + b[2]] for a, b in zip(blocks[0::2], blocks[1::2])]
+                    if len(blocks) % 2:
+                        merged.append(blocks[-1])
+                    blocks[:] = merged
+                    size *= 2
+        self.partial, self.size, self.consumed = partial, size, len(xs)
+
+    def points(self) -> tuple[list[float], list[float]]:
+        xs = [b[0] / b[2] for b in self.blocks]
+        ys = [b[1] / b[2] for b in self.blocks]
+        if self.partial[2]:
+            xs.append(self.partial[0] / self.partial[2])
+            ys.append(self.partial[1] / self.partial[2])
+        return xs, ys
 
 
 # ---------------------------------------------------------------------- formatting

@@ -17,7 +17,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from sft_tui.core.metrics import downsample, ema, fmt_num
+from sft_tui.core.metrics import SeriesReducer, downsample, fmt_num
 
 # Braille dot bits, indexed [row 0..3][column 0..1] inside one cell.
 _DOTS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))
@@ -54,10 +54,12 @@ class LineChart(Widget):
         self._cache_key: tuple | None = None
         self._cache: Text | None = None
         self.last_points: dict[str, int] = {}  # points drawn per series after down-sampling
+        self._reducers: dict[tuple, SeriesReducer] = {}
 
     # ------------------------------------------------------------------ data
     def set_series(self, series: list[ChartSeries], title: str | None = None) -> None:
         self.series = series
+        self._reducers.clear()
         if title is not None:
             self.title = title
         self._data_version += 1
@@ -133,7 +135,7 @@ class LineChart(Widget):
         cols = width - label_w - 1
         if cols < 4:
             return out
-        xs_all = [x for s in self.series for x in (s.xs[0], s.xs[-1]) if len(s.xs)]
+        xs_all = [x for s in self.series if len(s.xs) for x in (min(s.xs), max(s.xs))]
         x_lo, x_hi = min(xs_all), max(xs_all)
         dots_w, dots_h = cols * 2, rows * 4
 
@@ -195,19 +197,29 @@ class LineChart(Widget):
         return fmt_num(10**value if self.log_y else value, 3)
 
     def _prepare(self) -> list[tuple[list[float], list[float], ChartSeries]]:
+        """Each series as (xs, ys) after log/smoothing, reduced to block means incrementally."""
         prepared = []
-        for s in self.series:
-            xs, ys = list(s.xs), list(s.ys)
-            if self.log_y:
-                keep = [(x, math.log10(y)) for x, y in zip(xs, ys) if y > 0]
-                xs, ys = [k[0] for k in keep], [k[1] for k in keep]
-            if not xs:
+        live: set[tuple] = set()
+        for i, s in enumerate(self.series):
+            if not len(s.xs):
                 continue
+            layers = [(s, 0.0)]
             if s.smooth and self.smoothing > 0:
                 # raw values faintly underneath, the smoothed curve on top (as TensorBoard does)
-                prepared.append((xs, ys, ChartSeries(s.name + " (raw)", xs, ys, f"dim {s.color}")))
-                ys = ema(ys, self.smoothing)
-            prepared.append((xs, ys, s))
+                layers = [(ChartSeries(s.name + " (raw)", s.xs, s.ys, f"dim {s.color}"), 0.0), (s, self.smoothing)]
+            for layer, weight in layers:
+                key = (i, id(s.xs), weight, self.log_y)
+                live.add(key)
+                reducer = self._reducers.get(key)
+                if reducer is None or reducer.consumed > len(s.xs):
+                    reducer = self._reducers[key] = SeriesReducer(self.log_y, weight)
+                reducer.extend(s.xs, s.ys)
+                xs, ys = reducer.points()
+                if xs:
+                    prepared.append((xs, ys, layer))
+        for key in list(self._reducers):
+            if key not in live:
+                del self._reducers[key]
         return prepared
 
     @staticmethod

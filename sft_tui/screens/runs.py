@@ -1,0 +1,394 @@
+"""Runs: every run in the runs dir with its live status; open, resume, stop, delete, compare.
+
+Statuses come from ``sft_tui.core.runindex`` (events folded incrementally + whether the worker pid
+lives, so a crashed worker shows ``died``), refreshed every two seconds in a thread worker.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.message import Message
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Footer, Static
+
+from sft_tui.core.metrics import fmt_duration, fmt_num, load_metrics
+from sft_tui.core.rundir import RunDir, RunStatus
+from sft_tui.core.runindex import RunIndex
+from sft_tui.screens.base import StepScreen
+from sft_tui.screens.dialogs import ConfirmScreen
+from sft_tui.widgets.chart import PALETTE, ChartSeries, LineChart
+
+STATE_STYLE = {"done": "green", "training": "bold cyan", "saving": "cyan", "loading": "cyan", "tokenizing": "cyan",
+               "starting": "cyan", "failed": "bold red", "died": "bold red", "stopped": "yellow", "new": "dim"}
+COLUMNS = [("mark", " "), ("run", "run"), ("status", "status"), ("model", "model"), ("method", "method"),
+           ("step", "step"), ("loss", "loss"), ("best_eval", "best eval"), ("started", "started"),
+           ("duration", "duration")]
+
+
+def fmt_started(ts: float | None) -> str:
+    return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
+
+
+def row_cells(st: RunStatus, marked: bool, now: float | None = None) -> dict[str, Any]:
+    step = f"{st.step}/{st.max_steps}" if st.max_steps else str(st.step or "-")
+    if st.started is None:
+        duration = None
+    else:
+        duration = (st.ended if st.ended is not None else (now or time.time())) - st.started
+    model = st.model if len(st.model) <= 28 else "…" + st.model[-27:]
+    return {
+        "mark": Text("●", style="bold magenta") if marked else Text(" "),
+        "run": Text(st.name, style="bold"),
+        "status": Text(st.state, style=STATE_STYLE.get(st.state, "")),
+        "model": model,
+        "method": st.method,
+        "step": step,
+        "loss": fmt_num(st.last_loss),
+        "best_eval": fmt_num(st.best_eval_loss),
+        "started": fmt_started(st.started),
+        "duration": fmt_duration(duration),
+    }
+
+
+class RunsScreen(StepScreen):
+    STEP = "runs"
+    TITLE = "Runs"
+    CSS_PATH = "runs.tcss"
+    HELP = """
+Every training run in the runs folder. The status comes from the run's events and whether its
+worker process is alive: a worker that crashed or was killed shows **died**, not running.
+
+| key | does |
+| --- | --- |
+| Enter / o | open the run in the monitor (F5) |
+| r | resume a stopped, failed or died run from its newest checkpoint |
+| x | stop a running run (asks first; it saves a checkpoint) |
+| d | delete a run folder (asks first; a running run must be stopped first) |
+| Space | mark / unmark a run for comparison |
+| c | compare: the loss curves of the marked runs on one chart |
+"""
+
+    BINDINGS = [
+        Binding("enter", "open_run", "Open", id="runs_open"),
+        Binding("o", "open_run", "Open", show=False, id="runs_open_o"),
+        Binding("r", "resume_run", "Resume", id="runs_resume"),
+        Binding("x", "stop_run", "Stop", id="runs_stop"),
+        Binding("d", "delete_run", "Delete", id="runs_delete"),
+        Binding("space", "toggle_mark", "Mark", id="runs_mark"),
+        Binding("c", "compare", "Compare", id="runs_compare"),
+    ]
+
+    REFRESH_S = 2.0
+
+    class Refreshed(Message):
+        def __init__(self, rows: list[tuple[RunDir, RunStatus]]) -> None:
+            super().__init__()
+            self.rows = rows
+
+        def can_replace(self, message: Message) -> bool:
+            return isinstance(message, RunsScreen.Refreshed)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.index: RunIndex | None = None
+        self.rows: list[tuple[RunDir, RunStatus]] = []
+        self.marked: set[str] = set()
+        self._busy = False
+        self.loaded = False
+        self.now: float | None = None  # pinned by snapshot tests; None means the clock
+
+    def compose_body(self) -> ComposeResult:
+        yield Static("", id="runs-summary")
+        table: DataTable = DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield table
+        yield Static("", id="run-detail")
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        for key, label in COLUMNS:
+            table.add_column(label, key=key)
+        self.index = RunIndex(self.session.runs_dir)
+        self.refresh_runs()
+        self.set_interval(self.REFRESH_S, self.refresh_runs)
+
+    def on_screen_resume(self) -> None:
+        self.refresh_runs()
+        self.query_one(DataTable).focus()
+
+    # ------------------------------------------------------------------ refresh
+    def refresh_runs(self) -> None:
+        if self._busy or self.index is None:
+            return
+        self._busy = True
+        index = self.index
+        self.run_worker(lambda: self._scan(index), thread=True, group="runs-refresh", exit_on_error=False)
+
+    def _scan(self, index: RunIndex) -> None:
+        try:
+            rows = index.refresh()
+        finally:
+            self._busy = False
+        self.post_message(self.Refreshed(rows))
+
+    def on_runs_screen_refreshed(self, message: Refreshed) -> None:
+        self.rows = message.rows
+        self.loaded = True
+        table = self.query_one(DataTable)
+        keys = [str(run.path) for run, _ in self.rows]
+        existing = [str(k.value) for k in table.rows]
+        self.marked &= set(keys)
+        if keys == existing:
+            for run, st in self.rows:
+                cells = row_cells(st, str(run.path) in self.marked, self.now)
+                for col, value in cells.items():
+                    table.update_cell(str(run.path), col, value)
+        else:
+            current = self.selected_key()
+            table.clear()
+            for run, st in self.rows:
+                cells = row_cells(st, str(run.path) in self.marked, self.now)
+                table.add_row(*[cells[k] for k, _ in COLUMNS], key=str(run.path))
+            if current in keys:
+                table.move_cursor(row=keys.index(current))
+        self._update_summary()
+
+    def _update_summary(self) -> None:
+        n = len(self.rows)
+        running = sum(1 for _, st in self.rows if st.alive)
+        text = Text(no_wrap=True, overflow="ellipsis")
+        if not n:
+            text.append("No runs yet. ", style="bold")
+            text.append("Set one up in Model → Data → Training, or run `sft-tui train CONFIG`.")
+        else:
+            text.append(f"{n} run{'s' if n != 1 else ''}", style="bold")
+            text.append(f" · {running} running" if running else " · none running", style="dim")
+            if self.marked:
+                text.append(f" · {len(self.marked)} marked for comparison (c)", style="magenta")
+        self.query_one("#runs-summary", Static).update(text)
+        self._update_detail()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_open_run()
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._update_detail()
+
+    def _update_detail(self) -> None:
+        sel = self.selected()
+        text = Text(no_wrap=False)
+        if sel is not None:
+            run, st = sel
+            text.append(run.name, style="bold")
+            text.append(f"  {st.state}", style=STATE_STYLE.get(st.state, ""))
+            if st.last_checkpoint:
+                text.append(f" · last checkpoint {run.latest_checkpoint().name if run.latest_checkpoint() else '-'}")
+            if run.adapter_dir.is_dir():
+                text.append(" · adapter saved", style="green")
+            if st.error:
+                text.append(f"\n{st.error.get('message')}", style="red")
+                if st.error.get("hint"):
+                    text.append(f"\nWhat to do: {st.error['hint']}", style="dim")
+        self.query_one("#run-detail", Static).update(text)
+
+    # ------------------------------------------------------------------ selection
+    def selected_key(self) -> str | None:
+        table = self.query_one(DataTable)
+        if not table.row_count:
+            return None
+        try:
+            return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+        except Exception:
+            return None
+
+    def selected(self) -> tuple[RunDir, RunStatus] | None:
+        key = self.selected_key()
+        for run, st in self.rows:
+            if str(run.path) == key:
+                return run, st
+        return None
+
+    def _need_selection(self) -> tuple[RunDir, RunStatus] | None:
+        sel = self.selected()
+        if sel is None:
+            self.notify("no run selected", severity="warning")
+        return sel
+
+    # ------------------------------------------------------------------ actions
+    def action_open_run(self) -> None:
+        sel = self._need_selection()
+        if sel is None:
+            return
+        self.session.run = sel[0]
+        self.app.go_step("monitor")  # type: ignore[attr-defined]
+
+    def action_resume_run(self) -> None:
+        sel = self._need_selection()
+        if sel is None:
+            return
+        run, st = sel
+        if run.is_alive():
+            self.notify(f"{run.name} is already running", severity="warning")
+            return
+        if run.latest_checkpoint() is None:
+            self.app.show_error(f"Run {run.name} has no checkpoint to resume from.",  # type: ignore[attr-defined]
+                                "Start a new run from the Training screen, or lower training.save_steps next time.",
+                                title="Cannot resume")
+            return
+        from sft_tui.core.launch import start_worker
+
+        run.writer().status("starting", resume=True)
+        start_worker(run, resume=True)
+        self.notify(f"resuming {run.name} from {run.latest_checkpoint().name}")  # type: ignore[union-attr]
+        self.session.run = run
+        self.app.go_step("monitor")  # type: ignore[attr-defined]
+
+    def action_stop_run(self) -> None:
+        sel = self._need_selection()
+        if sel is None:
+            return
+        run, _ = sel
+        if not run.is_alive():
+            self.notify(f"{run.name} is not running", severity="warning")
+            return
+
+        def answered(choice: str | None) -> None:
+            if choice == "stop":
+                run.send("stop")
+                self.notify(f"stopping {run.name}: it saves a checkpoint and the adapter first")
+
+        self.app.push_screen(ConfirmScreen(f"Stop {run.name}? It saves a checkpoint and the adapter, then ends.",
+                                           [("stop", "Stop and save"), ("cancel", "Keep training")]), answered)
+
+    def action_delete_run(self) -> None:
+        sel = self._need_selection()
+        if sel is None:
+            return
+        run, _ = sel
+        if run.is_alive():
+            self.app.show_error(f"Run {run.name} is still running.",  # type: ignore[attr-defined]
+                                "Stop it first (x), then delete it.", title="Cannot delete")
+            return
+
+        def answered(choice: str | None) -> None:
+            if choice != "delete":
+                return
+            try:
+                run.delete()
+            except Exception as exc:  # noqa: BLE001 - shown as words, not a traceback
+                from sft_tui.core.errors import explain
+
+                info = explain(exc)
+                self.app.show_error(info.message, info.hint, title="Cannot delete")  # type: ignore[attr-defined]
+                return
+            if self.session.run is not None and self.session.run.path == run.path:
+                self.session.run = None
+            self.marked.discard(str(run.path))
+            self.notify(f"deleted {run.name}")
+            self.refresh_runs()
+
+        self.app.push_screen(
+            ConfirmScreen(f"Delete run {run.name}?\n\nIts folder — checkpoints, adapter and logs — is removed "
+                          "for good.", [("cancel", "Keep it"), ("delete", "Delete")]),
+            answered,
+        )
+
+    def action_toggle_mark(self) -> None:
+        key = self.selected_key()
+        if key is None:
+            return
+        if key in self.marked:
+            self.marked.discard(key)
+        else:
+            self.marked.add(key)
+        self.on_runs_screen_refreshed(self.Refreshed(self.rows))
+
+    def action_compare(self) -> None:
+        runs = [run for run, _ in self.rows if str(run.path) in self.marked]
+        if len(runs) < 2:
+            self.notify("mark two or more runs with Space, then press c", severity="warning")
+            return
+        self.app.push_screen(CompareScreen(runs))
+
+    def commands(self):
+        return [("Runs: compare marked runs", "Overlay the loss curves of the marked runs", self.action_compare)]
+
+
+class CompareScreen(ModalScreen[None]):
+    """Loss curves of several runs on one chart, with each run's final and best values."""
+
+    CSS_PATH = "runs.tcss"
+    BINDINGS = [
+        Binding("escape,q", "dismiss", "Close", id="compare_close"),
+        Binding("v", "toggle_series", "Train/eval", id="compare_series"),
+        Binding("l", "toggle_log", "Log y", id="compare_log_scale"),
+        Binding("m", "cycle_smoothing", "Smooth", id="compare_smoothing"),
+    ]
+
+    class Loaded(Message):
+        def __init__(self, metrics: list) -> None:
+            super().__init__()
+            self.metrics = metrics
+
+    def __init__(self, runs: list[RunDir]) -> None:
+        super().__init__()
+        self.runs = runs
+        self.metrics: list = []
+        self.series_key = "loss"
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="compare-box"):
+            yield LineChart("train loss", empty_text="reading runs…", id="compare-chart")
+            yield Static("", id="compare-table")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        runs = self.runs
+        self.run_worker(lambda: self.post_message(self.Loaded([load_metrics(r) for r in runs])),
+                        thread=True, exit_on_error=False)
+
+    def on_compare_screen_loaded(self, message: Loaded) -> None:
+        self.metrics = message.metrics
+        self._draw()
+
+    def _draw(self) -> None:
+        chart = self.query_one(LineChart)
+        series = []
+        for i, m in enumerate(self.metrics):
+            s = m.series(self.series_key)
+            series.append(ChartSeries(m.status.name, s.xs, s.ys, PALETTE[i % len(PALETTE)],
+                                      smooth=self.series_key == "loss"))
+        chart.set_series(series, title="train loss" if self.series_key == "loss" else "eval loss")
+        if all(not s.xs for s in series):
+            chart.empty_text = f"no {'eval' if self.series_key == 'eval_loss' else 'train'} loss recorded in these runs"
+        table = Text(no_wrap=True, overflow="ellipsis")
+        table.append(f"{'run':<28} {'steps':>9} {'final loss':>11} {'best eval':>10}\n", style="bold")
+        for i, m in enumerate(self.metrics):
+            _, best = m.best_eval()
+            table.append("━ ", style=PALETTE[i % len(PALETTE)])
+            table.append(f"{m.status.name[:26]:<26} {m.step:>9} {fmt_num(m.train_loss.last):>11} {fmt_num(best):>10}\n")
+        self.query_one("#compare-table", Static).update(table)
+
+    def action_toggle_series(self) -> None:
+        self.series_key = "eval_loss" if self.series_key == "loss" else "loss"
+        self._draw()
+
+    def action_toggle_log(self) -> None:
+        chart = self.query_one(LineChart)
+        chart.log_y = not chart.log_y
+
+    def action_cycle_smoothing(self) -> None:
+        from sft_tui.screens.monitor import SMOOTHING_STEPS
+
+        chart = self.query_one(LineChart)
+        i = SMOOTHING_STEPS.index(chart.smoothing) if chart.smoothing in SMOOTHING_STEPS else 0
+        chart.smoothing = SMOOTHING_STEPS[(i + 1) % len(SMOOTHING_STEPS)]
+
+    def action_dismiss(self) -> None:
+        self.dismiss(None)
