@@ -1,0 +1,175 @@
+"""Pilot tests of the runs screen: statuses (died vs running), open, resume, stop, delete, compare."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sft_tui.app import SftApp
+from sft_tui.core import synthetic
+from sft_tui.core.session import Session
+from sft_tui.core.settings import Settings
+from sft_tui.screens.dialogs import ConfirmScreen, ErrorScreen
+from sft_tui.screens.monitor import MonitorScreen
+from sft_tui.screens.runs import CompareScreen, RunsScreen
+from sft_tui.widgets.chart import LineChart
+
+
+async def wait_for(pilot, cond, timeout: float = 8.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        await pilot.pause(0.05)
+    return cond()
+
+
+@pytest.fixture
+def dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture
+def runs(tmp_path, dead_pid):
+    a = synthetic.write_run(tmp_path, "alpha", steps=30, eval_every=10, save_every=10)
+    b = synthetic.write_run(tmp_path, "bravo", steps=12, max_steps=40, final=None, pid=dead_pid, seed=3)
+    c = synthetic.write_run(tmp_path, "charlie", steps=5, max_steps=40, final=None, pid=os.getpid(), seed=5)
+    for i, run in enumerate((a, b, c)):
+        os.utime(run.config_path, (synthetic.T0 + i, synthetic.T0 + i))  # list order: alpha, bravo, charlie
+    return a, b, c
+
+
+def runs_app(tmp_path) -> SftApp:
+    return SftApp(session=Session(runs_dir=tmp_path), start="runs", settings=Settings())
+
+
+def table_rows(screen: RunsScreen) -> dict[str, dict[str, str]]:
+    from sft_tui.screens.runs import COLUMNS
+
+    table = screen.query_one("#runs-table")
+    out = {}
+    for row_key in table.rows:
+        cells = [str(c) for c in table.get_row(row_key)]
+        row = dict(zip([k for k, _ in COLUMNS], cells))
+        out[row["run"]] = row
+    return out
+
+
+async def test_lists_runs_with_derived_status(tmp_path, runs):
+    app = runs_app(tmp_path)
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, RunsScreen)
+        assert await wait_for(pilot, lambda: screen.loaded)
+        rows = table_rows(screen)
+        assert set(rows) == {"alpha", "bravo", "charlie"}
+        assert rows["alpha"]["status"] == "done" and rows["alpha"]["step"] == "30/30"
+        assert rows["bravo"]["status"] == "died"  # events say training; the worker is gone
+        assert rows["charlie"]["status"] == "training"
+        assert rows["alpha"]["model"] == "demo" and rows["alpha"]["method"] == "lora"
+        assert rows["alpha"]["best_eval"] != "-" and rows["bravo"]["best_eval"] == "-"
+        assert rows["alpha"]["duration"] == "0:20"  # from the events' own times, final runs only
+        assert "3 runs" in str(screen.query_one("#runs-summary").render())
+        # new events are picked up on the next refresh
+        synthetic.append(runs[2], synthetic.train_event(6, 40, synthetic.T0 + 60))
+        screen.refresh_runs()
+        assert await wait_for(pilot, lambda: table_rows(screen)["charlie"]["step"] == "6/40")
+
+
+async def test_open_goes_to_monitor_with_that_run(tmp_path, runs):
+    app = runs_app(tmp_path)
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = app.screen
+        assert await wait_for(pilot, lambda: screen.loaded)
+        await pilot.press("down")  # bravo
+        await pilot.press("enter")
+        assert await wait_for(pilot, lambda: isinstance(app.screen, MonitorScreen))
+        assert app.session.run.name == "bravo"
+        monitor = app.screen
+        assert await wait_for(pilot, lambda: monitor.loaded and len(monitor.metrics.train_loss) == 12)
+        assert "died" in str(monitor.query_one("#run-header").render())
+        await pilot.press("f8")
+        assert isinstance(app.screen, RunsScreen)
+
+
+async def test_delete_asks_and_refuses_running_runs(tmp_path, runs):
+    app = runs_app(tmp_path)
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = app.screen
+        assert await wait_for(pilot, lambda: screen.loaded)
+        await pilot.press("down", "down")  # charlie: alive
+        await pilot.press("d")
+        assert isinstance(app.screen, ErrorScreen)
+        await pilot.press("escape")
+        await pilot.press("up")  # bravo
+        await pilot.press("d")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("escape")  # cancel keeps it
+        assert runs[1].path.exists()
+        await pilot.press("d")
+        await pilot.click("#delete")
+        assert await wait_for(pilot, lambda: not runs[1].path.exists())
+        assert await wait_for(pilot, lambda: set(table_rows(screen)) == {"alpha", "charlie"})
+
+
+async def test_compare_overlays_marked_runs(tmp_path, runs):
+    app = runs_app(tmp_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = app.screen
+        assert await wait_for(pilot, lambda: screen.loaded)
+        await pilot.press("c")
+        assert isinstance(app.screen, RunsScreen)  # needs two marked runs first
+        await pilot.press("space", "down", "space")
+        assert len(screen.marked) == 2
+        assert table_rows(screen)["alpha"]["mark"] == "●"
+        await pilot.press("c")
+        assert isinstance(app.screen, CompareScreen)
+        compare = app.screen
+        chart = compare.query_one(LineChart)
+        assert await wait_for(pilot, lambda: len(chart.series) == 2)
+        assert [s.name for s in chart.series] == ["alpha", "bravo"]
+        assert [len(s.xs) for s in chart.series] == [30, 12]
+        assert chart.series[0].color != chart.series[1].color
+        table = str(compare.query_one("#compare-table").render())
+        assert "alpha" in table and "bravo" in table
+        await pilot.press("v")
+        assert chart.title == "eval loss" and [len(s.xs) for s in chart.series] == [3, 0]
+        await pilot.press("escape")
+        assert isinstance(app.screen, RunsScreen)
+
+
+async def test_resume_starts_a_worker_from_the_checkpoint(tmp_path, runs, monkeypatch):
+    started = []
+    import sft_tui.core.launch as launch
+
+    monkeypatch.setattr(launch, "start_worker", lambda run, resume=False: started.append((run.name, resume)))
+    bravo = runs[1]
+    app = runs_app(tmp_path)
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = app.screen
+        assert await wait_for(pilot, lambda: screen.loaded)
+        await pilot.press("down", "r")  # bravo has no checkpoint folder
+        assert isinstance(app.screen, ErrorScreen) and not started
+        await pilot.press("escape")
+        (bravo.checkpoints_dir / "checkpoint-10").mkdir(parents=True)
+        await pilot.press("r")
+        assert started == [("bravo", True)]
+        assert bravo.events()[-1] == {**bravo.events()[-1], "type": "status", "state": "starting", "resume": True}
+        assert await wait_for(pilot, lambda: isinstance(app.screen, MonitorScreen))
+        assert app.session.run.name == "bravo"
+
+
+async def test_empty_runs_dir(tmp_path):
+    app = runs_app(tmp_path / "nothing")
+    async with app.run_test(size=(100, 24)) as pilot:
+        screen = app.screen
+        assert await wait_for(pilot, lambda: screen.loaded)
+        assert "No runs yet" in str(screen.query_one("#runs-summary").render())
+        await pilot.press("enter", "r", "d")
+        assert isinstance(app.screen, RunsScreen)
