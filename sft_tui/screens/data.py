@@ -1,0 +1,490 @@
+"""Step 2: choose the training data, check how it is read, and see exactly what is trained on."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select, Static, Switch, TabbedContent, TabPane
+
+from sft_tui.core import presenters as P
+from sft_tui.screens.base import StepScreen
+
+TEMPLATES = ["auto", "alpaca", "chatml", "llama3"]
+ROW_LIMIT = 500  # rows shown in the table; statistics always cover every row
+NONE = "(none)"
+
+
+class DataScreen(StepScreen):
+    STEP = "data"
+    TITLE = "Data"
+    HELP = """
+Choose the **training data** and check that it is read the way you mean.
+
+* **Path**: a .jsonl/.json/.csv/.parquet file, a folder, or `sample:NAME` for the bundled samples
+  (pick one from **samples**). **Ctrl+O** browses the disk. Press **Enter** in the path box to load.
+* **Format**: `auto` detects it (the confidence says how sure); choose one to override.
+* **Mapping** tab: which column feeds each field of the format (e.g. a CSV with `question`/`answer`
+  is alpaca with instruction ← question and output ← answer).
+* **Rows** tab: ↑/↓ through the rows; below, the **rendered training text** of the highlighted row:
+  dim text is the prompt (masked, not trained), coloured text is what the model learns, with counts.
+* **Tokenize** tab (**Ctrl+T**): tokenizes every row in the background and shows the length
+  histogram, truncated rows, padding waste and problems with their line numbers.
+"""
+
+    BINDINGS = [
+        Binding("ctrl+o", "browse", "Browse", id="data_browse"),
+        Binding("ctrl+t", "tokenize", "Tokenize", id="data_tokenize"),
+        Binding("ctrl+l", "focus_path", "Path", show=False, id="data_focus_path"),
+    ]
+
+    DEFAULT_CSS = """
+    DataScreen .data-row { height: 1; margin: 0 1; }
+    DataScreen .data-row Label { width: 7; }
+    DataScreen #data-path { width: 1fr; }
+    DataScreen #data-sample { width: 30; margin-left: 1; }
+    DataScreen #data-format { width: 22; }
+    DataScreen #detected { width: 1fr; margin-left: 1; }
+    DataScreen #detected.bad { color: $error; }
+    DataScreen TabbedContent { height: 1fr; }
+    DataScreen TabPane { padding: 0 1; }
+    DataScreen #rows { height: 1fr; min-height: 4; }
+    DataScreen #preview-summary { height: 1; color: $text-muted; }
+    DataScreen #preview { height: 45%; border-top: solid $panel-lighten-2; }
+    DataScreen #mapping-fields { height: auto; }
+    DataScreen .map-row { height: 1; margin-bottom: 1; }
+    DataScreen .map-row Label { width: 18; }
+    DataScreen .map-row Select, DataScreen .map-row Input { width: 1fr; max-width: 50; }
+    DataScreen #tokenize-row { height: 1; }
+    DataScreen #tokenize-row Button { margin-right: 2; }
+    DataScreen #tokenize-progress { width: 1fr; }
+    DataScreen #stats { height: 1fr; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loaded: Any = None  # LoadedRows
+        self.rows: list[dict[str, Any]] = []
+        self.detection: Any = None
+        self.tokenizer: Any = None
+        self.tokenizer_for: str | None = None
+        self.tokenizer_error: str = ""
+        self._loaded_path: Any = None
+        self._mapping_sig: tuple = ()
+
+    # ------------------------------------------------------------------ layout
+    def compose_body(self) -> ComposeResult:
+        data = self.session.config.data
+        samples = P.sample_choices()
+        with Horizontal(classes="data-row"):
+            yield Label("data")
+            yield Input(P.path_text(data.path), placeholder="file, folder or sample:NAME (Enter loads)",
+                        id="data-path", compact=True)
+            yield Select(samples, prompt="samples…", id="data-sample", compact=True,
+                         value=data.path if data.path in {v for _, v in samples} else Select.NULL)
+        with Horizontal(classes="data-row"):
+            yield Label("format")
+            yield Select([(f, f) for f in P.format_choices()], value=data.format, allow_blank=False,
+                         id="data-format", compact=True)
+            yield Static("loading…", id="detected")
+        with TabbedContent(id="data-tabs"):
+            with TabPane("Rows", id="tab-rows"):
+                yield DataTable(id="rows", cursor_type="row", zebra_stripes=True)
+                yield Static("", id="preview-summary")
+                yield VerticalScroll(Static("", id="preview-text"), id="preview")
+            with TabPane("Mapping", id="tab-mapping"):
+                with VerticalScroll():
+                    yield Static("Which column feeds each field of the format (* = required):", classes="muted")
+                    yield Vertical(id="mapping-fields")
+                    with Horizontal(classes="map-row"):
+                        yield Label("template")
+                        yield Select([(t, t) for t in TEMPLATES], value=data.template, allow_blank=False,
+                                     id="data-template", compact=True)
+                    with Horizontal(classes="map-row"):
+                        yield Label("system prompt")
+                        yield Input(data.system_prompt or "", placeholder="added to rows that have none",
+                                    id="data-system", compact=True)
+                    with Horizontal(classes="map-row"):
+                        yield Label("skip bad rows")
+                        yield Switch(data.skip_bad_rows, id="data-skip")
+            with TabPane("Tokenize", id="tab-tokenize"):
+                with Horizontal(id="tokenize-row"):
+                    yield Button("Tokenize", id="tokenize", variant="primary", compact=True)
+                    yield ProgressBar(total=100, show_eta=False, id="tokenize-progress")
+                yield VerticalScroll(Static("Press Ctrl+T to tokenize every row with the model's tokenizer.",
+                                            id="stats-text"), id="stats")
+
+    def on_mount(self) -> None:
+        self.load_data()
+        self.load_tokenizer()
+
+    def on_screen_resume(self) -> None:
+        data = self.session.config.data
+        path_input = self.query_one("#data-path", Input)
+        if P.path_text(data.path) != path_input.value and not path_input.has_focus:
+            path_input.value = P.path_text(data.path)
+        if data.path != self._loaded_path:
+            self.load_data()
+        if self.tokenizer_for != self.session.config.model.path:
+            self.load_tokenizer()
+
+    # ------------------------------------------------------------------ loading rows (worker)
+    @work(thread=True, exclusive=True, group="data-load")
+    def load_data(self) -> None:
+        from sft_tui.core.imports import preload
+
+        preload("datasets")
+        from sft_tui.core.data import load_rows_detailed
+        from sft_tui.core.errors import UserError
+
+        data = self.session.config.data.model_copy(deep=True)
+        self.app.call_from_thread(self._status, "loading…", False)
+        try:
+            loaded = load_rows_detailed(data.path, skip_bad_rows=True)
+        except UserError as exc:
+            self.app.call_from_thread(self._load_failed, data.path, exc.message, exc.hint)
+            return
+        n = min(len(loaded.dataset), ROW_LIMIT)
+        rows = loaded.dataset.select(range(n)).to_list()
+        detection = self._detect(loaded, data)
+        self.app.call_from_thread(self._loaded, data.path, loaded, rows, detection)
+
+    @staticmethod
+    def _detect(loaded: Any, data: Any) -> Any:
+        """Detection for the current format/mapping; a mapping error becomes an 'unknown' detection."""
+        from sft_tui.core.data import Detection, detect_format, resolve_columns
+        from sft_tui.core.errors import UserError
+
+        try:
+            if data.format == "auto":
+                return detect_format(loaded.dataset, data.columns)
+            resolved = resolve_columns(loaded.dataset.column_names, data.columns)
+            return Detection(data.format, 1.0, "chosen by you", resolved)
+        except UserError as exc:
+            return Detection("unknown", 0.0, exc.message, {})
+
+    def _load_failed(self, path: Any, message: str, hint: str) -> None:
+        self._loaded_path = path
+        self.loaded, self.rows, self.detection = None, [], None
+        self.query_one("#rows", DataTable).clear(columns=True)
+        self._status(f"{message}" + (f" — {hint}" if hint else ""), True)
+        self.query_one("#preview-text", Static).update("")
+        self.query_one("#preview-summary", Static).update("")
+
+    def _loaded(self, path: Any, loaded: Any, rows: list[dict[str, Any]], detection: Any) -> None:
+        self._loaded_path = path
+        self.loaded, self.rows = loaded, rows
+        table = self.query_one("#rows", DataTable)
+        table.clear(columns=True)
+        columns = P.visible_columns(loaded.dataset.column_names)
+        width = max(12, (max(self.size.width, 60) - 12) // max(1, len(columns)))
+        cells = [P.row_cells(row, columns, width) for row in rows]
+        # Explicit widths: auto-sized columns were drawn at their header's width inside a tab pane.
+        widths = [max([len(c[i]) for c in cells] + [len(name)]) for i, name in enumerate(["line", *columns])]
+        table.add_column("line" if loaded.line_kind == "line" else "row", key="__line__", width=widths[0])
+        for c, w in zip(columns, widths[1:]):
+            table.add_column(c, key=c, width=w)
+        for i, row_cells in enumerate(cells):
+            table.add_row(*row_cells, key=str(i))
+        self._set_detection(detection)
+
+    def _set_detection(self, detection: Any) -> None:
+        self.detection = detection
+        total = len(self.loaded.dataset) if self.loaded is not None else 0
+        if detection.format == "unknown":
+            self._status(f"format unknown: {detection.reason}", True)
+        else:
+            how = "→ " if self.session.config.data.format == "auto" else ""
+            self._status(f"{how}{detection.format} ({detection.confidence:.0%} sure) · {total} rows · "
+                         f"{detection.reason}", False)
+        self.call_after_refresh(self._rebuild_mapping)
+        self._preview_highlighted()
+
+    def _status(self, text: str, bad: bool) -> None:
+        label = self.query_one("#detected", Static)
+        label.set_class(bad, "bad")
+        label.update(Text(text))
+
+    @work(thread=True, exclusive=True, group="data-detect")
+    def redetect(self) -> None:
+        if self.loaded is None:
+            return
+        data = self.session.config.data.model_copy(deep=True)
+        detection = self._detect(self.loaded, data)
+        self.app.call_from_thread(self._set_detection, detection)
+
+    # ------------------------------------------------------------------ mapping
+    async def _rebuild_mapping(self) -> None:
+        if self.loaded is None or self.detection is None:
+            return
+        data = self.session.config.data
+        fmt = data.format if data.format != "auto" else self.detection.format
+        columns = P.visible_columns(self.loaded.dataset.column_names)
+        fields = P.mapping_fields(fmt)
+        values = {f: P.current_mapping(data.columns, self.detection.columns, f) for f, _ in fields}
+        sig = (fmt, tuple(columns), tuple(sorted(values.items())))
+        if sig == self._mapping_sig:
+            return
+        self._mapping_sig = sig
+        box = self.query_one("#mapping-fields", Vertical)
+        await box.remove_children()
+        widgets = []
+        options = [(NONE, "")] + [(c, c) for c in columns]
+        for name, required in fields:
+            value = values[name] if values[name] in columns else ""
+            select = Select(options, value=value, allow_blank=False, name=name, classes="map-select",
+                            compact=True, id=f"map-{name}")
+            widgets.append(Horizontal(Label(f"{name}{' *' if required else ''}"), select, classes="map-row"))
+        await box.mount_all(widgets)
+
+    # ------------------------------------------------------------------ tokenizer and preview (workers)
+    @work(thread=True, exclusive=True, group="data-tokenizer")
+    def load_tokenizer(self) -> None:
+        from sft_tui.core.imports import preload
+
+        preload("datasets", "transformers")
+        from sft_tui.core.errors import UserError
+        from sft_tui.core.training import build_tokenizer, model_path
+
+        config = self.session.config.model_copy(deep=True)
+        self.app.call_from_thread(self._preview_message, "loading the tokenizer…")
+        try:
+            tokenizer = build_tokenizer(config, model_path(config))
+            error = ""
+        except UserError as exc:
+            tokenizer, error = None, f"no tokenizer: {exc.message}"
+        self.app.call_from_thread(self._tokenizer_ready, config.model.path, tokenizer, error)
+
+    def _tokenizer_ready(self, model: str, tokenizer: Any, error: str) -> None:
+        self.tokenizer, self.tokenizer_for, self.tokenizer_error = tokenizer, model, error
+        self._preview_highlighted()
+
+    def _preview_message(self, text: str) -> None:
+        self.query_one("#preview-summary", Static).update(text)
+
+    def _preview_highlighted(self) -> None:
+        table = self.query_one("#rows", DataTable)
+        if not self.rows or self.detection is None or not table.row_count:
+            return
+        index = min(max(table.cursor_row, 0), len(self.rows) - 1)
+        if self.detection.format == "unknown":
+            self._preview_message("set the format or the mapping to see the training text")
+            self.query_one("#preview-text", Static).update("")
+            return
+        if self.tokenizer is None:
+            self._preview_message(self.tokenizer_error or "loading the tokenizer…")
+            return
+        self.preview(self.rows[index], self.detection, self.session.config.data.model_copy(deep=True))
+
+    @work(thread=True, exclusive=True, group="data-preview")
+    def preview(self, row: dict[str, Any], detection: Any, data: Any) -> None:
+        view = P.preview_row(row, detection.format, detection.columns, data, self.tokenizer)
+        self.app.call_from_thread(self._show_preview, row, view)
+
+    def _show_preview(self, row: dict[str, Any], view: P.RowPreview) -> None:
+        where = f"line {row.get('__line__')}: " if row.get("__line__") is not None else ""
+        summary = Text(where + view.summary, style="red" if view.error else "")
+        if not view.error:
+            summary.append("   ")
+            summary.append("prompt (masked)", style=self._masked_style)
+            summary.append(" · ")
+            summary.append("trained", style=self._trained_style)
+        self.query_one("#preview-summary", Static).update(summary)
+        text = Text()
+        for chunk, trained in view.segments:
+            text.append(chunk, style=self._trained_style if trained else self._masked_style)
+        self.query_one("#preview-text", Static).update(text)
+
+    @property
+    def _trained_style(self) -> str:
+        return f"bold {self.app.current_theme.success or 'green'}"
+
+    @property
+    def _masked_style(self) -> str:
+        theme = self.app.current_theme
+        return f"{theme.secondary or 'blue'}"
+
+    # ------------------------------------------------------------------ tokenize (worker)
+    def action_tokenize(self) -> None:
+        self.query_one("#data-tabs", TabbedContent).active = "tab-tokenize"
+        self.query_one("#tokenize-progress", ProgressBar).update(progress=0)
+        self.query_one("#stats-text", Static).update("tokenizing…")
+        self.tokenize()
+
+    @work(thread=True, exclusive=True, group="data-tokenize")
+    def tokenize(self) -> None:
+        from sft_tui.core.imports import preload
+
+        preload("datasets", "transformers")
+        from sft_tui.core.data import inspect_data
+        from sft_tui.core.errors import UserError
+        from sft_tui.core.training import build_tokenizer, model_path
+
+        config = self.session.config.model_copy(deep=True)
+        tokenizer = self.tokenizer if self.tokenizer_for == config.model.path else None
+        last = [0.0]
+
+        def progress(stage: str, fraction: float) -> None:
+            now = time.monotonic()
+            if fraction < 1.0 and now - last[0] < 0.1:
+                return
+            last[0] = now
+            self.app.call_from_thread(self._progress, stage, fraction)
+
+        try:
+            if tokenizer is None:
+                progress("loading the tokenizer", 0.0)
+                tokenizer = build_tokenizer(config, model_path(config))
+            report = inspect_data(config, tokenizer, samples=0, progress=progress)
+        except UserError as exc:
+            self.app.call_from_thread(self._tokenize_failed, exc.message, exc.hint)
+            return
+        self.app.call_from_thread(self._tokenized, report)
+
+    def _progress(self, stage: str, fraction: float) -> None:
+        self.query_one("#tokenize-progress", ProgressBar).update(progress=round(fraction * 100))
+        self.query_one("#stats-text", Static).update(f"{stage}…")
+
+    def _tokenize_failed(self, message: str, hint: str) -> None:
+        self.query_one("#stats-text", Static).update(Text(message + (f"\n\nWhat to do: {hint}" if hint else ""),
+                                                          style="red"))
+
+    def _tokenized(self, report: Any) -> None:
+        self.session.data_report = report
+        self.query_one("#tokenize-progress", ProgressBar).update(progress=100)
+        self.query_one("#stats-text", Static).update(self.report_text(report))
+
+    def report_text(self, report: Any) -> Text:
+        text = Text()
+        for line in P.report_lines(report):
+            text.append(line + "\n")
+        bars = P.histogram_lines(report.stats, width=max(10, self.size.width - 40))
+        if bars:
+            text.append("\nlength histogram (tokens)\n", style="bold")
+            for line in bars:
+                text.append(line + "\n")
+        problems = P.problem_lines(report)
+        text.append("\nproblems\n", style="bold")
+        if problems:
+            for line in problems:
+                text.append(line + "\n", style="red" if not line.startswith(" ") else "")
+        else:
+            text.append("none\n", style="green")
+        for warning in report.warnings:
+            text.append(f"note: {warning}\n", style="yellow")
+        return text
+
+    # ------------------------------------------------------------------ edits
+    def _data_changed(self, reload: bool = False) -> None:
+        self.session.data_report = None
+        self.query_one("#tokenize-progress", ProgressBar).update(progress=0)
+        self.query_one("#stats-text", Static).update("The data settings changed: press Ctrl+T to tokenize again.")
+        if reload:
+            self.load_data()
+        else:
+            self.redetect()
+
+    def _set_path(self, text: str) -> None:
+        path = P.parse_path_text(text)
+        if not path or path == self.session.config.data.path:
+            return
+        self.session.config.data.path = path
+        self.session.config.data.columns = {}
+        samples = {v for _, v in P.sample_choices()}
+        sample = self.query_one("#data-sample", Select)
+        sample.value = path if path in samples else Select.NULL
+        self._data_changed(reload=True)
+
+    @on(Input.Submitted, "#data-path")
+    def _path_submitted(self, event: Input.Submitted) -> None:
+        self._set_path(event.value)
+
+    @on(Input.Blurred, "#data-path")
+    def _path_blurred(self, event: Input.Blurred) -> None:
+        self._set_path(event.value)
+
+    @on(Input.Changed, "#data-system")
+    def _system_changed(self, event: Input.Changed) -> None:
+        value = event.value or None
+        if value != self.session.config.data.system_prompt:
+            self.session.config.data.system_prompt = value
+            self.session.data_report = None
+            self._preview_highlighted()
+
+    @on(Switch.Changed, "#data-skip")
+    def _skip_changed(self, event: Switch.Changed) -> None:
+        self.session.config.data.skip_bad_rows = event.value
+
+    @on(Select.Changed)
+    def _select_changed(self, event: Select.Changed) -> None:
+        data = self.session.config.data
+        select = event.select
+        if select.id == "data-sample":
+            if event.value is not Select.NULL and event.value != data.path:
+                self.query_one("#data-path", Input).value = str(event.value)
+                self._set_path(str(event.value))
+        elif select.id == "data-format":
+            if event.value != data.format:
+                data.format = event.value
+                self._mapping_sig = ()
+                self._data_changed()
+        elif select.id == "data-template":
+            if event.value != data.template:
+                data.template = event.value
+                self.session.data_report = None
+                self._preview_highlighted()
+        elif select.has_class("map-select") and self.detection is not None:
+            field = select.name or ""
+            column = event.value or ""
+            current = P.current_mapping(data.columns, self.detection.columns, field)
+            if column != current:
+                data.columns = P.set_mapping(data.columns, field, column)
+                self._data_changed()
+
+    @on(DataTable.RowHighlighted, "#rows")
+    def _row_highlighted(self) -> None:
+        self._preview_highlighted()
+
+    @on(Button.Pressed, "#tokenize")
+    def _tokenize_pressed(self) -> None:
+        self.action_tokenize()
+
+    # ------------------------------------------------------------------ actions
+    def action_browse(self) -> None:
+        from sft_tui.widgets.filepicker import FilePicker
+
+        current = self.query_one("#data-path", Input).value
+        self.app.push_screen(
+            FilePicker("Choose a data file (.jsonl .json .csv .parquet) or folder", ".", current,
+                       suffixes=(".jsonl", ".json", ".csv", ".parquet", ".pq", ".txt")),
+            self._picked)
+
+    def _picked(self, path: str | None) -> None:
+        if path:
+            self.query_one("#data-path", Input).value = path
+            self._set_path(path)
+
+    def action_focus_path(self) -> None:
+        self.query_one("#data-path", Input).focus()
+
+    def commands(self) -> list[tuple[str, str, Any]]:
+        cmds: list[tuple[str, str, Any]] = [
+            ("Tokenize the data", "Tokenize every row and show statistics (Ctrl+T)", self.action_tokenize),
+            ("Browse for a data file", "Open a file picker (Ctrl+O)", self.action_browse),
+            ("Show the column mapping", "Map the data's columns to the format's fields",
+             lambda: setattr(self.query_one("#data-tabs", TabbedContent), "active", "tab-mapping")),
+            ("Show the rows", "Browse rows and their rendered training text",
+             lambda: setattr(self.query_one("#data-tabs", TabbedContent), "active", "tab-rows")),
+        ]
+        for label, value in P.sample_choices():
+            cmds.append((f"Use sample {label}", f"Load the bundled sample {label}",
+                         lambda v=value: self._picked(v)))
+        for fmt in P.format_choices():
+            cmds.append((f"Format: {fmt}", f"Read the data as {fmt}",
+                         lambda f=fmt: setattr(self.query_one("#data-format", Select), "value", f)))
+        return cmds

@@ -1,0 +1,413 @@
+"""Step 1: choose the base model and see whether training it will fit in GPU memory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import DataTable, Input, Label, Select, Static
+
+from sft_tui.core import presenters as P
+from sft_tui.screens.base import StepScreen
+
+METHODS = [("lora — small adapters", "lora"), ("qlora — lora on 4/8-bit", "qlora"), ("full — every weight", "full")]
+LEVEL_CLASSES = ("fits", "tight", "does-not-fit", "no-gpu", "unknown")
+
+
+class ModelScreen(StepScreen):
+    STEP = "model"
+    TITLE = "Model"
+    HELP = """
+Pick the **base model** to fine-tune.
+
+The table lists the built-in **demo** model (tiny, trains on a CPU in a minute), the models in your
+Hugging Face cache and the folders named in the settings file's `model_dirs`.
+
+* Type in the box at the top to **filter** the table; press **Enter** there to use a model folder
+  or a hub id that is not listed (it must be downloaded when the hub is offline).
+* **↑/↓** in the table show a model's details; **Enter** uses it.
+* Choose the **method** (lora, qlora, full) to see the **memory estimate** against the GPUs found:
+  green fits, yellow is tight, red does not fit (with a suggestion that would).
+
+**Ctrl+N** goes on to the data.
+"""
+
+    BINDINGS = [
+        Binding("slash", "focus_filter", "Filter", id="model_filter"),
+        Binding("ctrl+r", "rescan", "Rescan", id="model_rescan"),
+        Binding("ctrl+u", "use_highlighted", "Use model", id="model_use"),
+    ]
+
+    DEFAULT_CSS = """
+    ModelScreen #model-filter { margin: 0 1; }
+    ModelScreen #model-table { height: 1fr; min-height: 4; margin: 0 1; }
+    ModelScreen #model-bottom { height: 50%; min-height: 11; margin: 0 1; }
+    ModelScreen #model-details { width: 1fr; border: round $panel-lighten-2; border-title-color: $text-muted; padding: 0 1; }
+    ModelScreen #model-memory { width: 1fr; border: round $panel-lighten-2; border-title-color: $text-muted; padding: 0 1; }
+    ModelScreen #method-row { height: 1; }
+    ModelScreen #method-row Label { width: 8; }
+    ModelScreen #method { width: 1fr; }
+    ModelScreen #memory-headline { margin-top: 1; text-style: bold; }
+    ModelScreen #memory-headline.fits { color: $success; }
+    ModelScreen #memory-headline.tight { color: $warning; }
+    ModelScreen #memory-headline.does-not-fit { color: $error; }
+    ModelScreen #memory-headline.no-gpu, ModelScreen #memory-headline.unknown { color: $text-muted; }
+    ModelScreen #chosen { height: 1; margin: 0 1; color: $text-muted; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entries: list[Any] = []
+        self.infos: dict[str, Any] = {}  # entry key -> ModelInfo
+        self.failures: dict[str, str] = {}
+        self.gpus: Any = None
+        self._shown_key: str | None = None
+
+    # ------------------------------------------------------------------ layout
+    def compose_body(self) -> ComposeResult:
+        yield Input(placeholder="type to filter · Enter: use a model folder or hub id", id="model-filter",
+                    compact=True)
+        table = DataTable(id="model-table", cursor_type="row", zebra_stripes=True)
+        table.add_column(" ", key="mark", width=1)
+        table.add_column("name", key="name")
+        table.add_column("arch", key="arch")
+        table.add_column("params", key="params")
+        table.add_column("ctx", key="ctx")
+        table.add_column("size", key="size")
+        table.add_column("chat", key="chat")
+        yield table
+        yield Static("", id="chosen")
+        with Horizontal(id="model-bottom"):
+            details = VerticalScroll(Static("Looking for models…", id="details-text"), id="model-details")
+            details.border_title = "details"
+            yield details
+            with Vertical(id="model-memory") as memory:
+                memory.border_title = "memory estimate"
+                with Horizontal(id="method-row"):
+                    yield Label("method")
+                    yield Select(METHODS, value=self.session.config.method.type, allow_blank=False, id="method",
+                                 compact=True)
+                yield Static("", id="memory-headline")
+                yield Static("", id="memory-lines", classes="muted")
+
+    def on_mount(self) -> None:
+        self._show_chosen()
+        # Draw the first frame before the workers start importing huggingface_hub and NVML.
+        self.call_after_refresh(self._start_workers)
+
+    def _start_workers(self) -> None:
+        self.discover()
+        self.sample_gpus()
+
+    def on_screen_resume(self) -> None:
+        # Another screen (or Load YAML) may have changed the model or the method.
+        method = self.query_one("#method", Select)
+        if method.value != self.session.config.method.type:
+            method.value = self.session.config.method.type
+        self._show_chosen()
+        self._refresh_marks()
+        self.update_memory()
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _key(entry: Any) -> str:
+        return P.model_choice_name(entry)
+
+    def _entry(self, key: str | None) -> Any | None:
+        return next((e for e in self.entries if self._key(e) == key), None)
+
+    def _show_chosen(self) -> None:
+        path = self.session.config.model.path
+        shown = "built-in demo model" if path == "demo" else path
+        self.query_one("#chosen", Static).update(Text.assemble(("using: ", "dim"), (shown, "bold")))
+
+    def _fill_table(self) -> None:
+        table = self.query_one("#model-table", DataTable)
+        needle = self.query_one("#model-filter", Input).value.strip().lower()
+        keep = table.cursor_row
+        current = self._highlighted_key()
+        table.clear()
+        chosen = self.session.config.model.path
+        for entry in self.entries:
+            key = self._key(entry)
+            if needle and needle not in entry.name.lower() and needle not in key.lower():
+                continue
+            cells = P.model_cells(entry, self.infos.get(key), self.failures.get(key))
+            table.add_row("●" if key == chosen else "", *cells, key=key)
+        if table.row_count:
+            target = current if current is not None else chosen
+            try:
+                table.move_cursor(row=table.get_row_index(target), animate=False)
+            except Exception:
+                table.move_cursor(row=min(keep, table.row_count - 1), animate=False)
+
+    def _refresh_marks(self) -> None:
+        table = self.query_one("#model-table", DataTable)
+        chosen = self.session.config.model.path
+        for row_key in list(table.rows):
+            table.update_cell(row_key, "mark", "●" if row_key.value == chosen else "")
+
+    def _highlighted_key(self) -> str | None:
+        table = self.query_one("#model-table", DataTable)
+        if not table.row_count:
+            return None
+        try:
+            row_key, _ = table.coordinate_to_cell_key((table.cursor_row, 0))
+        except Exception:
+            return None
+        return row_key.value
+
+    # ------------------------------------------------------------------ discovery (worker)
+    @work(thread=True, exclusive=True, group="model-discovery")
+    def discover(self) -> None:
+        from sft_tui.core.discovery import discover_models
+
+        entries = discover_models()
+        self.app.call_from_thread(self._discovered, entries)
+        for entry in entries:
+            if entry.source == "demo" and entry.path is None:
+                continue  # built on first use, not just to fill a table cell
+            self._describe_into_cache(entry)
+
+    def _describe_into_cache(self, entry: Any) -> None:
+        from sft_tui.core.errors import UserError
+        from sft_tui.core.modelinfo import describe_model
+
+        key = self._key(entry)
+        if key in self.infos:
+            return
+        try:
+            info = describe_model(entry.path if entry.path is not None else key)
+            info.name = key
+        except UserError as exc:
+            self.app.call_from_thread(self._described, key, None, exc.message)
+            return
+        except Exception as exc:  # a damaged folder must not stop the listing
+            self.app.call_from_thread(self._described, key, None, f"{type(exc).__name__}: {exc}")
+            return
+        self.app.call_from_thread(self._described, key, info, None)
+
+    def _discovered(self, entries: list[Any]) -> None:
+        chosen = self.session.config.model.path
+        self.entries = list(entries)
+        if chosen not in {self._key(e) for e in self.entries}:
+            from sft_tui.core.discovery import ModelEntry
+
+            self.entries.append(ModelEntry(chosen, None, "path", detail="from the config"))
+        self._fill_table()
+        self._show_details(self._highlighted_key())
+        self.describe_chosen()
+
+    def _described(self, key: str, info: Any, error: str | None) -> None:
+        if info is not None:
+            self.infos[key] = info
+            self.failures.pop(key, None)
+        elif error:
+            self.failures[key] = error
+        table = self.query_one("#model-table", DataTable)
+        entry = self._entry(key)
+        if entry is not None:
+            try:
+                for column, value in zip(("name", "arch", "params", "ctx", "size", "chat"),
+                                         P.model_cells(entry, info, error)):
+                    table.update_cell(key, column, value, update_width=True)
+            except Exception:
+                pass  # filtered out right now
+        if key == self.session.config.model.path and info is not None:
+            self.session.model_info = info
+            self.update_memory()
+        if key == self._shown_key or self._shown_key is None:
+            self._show_details(key)
+
+    @work(thread=True, exclusive=True, group="model-chosen")
+    def describe_chosen(self) -> None:
+        """The chosen model is described even if it is the demo and must be built first."""
+        from sft_tui.core.errors import UserError
+        from sft_tui.core.modelinfo import describe_model
+
+        key = self.session.config.model.path
+        if key in self.infos:
+            self.app.call_from_thread(self._described, key, self.infos[key], None)
+            return
+        if key == "demo":
+            from sft_tui.core import demo
+
+            if not demo.is_built():
+                self.app.call_from_thread(self._say, "Building the demo model (first run only, ~30 s)…")
+                demo.ensure_demo_model()
+        entry = self._entry(key)
+        try:
+            info = describe_model(entry.path if entry is not None and entry.path is not None else key,
+                                  trust_remote_code=self.session.config.model.trust_remote_code)
+            info.name = key
+        except UserError as exc:
+            self.app.call_from_thread(self._described, key, None, exc.message)
+            return
+        self.app.call_from_thread(self._described, key, info, None)
+
+    @work(thread=True, exclusive=True, group="model-gpus")
+    def sample_gpus(self) -> None:
+        from sft_tui.core import gpus
+
+        snapshot = gpus.sample_gpus()
+        self.app.call_from_thread(self._gpus_ready, snapshot)
+
+    def _gpus_ready(self, snapshot: Any) -> None:
+        self.gpus = snapshot
+        self.update_memory()
+
+    # ------------------------------------------------------------------ details and memory
+    def _say(self, text: str) -> None:
+        self.query_one("#details-text", Static).update(text)
+
+    def _show_details(self, key: str | None) -> None:
+        self._shown_key = key
+        if key is None:
+            self._say("No model matches the filter. Press Enter to use what you typed as a folder or hub id.")
+            return
+        entry = self._entry(key)
+        info = self.infos.get(key)
+        if info is None:
+            if key in self.failures:
+                self._say(Text(f"{key}\n\n{self.failures[key]}", style="red"))
+            elif entry is not None and entry.source == "demo" and entry.path is None:
+                self._say("demo: a tiny Llama built on first use (~30 s), trains on a CPU in about a minute.")
+            else:
+                self._say(f"{key}\n\nreading config and weight headers…")
+            return
+        text = Text()
+        for i, (label, value) in enumerate(P.model_details(entry, info)):
+            if i:
+                text.append("\n")
+            text.append(f"{label:<14}", style="dim")
+            text.append(value)
+        self._say(text)
+
+    def update_memory(self) -> None:
+        info = self.session.model_info
+        if info is None or info.name != self.session.config.model.path:
+            self._memory("unknown", "waiting for the model's description…", [])
+            return
+        self.compute_memory(self.session.config.model_copy(deep=True), info, self.gpus)
+
+    @work(thread=True, exclusive=True, group="model-memory")
+    def compute_memory(self, config: Any, info: Any, gpus: Any) -> None:
+        view = P.memory_view(config, info, gpus)
+        self.app.call_from_thread(self._memory, view.level, view.headline, view.lines)
+
+    def _memory(self, level: str, headline: str, lines: list[str]) -> None:
+        head = self.query_one("#memory-headline", Static)
+        head.remove_class(*LEVEL_CLASSES)
+        head.add_class(level)
+        head.update(headline)
+        self.query_one("#memory-lines", Static).update("\n".join(lines))
+
+    # ------------------------------------------------------------------ events
+    @on(DataTable.RowHighlighted, "#model-table")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        key = event.row_key.value if event.row_key is not None else None
+        self._show_details(key)
+
+    @on(DataTable.RowSelected, "#model-table")
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        if event.row_key is not None:
+            self.choose(event.row_key.value)
+
+    @on(Input.Changed, "#model-filter")
+    def _filter(self) -> None:
+        self._fill_table()
+        self._show_details(self._highlighted_key())
+
+    @on(Input.Submitted, "#model-filter")
+    def _submitted(self, event: Input.Submitted) -> None:
+        text = event.value.strip()
+        table = self.query_one("#model-table", DataTable)
+        if not text:
+            self.choose(self._highlighted_key())
+            return
+        exact = self._entry(text)
+        if exact is not None:
+            self.choose(text)
+        elif table.row_count == 1:
+            self.choose(self._highlighted_key())
+        else:
+            self._say(f"{text}\n\nlooking it up…")
+            self.add_custom(text)
+
+    @work(thread=True, exclusive=True, group="model-custom")
+    def add_custom(self, text: str) -> None:
+        from sft_tui.core.discovery import ModelEntry
+        from sft_tui.core.errors import UserError
+        from sft_tui.core.modelinfo import describe_model
+
+        try:
+            info = describe_model(text, trust_remote_code=self.session.config.model.trust_remote_code)
+        except UserError as exc:
+            self.app.call_from_thread(self._custom_failed, text, exc.message, exc.hint)
+            return
+        info.name = text
+        self.app.call_from_thread(self._custom_ready, ModelEntry(text, None, "path"), info)
+
+    def _custom_failed(self, text: str, message: str, hint: str) -> None:
+        self._say(Text(f"{text}\n\n{message}" + (f"\n\nWhat to do: {hint}" if hint else ""), style="red"))
+
+    def _custom_ready(self, entry: Any, info: Any) -> None:
+        if self._entry(entry.name) is None:
+            self.entries.append(entry)
+        self.infos[entry.name] = info
+        self.query_one("#model-filter", Input).value = ""
+        self.choose(entry.name)
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "method" and event.value != self.session.config.method.type:
+            self.session.config.method.type = event.value
+            if event.value != "qlora":
+                self.session.config.method.quantization_bits = None
+            self.update_memory()
+
+    # ------------------------------------------------------------------ actions
+    def choose(self, key: str | None) -> None:
+        if not key:
+            return
+        config = self.session.config
+        if config.model.path != key:
+            config.model.path = key
+            self.session.model_info = self.infos.get(key)
+        self._show_chosen()
+        self._fill_table()
+        self.update_memory()
+        if key not in self.infos:
+            self.describe_chosen()
+        else:
+            self.session.model_info = self.infos[key]
+            self.update_memory()
+        self.notify(f"Model: {'built-in demo' if key == 'demo' else key}", timeout=2)
+
+    def action_focus_filter(self) -> None:
+        self.query_one("#model-filter", Input).focus()
+
+    def action_rescan(self) -> None:
+        self.infos.clear()
+        self.failures.clear()
+        self.discover()
+        self.sample_gpus()
+
+    def action_use_highlighted(self) -> None:
+        self.choose(self._highlighted_key())
+
+    def commands(self) -> list[tuple[str, str, Any]]:
+        cmds = [
+            ("Use the highlighted model", "Make it the base model (Enter in the table)", self.action_use_highlighted),
+            ("Rescan models", "Look again in the HF cache and model folders (Ctrl+R)", self.action_rescan),
+            ("Filter models", "Type part of a name (/)", self.action_focus_filter),
+        ]
+        for label, value in METHODS:
+            cmds.append((f"Method: {value}", label, lambda v=value: self._set_method(v)))
+        return cmds
+
+    def _set_method(self, value: str) -> None:
+        self.query_one("#method", Select).value = value
