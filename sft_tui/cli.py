@@ -105,7 +105,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(run.path)
         err_console.print(f"worker started (pid {proc.pid}); follow with: sft-tui logs {run.name} --follow")
         return 0
-    return follow_with_progress(run)
+    code = follow_with_progress(run)
+    if code != 130:
+        try:
+            proc.wait(timeout=60)  # let the worker finish writing before we report
+        except Exception:  # noqa: BLE001 - a slow exit must not turn success into a crash
+            pass
+    return code
 
 
 def follow_with_progress(run: RunDir) -> int:

@@ -213,16 +213,23 @@ class RunDir:
         return EventTail(self.events_path)
 
     def follow(self, poll: float = 0.5, until_final: bool = True, timeout: float | None = None) -> Iterator[dict[str, Any]]:
-        """Yield events as they arrive; ends when the run reaches a final state or its worker dies."""
+        """Yield events as they arrive; ends when the run's latest status is final or its worker dies.
+
+        "Latest" matters: a resumed run's history holds an earlier 'stopped' that must not end it.
+        """
         tail = self.tail()
         start = time.monotonic()
+        state = None
         while True:
             new = tail.read_new()
             yield from new
+            for ev in new:
+                if ev["type"] == "status":
+                    state = ev.get("state")
             if until_final:
-                if any(e["type"] == "status" and e.get("state") in FINAL_STATES for e in new):
+                if state in FINAL_STATES:
                     return
-                if not new and not self.is_alive() and self.pid() is not None:
+                if not new and self.pid() is not None and not self.is_alive():
                     # The worker is gone; read what it managed to write, then stop.
                     yield from tail.read_new()
                     return
@@ -316,6 +323,7 @@ def fold_event(st: RunStatus, ev: dict[str, Any]) -> None:
             st.best_eval_loss = loss
     elif kind == "checkpoint":
         st.last_checkpoint = ev.get("path")
+        st.step = max(st.step, ev.get("step") or 0)  # a stop between logging steps still counts
     elif kind == "error":
         st.error = {k: ev.get(k) for k in ("kind", "message", "hint")}
 

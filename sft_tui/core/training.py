@@ -342,7 +342,12 @@ def run_training(run: RunDir, resume: bool = False, stop_flag: list[Any] | None 
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.training.early_stopping_patience))
     trainer = Trainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.eval if has_eval else None,
-        data_collator=make_collator(tokenizer, packing=config.data.packing), processing_class=tokenizer,
+        data_collator=make_collator(
+            tokenizer, packing=config.data.packing,
+            # one flat row per batch is only safe where attention honours position_ids resets
+            padding_free=config.data.packing and config.model.attn_implementation == "flash_attention_2",
+        ),
+        processing_class=tokenizer,
         callbacks=callbacks,
     )
     writer.status("training", resumed_from=str(resume_from) if resume_from else None)

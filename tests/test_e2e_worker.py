@@ -1,0 +1,174 @@
+"""End to end: real worker processes train the demo model and write the run directory.
+
+These spawn `python -m sft_tui.worker` exactly as the TUI and CLI do, so they prove the contract
+(config.yaml, events.jsonl, control.json, worker.pid, worker.log, checkpoints/, adapter/).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sft_tui.core.rundir import RunDir, find_run
+
+pytestmark = pytest.mark.slow
+
+SECRET = "hf_sentinelTOKEN0123456789"
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sft_tui", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env or dict(os.environ))
+
+
+def write_config(path: Path, **training) -> Path:
+    cfg = {
+        "model": "demo",
+        "data": {"path": "sample:reviews_alpaca.jsonl", "validation_split": 0.05, "max_length": 128},
+        "training": {"logging_steps": 2, "save_steps": 5, "eval_steps": 5, "batch_size": 4, **training},
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, demo_model_dir):
+    """One short foreground run through the CLI, with a hub token in the environment."""
+    home = tmp_path_factory.mktemp("e2e-home")
+    config = write_config(home / "run.yaml", max_steps=12)
+    env = dict(os.environ, SFT_TUI_HOME=str(home), SFT_TUI_RUNS_DIR=str(home / "runs"), HF_TOKEN=SECRET)
+    proc = cli("train", str(config), "--name", "e2e", env=env)
+    run = RunDir(home / "runs" / "e2e")
+    assert proc.returncode == 0, proc.stdout + proc.stderr + (run.log_path.read_text() if run.log_path.exists() else "")
+    return run, proc
+
+
+def test_run_directory_layout(finished_run):
+    run, proc = finished_run
+    for name in ("config.yaml", "events.jsonl", "worker.pid", "worker.log", "checkpoints", "adapter"):
+        assert (run.path / name).exists(), name
+    assert "adapter saved" in proc.stdout
+
+
+def test_events_tell_the_whole_story(finished_run):
+    run, _ = finished_run
+    events = run.events()
+    states = [e["state"] for e in events if e["type"] == "status"]
+    assert states[0] == "starting" and states[-1] == "done"
+    assert {"loading", "tokenizing", "training", "saving"} <= set(states)
+    train = [e for e in events if e["type"] == "train"]
+    assert [e["step"] for e in train][-1] == 12 and all(e["max_steps"] == 12 for e in train)
+    assert all(isinstance(e["loss"], float) and e["loss"] > 0 for e in train)
+    assert all(e["lr"] is not None and e["tokens_per_s"] is not None for e in train[1:])
+    evals = [e for e in events if e["type"] == "eval"]
+    assert {5, 10} <= {e["step"] for e in evals} and all(e["eval_loss"] > 0 for e in evals)
+    checkpoints = [e["step"] for e in events if e["type"] == "checkpoint"]
+    assert {5, 10} <= set(checkpoints)
+    assert any(e["type"] == "memory" and e["device"] == "cpu" and e["peak"] > 0 for e in events)
+    st = run.status()
+    assert (st.state, st.step, st.alive) == ("done", 12, False)
+
+
+def test_checkpoints_kept_and_adapter_loads_with_peft(finished_run):
+    run, _ = finished_run
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    assert [p.name for p in run.checkpoints()][-1] == "checkpoint-12"
+    assert len(run.checkpoints()) <= 2  # save_total_limit
+    config = json.loads((run.adapter_dir / "adapter_config.json").read_text())
+    assert config["r"] == 16 and config["peft_type"] == "LORA"
+    from sft_tui.core.demo import ensure_demo_model
+
+    base = AutoModelForCausalLM.from_pretrained(ensure_demo_model())
+    model = PeftModel.from_pretrained(base, run.adapter_dir)
+    assert any("lora_A" in name for name, _ in model.named_parameters())
+
+
+def test_no_token_written_anywhere(finished_run):
+    run, _ = finished_run
+    for path in run.path.rglob("*"):
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_cli_runs_and_logs(finished_run):
+    run, _ = finished_run
+    env = dict(os.environ, SFT_TUI_RUNS_DIR=str(run.path.parent))
+    listed = json.loads(cli("runs", "--json", env=env).stdout)
+    assert [(r["name"], r["state"], r["step"]) for r in listed] == [("e2e", "done", 12)]
+    logs = cli("logs", "e2e", env=env)
+    assert logs.returncode == 0 and "step 12/12" in logs.stdout and "status done" in logs.stdout
+
+
+def test_stop_via_control_then_resume(tmp_path, demo_model_dir):
+    config = write_config(tmp_path / "long.yaml", max_steps=40)
+    env = dict(os.environ)
+    proc = cli("train", str(config), "--detach", "--name", "long", env=env)
+    assert proc.returncode == 0, proc.stderr
+    run = RunDir(proc.stdout.strip())
+    assert run.name == "long" and run.pid() is not None
+    wait_for(lambda: any(e["type"] == "train" and e["step"] >= 4 for e in run.events()), 120, "training steps")
+    stop = cli("stop", "long", "--wait", "--timeout", "120", env=env)
+    assert stop.returncode == 0, stop.stderr
+    wait_for(lambda: not run.is_alive(), 60, "the worker to exit")
+    st = run.status()
+    assert st.state == "stopped", run.log_path.read_text()[-3000:]
+    assert st.step < 40
+    stopped_at = run.latest_checkpoint()
+    assert stopped_at is not None and int(stopped_at.name.split("-")[1]) == st.step
+    assert (run.adapter_dir / "adapter_model.safetensors").exists()
+
+    resumed = cli("train", "--resume", "long", env=env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    events = run.events()
+    training = [e for e in events if e["type"] == "status" and e["state"] == "training"]
+    assert training[-1]["resumed_from"].endswith(stopped_at.name)
+    steps_after = [e["step"] for e in events[events.index(training[-1]):] if e["type"] == "train"]
+    assert steps_after and min(steps_after) > st.step and steps_after[-1] == 40
+    assert run.status().state == "done"
+
+
+def test_missing_data_file_fails_with_event(tmp_path, demo_model_dir):
+    cfg = {"model": "demo", "data": {"path": str(tmp_path / "nope.jsonl")}, "training": {"max_steps": 2}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    proc = cli("train", str(tmp_path / "c.yaml"), "--name", "broken")
+    assert proc.returncode == 1
+    run = find_run("broken")
+    errors = [e for e in run.events() if e["type"] == "error"]
+    assert errors and "nope.jsonl" in errors[0]["message"] and errors[0]["hint"]
+    assert run.status().state == "failed"
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "Traceback" in run.log_path.read_text()  # the trace is kept for whoever debugs it
+
+
+def test_unknown_model_fails_with_hint(tmp_path):
+    cfg = {"model": str(tmp_path / "no-such-model"), "training": {"max_steps": 2}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    proc = cli("train", str(tmp_path / "c.yaml"), "--name", "nomodel")
+    assert proc.returncode == 1
+    error = [e for e in find_run("nomodel").events() if e["type"] == "error"][0]
+    assert error["kind"] in ("model_not_found", "error") and "no-such-model" in error["message"]
+    assert "hub id" in error["hint"] or "model" in error["hint"]
+
+
+def test_worker_refuses_non_run_dir(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "sft_tui.worker", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "not a run directory" in proc.stderr
