@@ -1,0 +1,421 @@
+"""Loading a run's base and tuned models once, and generating from them (batched or streamed).
+
+A LoRA run loads the base weights a single time: the tuned answers come from the peft model and
+the base answers from the same object inside ``disable_adapter()``, so comparing the two costs one
+model's memory. Full fine-tunes (and evaluating a merged export) load two models. Every prompt is
+rendered with the run's own template through ``render_prompt``, so generation sees exactly the
+text the model was trained on up to the answer. Heavy libraries are imported inside functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from sft_tui.core.errors import UserError
+from sft_tui.core.rundir import RunDir
+
+WHICH = ("base", "tuned")
+SOURCES = ("auto", "adapter", "merged")
+
+
+@dataclass
+class GenSettings:
+    """Decoding settings; temperature 0 means greedy (deterministic)."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+    def validated(self) -> "GenSettings":
+        problems = []
+        if not 1 <= int(self.max_new_tokens) <= 32768:
+            problems.append(f"max new tokens must be 1..32768, not {self.max_new_tokens}")
+        if not 0.0 <= float(self.temperature) <= 10.0:
+            problems.append(f"temperature must be 0..10 (0 = greedy), not {self.temperature}")
+        if not 0.0 < float(self.top_p) <= 1.0:
+            problems.append(f"top-p must be above 0 and at most 1, not {self.top_p}")
+        if problems:
+            raise UserError("; ".join(problems), "0 temperature gives greedy decoding; top-p 1 keeps every token")
+        return GenSettings(int(self.max_new_tokens), float(self.temperature), float(self.top_p))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _device_and_dtype(config) -> tuple[str, Any]:
+    import torch
+
+    if torch.cuda.is_available():
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        device = "cuda"
+    else:
+        dtype, device = torch.float32, "cpu"
+    wanted = getattr(config.training, "precision", "auto")
+    if device == "cuda" and wanted in ("fp32", "bf16", "fp16"):
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[wanted]
+    if config.model.dtype != "auto":
+        dtype = getattr(torch, config.model.dtype)
+    return device, dtype
+
+
+def load_causal_lm(path: str | Path, config, device: str, dtype: Any, quantize: bool = False):
+    """A causal LM for inference on ``device``; ``quantize`` loads it as qlora trained it (CUDA)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from sft_tui.core.training import _local_only
+
+    hf_logging.disable_progress_bar()  # a tqdm bar on stderr would scribble over the TUI
+    kwargs: dict[str, Any] = dict(dtype=dtype, trust_remote_code=config.model.trust_remote_code,
+                                  local_files_only=_local_only())
+    if config.model.attn_implementation not in ("auto", "flash_attention_2") or (
+            config.model.attn_implementation == "flash_attention_2" and device == "cuda"):
+        kwargs["attn_implementation"] = config.model.attn_implementation
+    if quantize:
+        if device != "cuda":
+            raise UserError("this is a qlora run: its base model loads 4/8-bit and needs an NVIDIA GPU",
+                            "evaluate it on a CUDA machine, or export a 16-bit merge there first")
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        bits = config.method.bits or 4
+        kwargs["quantization_config"] = (
+            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=dtype if dtype != torch.float32 else torch.bfloat16)
+            if bits == 4 else BitsAndBytesConfig(load_in_8bit=True))
+        kwargs["device_map"] = {"": 0}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except OSError as exc:
+        raise UserError(f"could not load the model in {path}: {str(exc).splitlines()[0]}",
+                        "check that the folder holds config.json and the weights (or that the base model is "
+                        "still where the run found it)") from None
+    if not quantize:
+        model.to(device)
+    model.config.use_cache = True
+    model.eval()
+    return model
+
+
+def load_tokenizer(path: str | Path, config):
+    from transformers import AutoTokenizer
+
+    from sft_tui.core.training import _local_only
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=config.model.trust_remote_code,
+                                            local_files_only=_local_only())
+    except OSError as exc:
+        raise UserError(f"could not load the tokenizer in {path}: {str(exc).splitlines()[0]}",
+                        "the run's adapter folder should hold the tokenizer it was trained with") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def tuned_source(run: RunDir, source: str = "auto") -> tuple[str, Path]:
+    """('adapter'|'merged', folder) for the tuned model; 'auto' prefers the adapter, then a merge."""
+    if source not in SOURCES:
+        raise UserError(f"unknown model source {source!r}", "use adapter, merged or auto")
+    has_adapter = (run.adapter_dir / "config.json").exists() or (run.adapter_dir / "adapter_config.json").exists()
+    has_merged = (run.merged_dir / "config.json").exists()
+    if source == "adapter" or (source == "auto" and has_adapter):
+        if not has_adapter:
+            raise UserError(f"run {run.name} has no trained adapter in {run.adapter_dir}",
+                            "wait for the run to finish (or resume it); `sft-tui runs` shows its state")
+        return "adapter", run.adapter_dir
+    if source == "merged" or (source == "auto" and has_merged):
+        if not has_merged:
+            raise UserError(f"run {run.name} has no merged model in {run.merged_dir}",
+                            f"create it with: sft-tui export {run.name} --merge {run.merged_dir}")
+        return "merged", run.merged_dir
+    raise UserError(f"run {run.name} has no trained model yet (no {run.adapter_dir.name}/ folder)",
+                    "wait for the run to finish, or resume it with `sft-tui train --resume RUN`")
+
+
+def _is_raw_data(config) -> bool:
+    """Raw formats (plain text, prompt/completion) were trained without a chat template."""
+    fmt = config.data.format
+    if fmt == "auto":
+        try:
+            from sft_tui.core.data import detect_format, load_rows_detailed
+
+            ds = load_rows_detailed(config.data.path, skip_bad_rows=True).dataset
+            fmt = detect_format(ds.select(range(min(len(ds), 50))), config.data.columns).format
+        except Exception:  # the data may have moved; chat rendering is the safe default
+            return False
+    if fmt == "text":
+        return True
+    if fmt == "prompt_completion":
+        try:
+            from sft_tui.core.data import load_rows_detailed
+
+            ds = load_rows_detailed(config.data.path, skip_bad_rows=True).dataset
+            col = config.data.columns.get("prompt", "prompt")
+            return isinstance(ds[0].get(col), str)
+        except Exception:
+            return True
+    return False
+
+
+class ModelPair:
+    """The base and the tuned model of one run, loaded once and shared (thread-safe by a lock)."""
+
+    def __init__(self, run: RunDir, source: str = "auto", progress: Callable[[str], None] | None = None) -> None:
+        from sft_tui.core.training import model_path
+
+        say = progress or (lambda msg: None)
+        self.run = run
+        self.config = run.load_config()
+        self.source, self.tuned_dir = tuned_source(run, source)
+        self.method = self.config.method.type
+        self.base_path = model_path(self.config)
+        self.device, self.dtype = _device_and_dtype(self.config)
+        self.lock = threading.RLock()
+        self.raw = _is_raw_data(self.config)
+        say("loading the tokenizer")
+        self.tokenizer = load_tokenizer(self.tuned_dir, self.config)
+        quantize = self.method == "qlora"
+        self._base = None
+        self.peft = self.source == "adapter" and self.method in ("lora", "qlora")
+        if self.peft:
+            from peft import PeftModel
+
+            say(f"loading the base model {self.config.model.path}")
+            base = load_causal_lm(self.base_path, self.config, self.device, self.dtype, quantize=quantize)
+            say("attaching the adapter")
+            self._tuned = PeftModel.from_pretrained(base, str(self.tuned_dir))
+            self._tuned.eval()
+        else:
+            say(f"loading the tuned model from {self.tuned_dir}")
+            self._tuned = load_causal_lm(self.tuned_dir, self.config, self.device, self.dtype)
+            say(f"loading the base model {self.config.model.path}")
+            self._base = load_causal_lm(self.base_path, self.config, self.device, self.dtype, quantize=quantize)
+        self.stop_ids = _stop_ids(self.tokenizer, self._tuned)
+        self.loaded_at = time.time()
+
+    @contextlib.contextmanager
+    def use(self, which: str) -> Iterator[Any]:
+        """The model to run for ``which`` ('base' or 'tuned'); holds the lock while in use."""
+        if which not in WHICH:
+            raise ValueError(f"which must be base or tuned, not {which!r}")
+        import torch
+
+        with self.lock, torch.inference_mode():
+            if which == "tuned":
+                yield self._tuned
+            elif self._base is not None:
+                yield self._base
+            else:
+                with self._tuned.disable_adapter():
+                    yield self._tuned
+
+    # ------------------------------------------------------------------ prompts
+    def conversation(self, prompt: str, system: str | None = None):
+        from sft_tui.core.data import Conversation
+
+        if self.raw:
+            return Conversation([{"role": "user", "content": prompt}], raw=True)
+        system = system if system is not None else self.config.data.system_prompt
+        turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        return Conversation(turns)
+
+    def render(self, conv_or_prompt: Any) -> str:
+        """The exact generation prompt, as in training (conversations lose their last answer)."""
+        from sft_tui.core.data import render_prompt
+
+        conv = self.conversation(conv_or_prompt) if isinstance(conv_or_prompt, str) else conv_or_prompt
+        return render_prompt(conv, self.tokenizer, self.config.data.template)
+
+    def encode(self, text: str) -> list[int]:
+        # Training tokenizes the rendered text without adding special tokens (the template has them).
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # ------------------------------------------------------------------ generation
+    def _gen_kwargs(self, settings: GenSettings) -> dict[str, Any]:
+        kwargs: dict[str, Any] = dict(max_new_tokens=settings.max_new_tokens, eos_token_id=self.stop_ids,
+                                      pad_token_id=self.tokenizer.pad_token_id)
+        if settings.temperature > 0:
+            kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+    def generate(self, which: str, texts: list[str], settings: GenSettings | None = None,
+                 batch_size: int = 8, progress: Callable[[int, int], None] | None = None) -> list[str]:
+        """Answers for rendered prompt texts, batched with left padding (longest first)."""
+        import torch
+
+        settings = (settings or GenSettings()).validated()
+        encoded = [self.encode(t) for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
+        answers: list[str] = [""] * len(texts)
+        pad = self.tokenizer.pad_token_id
+        done = 0
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            longest = max(len(encoded[i]) for i in idx)
+            ids = torch.full((len(idx), longest), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), longest), dtype=torch.long)
+            for row, i in enumerate(idx):
+                seq = encoded[i]
+                if seq:
+                    ids[row, longest - len(seq):] = torch.tensor(seq)
+                    mask[row, longest - len(seq):] = 1
+            with self.use(which) as model:
+                out = model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                     **self._gen_kwargs(settings))
+            for row, i in enumerate(idx):
+                answers[i] = self.tokenizer.decode(out[row, longest:], skip_special_tokens=True).strip()
+            done += len(idx)
+            if progress:
+                progress(done, len(texts))
+        return answers
+
+    def stream(self, which: str, prompt: str, settings: GenSettings | None = None,
+               stop: threading.Event | None = None) -> Iterator[str]:
+        """Yield the answer to a user prompt piece by piece as tokens are decoded."""
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        settings = (settings or GenSettings()).validated()
+        text = self.render(prompt)
+        ids = self.encode(text)
+        import torch
+
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        errors: list[BaseException] = []
+
+        class _Stop(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):  # noqa: ANN001
+                return bool(stop is not None and stop.is_set())
+
+        def target() -> None:
+            try:
+                with self.use(which) as model:
+                    model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                   streamer=streamer, stopping_criteria=StoppingCriteriaList([_Stop()]),
+                                   **self._gen_kwargs(settings))
+            except BaseException as exc:  # surfaced to the reader below
+                errors.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=target, name=f"sft-tui-generate-{which}", daemon=True)
+        thread.start()
+        first = True
+        for chunk in streamer:
+            if first:
+                chunk, first = chunk.lstrip(), chunk.strip() == ""
+            if chunk:
+                yield chunk
+        thread.join()
+        if errors:
+            raise errors[0]
+
+
+def _stop_ids(tokenizer: Any, model: Any) -> list[int]:
+    ids: list[int] = []
+    cfg = getattr(model, "generation_config", None)
+    for value in (tokenizer.eos_token_id, getattr(cfg, "eos_token_id", None)):
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(v, int) and v not in ids:
+                ids.append(v)
+    return ids
+
+
+_CACHE: dict[str, Any] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_pair(run: RunDir, source: str = "auto", progress: Callable[[str], None] | None = None) -> ModelPair:
+    """A ModelPair for the run, reused while the run's tuned model on disk is unchanged (one kept)."""
+    kind, folder = tuned_source(run, source)
+    # Weights and configs only: writing a model card (README.md) must not force a reload.
+    marker = max((p.stat().st_mtime for p in folder.iterdir()
+                  if p.is_file() and p.suffix in (".safetensors", ".bin", ".json")), default=0.0)
+    key = f"{run.path}|{kind}|{marker}"
+    with _CACHE_LOCK:
+        pair = _CACHE.get(key)
+        if pair is None:
+            _CACHE.clear()  # one pair at a time: models are big
+            pair = ModelPair(run, kind, progress=progress)
+            _CACHE[key] = pair
+        return pair
+
+
+def clear_cache() -> None:
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+# --------------------------------------------------------------------------- chat history
+
+
+@dataclass
+class ChatRecord:
+    prompt: str
+    answers: dict[str, str]
+    settings: dict[str, Any]
+    time: float = field(default_factory=time.time)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def chat_history_path(run: RunDir) -> Path:
+    return run.path / "chat" / "history.jsonl"
+
+
+def append_history(run: RunDir, record: ChatRecord) -> Path:
+    path = chat_history_path(run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+    return path
+
+
+def load_history(run: RunDir, limit: int | None = None) -> list[dict[str, Any]]:
+    path = chat_history_path(run)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and "prompt" in obj:
+            out.append(obj)
+    return out[-limit:] if limit else out
+
+
+def compare(pair: ModelPair, prompt: str, settings: GenSettings | None = None,
+            on_chunk: Callable[[str, str], None] | None = None, which: tuple[str, ...] = WHICH,
+            stop: threading.Event | None = None, save: bool = True) -> ChatRecord:
+    """Stream each model's answer in turn (base first), report chunks, and keep it in the history."""
+    settings = (settings or GenSettings()).validated()
+    answers: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    for name in which:
+        start = time.perf_counter()
+        parts = []
+        for chunk in pair.stream(name, prompt, settings, stop=stop):
+            parts.append(chunk)
+            if on_chunk:
+                on_chunk(name, chunk)
+        answers[name] = "".join(parts).strip()
+        seconds[name] = round(time.perf_counter() - start, 3)
+    record = ChatRecord(prompt, answers, settings.to_dict(), seconds=seconds)
+    if save:
+        append_history(pair.run, record)
+    return record
