@@ -66,8 +66,9 @@ def model_card(run: RunDir, merged: bool = False, note: str | None = None) -> st
         lines.append(f"base_model: {hub}")
     lines.append("library_name: " + ("transformers" if merged or method == "full" else "peft"))
     lines.append("pipeline_tag: text-generation")
-    lines.append("tags:\n- sft-tui\n- sft\n" + (f"- {method}\n" if method != "full" else "- full-fine-tune\n")
-                 + ("- merged\n" if merged else "")).rstrip()
+    lines += ["tags:", "- sft-tui", "- sft", f"- {method}" if method != "full" else "- full-fine-tune"]
+    if merged:
+        lines.append("- merged")
     lines += ["---", ""]
     what = "merged model" if merged else ("fine-tuned model" if method == "full" else "LoRA adapter")
     lines.append(f"# {run.name} — {what}")
