@@ -405,7 +405,8 @@ def fmt_num(value: float | None, digits: int = 4) -> str:
     if a >= 1e3:
         for unit, div in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
             if a >= div:
-                return f"{value / div:.{max(digits - 1, 2)}g}{unit}"
+                v = value / div
+                return f"{v:.0f}{unit}" if abs(v) >= 100 else f"{v:.1f}{unit}" if abs(v) >= 10 else f"{v:.2f}{unit}"
     if a < 1e-3:
         return f"{value:.1e}"
     return f"{value:.{digits}g}"

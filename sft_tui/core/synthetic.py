@@ -74,7 +74,8 @@ def write_run(root: str | Path, name: str, steps: int = 60, max_steps: int | Non
     config.output.runs_dir = str(Path(root))
     save_config(config, run.config_path, comments=False)
     with open(run.events_path, "w") as fh:
-        for ev in events(steps, max_steps, final=final, run_path=str(run.path), **kwargs):
+        kwargs.setdefault("run_path", str(run.path))  # snapshots pass a fixed one: no tmp paths on screen
+        for ev in events(steps, max_steps, final=final, **kwargs):
             fh.write(json.dumps(ev) + "\n")
     if pid is not None:
         run.pid_path.write_text(str(pid))

@@ -124,7 +124,6 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
             yield LineChart("loss", empty_text="waiting for the first loss…", id="chart")
             with VerticalScroll(id="monitor-side"):
                 yield Static("", id="stats")
-                yield Static(Text("─ GPU " + "─" * 60, no_wrap=True, overflow="crop"), classes="side-title")
                 yield GpuPanel(id="gpus")
         yield RichLog(id="log", max_lines=300, min_width=20, wrap=False, markup=False)
 
@@ -201,8 +200,9 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         else:
             self.metrics.feed(message.events)
             new_logs = [ev for ev in message.events if ev.get("type") != "memory"][-log.max_lines:]  # type: ignore[index]
+        width = log.scrollable_content_region.width
         for ev in new_logs:
-            log.write(format_log(ev))
+            log.write(format_log(ev), width=width if width > 10 else None)
         if message.events or message.metrics is not None:
             self.query_one(LineChart).touch()
         self._render_all()
@@ -303,7 +303,7 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         row("eval loss", fmt_num(m.last_eval.get("eval_loss")) if m.last_eval else "-")
         best_step, best = m.best_eval()
         if best is not None:
-            row("best eval", f"{fmt_num(best)} @ step {int(best_step or 0)}", "green")
+            row("best eval", f"{fmt_num(best)} (step {int(best_step or 0)})", "green")
         row("lr", fmt_num(last.get("lr"), 3))
         row("grad norm", fmt_num(last.get("grad_norm"), 4))
         tps = last.get("tokens_per_s")

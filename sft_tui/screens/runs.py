@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.text import Text
@@ -27,9 +28,10 @@ from sft_tui.widgets.chart import PALETTE, ChartSeries, LineChart
 
 STATE_STYLE = {"done": "green", "training": "bold cyan", "saving": "cyan", "loading": "cyan", "tokenizing": "cyan",
                "starting": "cyan", "failed": "bold red", "died": "bold red", "stopped": "yellow", "new": "dim"}
-COLUMNS = [("mark", " "), ("run", "run"), ("status", "status"), ("model", "model"), ("method", "method"),
-           ("step", "step"), ("loss", "loss"), ("best_eval", "best eval"), ("started", "started"),
-           ("duration", "duration")]
+# The columns that matter most come first: at 80 columns the rest scroll (and the detail line repeats them).
+COLUMNS = [("mark", " "), ("run", "run"), ("status", "status"), ("step", "step"), ("best_eval", "best eval"),
+           ("duration", "duration"), ("model", "model"), ("method", "method"), ("loss", "loss"),
+           ("started", "started")]
 
 
 def fmt_started(ts: float | None) -> str:
@@ -42,7 +44,7 @@ def row_cells(st: RunStatus, marked: bool, now: float | None = None) -> dict[str
         duration = None
     else:
         duration = (st.ended if st.ended is not None else (now or time.time())) - st.started
-    model = st.model if len(st.model) <= 28 else "…" + st.model[-27:]
+    model = st.model if len(st.model) <= 24 else "…" + st.model[-23:]
     return {
         "mark": Text("●", style="bold magenta") if marked else Text(" "),
         "run": Text(st.name, style="bold"),
@@ -187,8 +189,9 @@ worker process is alive: a worker that crashed or was killed shows **died**, not
             run, st = sel
             text.append(run.name, style="bold")
             text.append(f"  {st.state}", style=STATE_STYLE.get(st.state, ""))
+            text.append(f" · {st.model} · {st.method}", style="dim")
             if st.last_checkpoint:
-                text.append(f" · last checkpoint {run.latest_checkpoint().name if run.latest_checkpoint() else '-'}")
+                text.append(f" · last checkpoint {Path(st.last_checkpoint).name}")
             if run.adapter_dir.is_dir():
                 text.append(" · adapter saved", style="green")
             if st.error:

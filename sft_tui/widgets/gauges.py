@@ -47,7 +47,7 @@ def gpu_lines(snapshot: GpuSnapshot | None, our_pids: list[int], width: int,
     if not snapshot.available or not snapshot.gpus:
         reason = snapshot.reason or "no NVIDIA GPU found"
         head, sep, detail = reason.partition(" (")
-        lines.append(Text(head, style="yellow", no_wrap=True, overflow="ellipsis"))
+        lines.append(Text.assemble(("GPU ", "bold"), (head, "yellow"), no_wrap=True, overflow="ellipsis"))
         if sep:
             lines.append(Text("(" + detail, style="dim", no_wrap=True, overflow="ellipsis"))
         if worker_rss is not None:
@@ -58,7 +58,7 @@ def gpu_lines(snapshot: GpuSnapshot | None, our_pids: list[int], width: int,
     bar_w = max(width - 18, 4)
     for gpu in snapshot.gpus:
         name = (gpu.name or "GPU").replace("NVIDIA ", "")
-        lines.append(Text.assemble((f"GPU{gpu.index} ", "bold"), (name, ""), no_wrap=True, overflow="ellipsis"))
+        lines.append(Text.assemble((f"GPU{gpu.index} ", "bold"), (name, "bold"), no_wrap=True, overflow="ellipsis"))
         frac = gpu.mem_used / gpu.mem_total if gpu.mem_used is not None and gpu.mem_total else None
         ours = gpu.memory_of(our_pids) if our_pids else 0
         share = ours / gpu.mem_total if gpu.mem_total else None
