@@ -79,7 +79,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from sft_tui.core.generate import ChatRecord, append_history, load_pair
+    from sft_tui.core.generate import ChatRecord, append_history, load_pair, unescape_prompt
     from sft_tui.core.rundir import find_run
 
     run = find_run(args.run, args.runs_dir)
@@ -106,7 +106,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             continue
         if prompt in ("/quit", "/exit"):
             break
-        prompt = prompt.replace("\\n", "\n")  # a literal \n in a line is a newline in the prompt
+        prompt = unescape_prompt(prompt)  # a literal \n in a line is a newline in the prompt
         parts = []
         for chunk in pair.stream(which, prompt, settings):
             parts.append(chunk)

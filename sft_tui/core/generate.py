@@ -360,6 +360,11 @@ def clear_cache() -> None:
 # --------------------------------------------------------------------------- chat history
 
 
+def unescape_prompt(text: str) -> str:
+    """One-line inputs (the REPL, the playground) write a newline as a literal backslash-n."""
+    return text.replace("\\n", "\n")
+
+
 @dataclass
 class ChatRecord:
     prompt: str

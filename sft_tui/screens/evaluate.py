@@ -1,0 +1,387 @@
+"""Evaluate: base vs tuned metrics on held-out rows, and a playground that streams both answers.
+
+All model work runs in thread workers; they talk back only through messages, so the screen stays
+responsive while a model loads, evaluates or generates. Nothing here imports torch: the core
+modules import it inside the functions the workers call.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select, Static, TabbedContent, TabPane
+
+from sft_tui.core.errors import UserError, explain
+from sft_tui.core.rundir import RunDir, list_runs
+from sft_tui.screens.base import StepScreen
+from sft_tui.widgets.answer import AnswerPane
+
+HELP = """
+Measure what training changed, on rows the model never saw.
+
+**Evaluation tab** — pick a run and press **Ctrl+R**. sft-tui loads the base model and the run's
+adapter once, then for both models computes the loss and perplexity over the answer tokens of the
+held-out rows (the ones training left out), and generates answers for up to *rows* of them, scored
+with ROUGE-L, BLEU and exact match against the reference answers. The table shows base and tuned
+side by side; each evaluation is saved in the run folder as `eval/eval-TIME.json`.
+
+**Playground tab** (**Ctrl+T** switches tabs) — type a prompt and press **Enter**: the base model's
+and the tuned model's answers stream into the two panes, with the chat template applied exactly as
+in training. Max new tokens, temperature (0 = greedy) and top-p are editable; **Escape** stops
+generating. Write `\\n` for a line break inside the prompt. Every exchange is kept in
+`chat/history.jsonl` in the run folder.
+
+From the command line: `sft-tui eval RUN`, `sft-tui chat RUN [--base]`.
+"""
+
+
+def evaluable(run: RunDir) -> bool:
+    adapter = run.adapter_dir
+    return ((adapter / "adapter_config.json").exists() or (adapter / "config.json").exists()
+            or (run.merged_dir / "config.json").exists())
+
+
+class EvalProgress(Message):
+    def __init__(self, stage: str, fraction: float) -> None:
+        super().__init__()
+        self.stage, self.fraction = stage, fraction
+
+
+class EvalDone(Message):
+    def __init__(self, result: Any) -> None:
+        super().__init__()
+        self.result = result
+
+
+class GenStatus(Message):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+
+class GenChunk(Message):
+    def __init__(self, which: str, chunk: str) -> None:
+        super().__init__()
+        self.which, self.chunk = which, chunk
+
+
+class GenDone(Message):
+    def __init__(self, record: Any, error: str | None = None) -> None:
+        super().__init__()
+        self.record, self.error = record, error
+
+
+class EvaluateScreen(StepScreen):
+    STEP = "evaluate"
+    TITLE = "Evaluate"
+    HELP = HELP
+    CSS_PATH = "evaluate.tcss"
+    BINDINGS = [
+        Binding("ctrl+r", "evaluate", "Evaluate", id="eval_run"),
+        Binding("ctrl+t", "switch_tab", "Eval/Playground", id="eval_switch_tab"),
+        Binding("escape", "stop_generation", "Stop", show=False, id="playground_stop"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._runs: list[RunDir] = []
+        self._stop = threading.Event()
+        self.result: Any = None
+        self.generating = False
+        self.evaluating = False
+        self._session_seen: str | None = None
+
+    # ------------------------------------------------------------------ layout
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(id="eval-top"):
+            yield Label("Run", classes="field-label")
+            yield Select([], prompt="no trained run yet", id="eval-run", allow_blank=True)
+        with TabbedContent(id="eval-tabs", initial="tab-eval"):
+            with TabPane("Evaluation", id="tab-eval"):
+                with Horizontal(id="eval-controls"):
+                    yield Label("rows", classes="field-label")
+                    yield Input("50", id="eval-limit", type="integer", max_length=6,
+                                tooltip="held-out rows to generate answers for (0: loss only)")
+                    yield Button("Evaluate (Ctrl+R)", id="eval-start", variant="primary")
+                yield ProgressBar(total=1.0, id="eval-progress", show_eta=False)
+                yield Static("", id="eval-status", markup=False)
+                yield DataTable(id="eval-table", cursor_type="row", zebra_stripes=True)
+                yield Static("", id="eval-sample", markup=False)
+            with TabPane("Playground", id="tab-play"):
+                with Horizontal(id="play-settings"):
+                    yield Label("max new tokens", classes="field-label")
+                    yield Input("64", id="play-max-tokens", type="integer", max_length=5)
+                    yield Label("temperature", classes="field-label")
+                    yield Input("0", id="play-temperature", type="number", max_length=5)
+                    yield Label("top-p", classes="field-label")
+                    yield Input("1.0", id="play-top-p", type="number", max_length=5)
+                yield Input(placeholder="Type a prompt and press Enter; both models answer (\\n for a new line)", id="play-prompt")
+                yield Static("", id="play-status", markup=False)
+                with Horizontal(id="play-panes"):
+                    yield AnswerPane("base model", id="pane-base")
+                    yield AnswerPane("tuned model", id="pane-tuned")
+
+    def on_mount(self) -> None:
+        table = self.query_one("#eval-table", DataTable)
+        table.add_columns("metric", "base", "tuned", "change")
+        self.refresh_runs()
+
+    def on_screen_resume(self) -> None:
+        self.refresh_runs()
+
+    def commands(self) -> list[tuple[str, str, Any]]:
+        return [("Evaluate run", "Compute base vs tuned metrics on held-out rows (Ctrl+R)", self.action_evaluate),
+                ("Open playground", "Compare base and tuned answers to a prompt", lambda: self._show_tab("tab-play"))]
+
+    # ------------------------------------------------------------------ runs
+    def refresh_runs(self) -> None:
+        """List evaluable runs; select the session's run when it is new to us, else keep the choice."""
+        runs_dir = getattr(self.session, "runs_dir", None)
+        self._runs = [r for r in reversed(list_runs(runs_dir)) if evaluable(r)]
+        current = getattr(self.session, "run", None)
+        current_path = str(current.path) if current is not None and evaluable(current) else None
+        if current is not None and current_path and all(str(r.path) != current_path for r in self._runs):
+            self._runs.insert(0, current)
+        select = self.query_one("#eval-run", Select)
+        options = [(r.name, str(r.path)) for r in self._runs]
+        valid = {value for _, value in options}
+        previous = select.value
+        if current_path and current_path != self._session_seen:
+            wanted = current_path
+        elif previous in valid:
+            wanted = previous
+        else:
+            wanted = current_path or (options[0][1] if options else None)
+        self._session_seen = current_path
+        with select.prevent(Select.Changed):
+            select.set_options(options)
+            if wanted is not None:
+                select.value = wanted
+        if wanted is None:
+            self._fill_table(None)
+            self._set_status("No run has a trained adapter yet. Train one first (F4), or `sft-tui train CONFIG`.")
+            return
+        if wanted != previous:
+            for pane in self.query(AnswerPane):
+                pane.clear()
+        if not self.evaluating:
+            self._show_saved(self.selected_run())
+
+    def selected_run(self) -> RunDir | None:
+        value = self.query_one("#eval-run", Select).value
+        if value is Select.NULL or value is None:
+            return None
+        return RunDir(Path(str(value)))
+
+    @on(Select.Changed, "#eval-run")
+    def _run_changed(self, event: Select.Changed) -> None:
+        run = self.selected_run()
+        if run is not None:
+            self._show_saved(run)
+            for pane in self.query(AnswerPane):
+                pane.clear()
+
+    def _show_saved(self, run: RunDir | None) -> None:
+        from sft_tui.core.evaluate import latest_result
+
+        if run is None:
+            return
+        result = latest_result(run)
+        if result is None:
+            self._fill_table(None)
+            self._set_status(f"{run.name}: not evaluated yet. Press Ctrl+R to compare base and tuned.")
+        else:
+            self._fill_table(result)
+            self._set_status(f"{run.name}: last evaluation {Path(result.path or '').name} on {result.data}")
+
+    # ------------------------------------------------------------------ evaluation
+    def _set_status(self, text: str) -> None:
+        self.query_one("#eval-status", Static).update(text)
+
+    def _fill_table(self, result: Any) -> None:
+        self.result = result
+        table = self.query_one("#eval-table", DataTable)
+        table.clear()
+        sample = self.query_one("#eval-sample", Static)
+        if result is None:
+            sample.update("")
+            return
+        for label, cells in result.table():
+            cells = list(cells) + [""] * (3 - len(cells))
+            table.add_row(label, *cells[:3])
+        if result.samples:
+            s = result.samples[0]
+            lines = [f"example — prompt: {s['prompt']}", f"  reference: {s['reference']}"]
+            lines += [f"  {w:>9}: {s[w]}" for w in ("base", "tuned") if w in s]
+            sample.update("\n".join(lines))
+
+    def action_evaluate(self) -> None:
+        run = self.selected_run()
+        if run is None:
+            self.app.show_error("There is no trained run to evaluate.",  # type: ignore[attr-defined]
+                                "train one first (F4), or pick a run that finished")
+            return
+        if self.evaluating:
+            self.notify("an evaluation is already running")
+            return
+        raw = self.query_one("#eval-limit", Input).value.strip() or "50"
+        try:
+            limit = int(raw)
+            if limit < 0:
+                raise ValueError
+        except ValueError:
+            self.app.show_error(f"rows must be a whole number ≥ 0, not {raw!r}",  # type: ignore[attr-defined]
+                                "0 computes only loss and perplexity")
+            return
+        self._show_tab("tab-eval")
+        self.evaluating = True
+        self.query_one("#eval-start", Button).disabled = True
+        self.query_one("#eval-progress", ProgressBar).update(total=1.0, progress=0.0)
+        self._set_status(f"evaluating {run.name}…")
+        self._evaluate(run, limit, self._settings_or_default())
+
+    @on(Button.Pressed, "#eval-start")
+    def _eval_pressed(self) -> None:
+        self.action_evaluate()
+
+    @work(thread=True, exclusive=True, group="evaluate")
+    def _evaluate(self, run: RunDir, limit: int, settings: Any) -> None:
+        from sft_tui.core.evaluate import evaluate_run
+
+        try:
+            result = evaluate_run(run, limit=limit, settings=settings,
+                                  progress=lambda stage, f: self.post_message(EvalProgress(stage, f)))
+        except BaseException:
+            self.post_message(EvalDone(None))
+            raise  # the app turns it into an error dialog
+        self.post_message(EvalDone(result))
+
+    def on_eval_progress(self, message: EvalProgress) -> None:
+        self.query_one("#eval-progress", ProgressBar).update(progress=max(0.0, min(message.fraction, 1.0)))
+        self._set_status(f"{message.stage} {message.fraction:.0%}" if message.fraction else message.stage)
+
+    def on_eval_done(self, message: EvalDone) -> None:
+        self.evaluating = False
+        self.query_one("#eval-start", Button).disabled = False
+        if message.result is None:
+            self._set_status("evaluation failed")
+            return
+        result = message.result
+        self.query_one("#eval-progress", ProgressBar).update(progress=1.0)
+        self._fill_table(result)
+        self._set_status(f"done in {result.seconds:.1f} s; saved {result.path}")
+
+    # ------------------------------------------------------------------ playground
+    def _show_tab(self, tab: str) -> None:
+        self.query_one("#eval-tabs", TabbedContent).active = tab
+        if tab == "tab-play":
+            self.query_one("#play-prompt", Input).focus()
+
+    def action_switch_tab(self) -> None:
+        tabs = self.query_one("#eval-tabs", TabbedContent)
+        self._show_tab("tab-play" if tabs.active == "tab-eval" else "tab-eval")
+
+    def _settings(self):
+        from sft_tui.core.generate import GenSettings
+
+        def num(widget_id: str, kind: type, label: str):
+            raw = self.query_one(widget_id, Input).value.strip()
+            try:
+                return kind(raw)
+            except ValueError:
+                raise UserError(f"{label} must be a number, not {raw!r}",
+                                "max new tokens is a whole number; temperature 0 means greedy") from None
+
+        return GenSettings(max_new_tokens=num("#play-max-tokens", int, "max new tokens"),
+                           temperature=num("#play-temperature", float, "temperature"),
+                           top_p=num("#play-top-p", float, "top-p")).validated()
+
+    def _settings_or_default(self):
+        from sft_tui.core.generate import GenSettings
+
+        try:
+            settings = self._settings()
+        except UserError:
+            return GenSettings()
+        # Evaluation is greedy so results are reproducible; only the length cap carries over.
+        return GenSettings(max_new_tokens=settings.max_new_tokens)
+
+    @on(Input.Submitted, "#play-prompt")
+    def _prompt_submitted(self, event: Input.Submitted) -> None:
+        self.send_prompt(event.value)
+
+    def send_prompt(self, prompt: str) -> None:
+        from sft_tui.core.generate import unescape_prompt
+
+        prompt = unescape_prompt(prompt.strip())
+        if not prompt:
+            return
+        run = self.selected_run()
+        if run is None:
+            self.app.show_error("There is no trained run to talk to.", "train one first (F4)")  # type: ignore[attr-defined]
+            return
+        if self.generating:
+            self.notify("still answering the last prompt; Escape stops it")
+            return
+        try:
+            settings = self._settings()
+        except UserError as exc:
+            self.app.show_error(exc.message, exc.hint)  # type: ignore[attr-defined]
+            return
+        for pane in self.query(AnswerPane):
+            pane.clear()
+            pane.remove_class("streaming")
+        self._stop.clear()
+        self.generating = True
+        self.query_one("#play-status", Static).update("loading models…")
+        self._generate(run, prompt, settings)
+
+    @work(thread=True, exclusive=True, group="playground")
+    def _generate(self, run: RunDir, prompt: str, settings: Any) -> None:
+        from sft_tui.core.generate import compare, load_pair
+
+        try:
+            pair = load_pair(run, progress=lambda msg: self.post_message(GenStatus(msg)))
+            self.post_message(GenStatus("generating…"))
+            record = compare(pair, prompt, settings, stop=self._stop,
+                             on_chunk=lambda which, chunk: self.post_message(GenChunk(which, chunk)))
+        except Exception as exc:  # shown in place: a bad prompt must not cost a dialog per try
+            info = explain(exc)
+            self.post_message(GenDone(None, f"{info.message}" + (f" — {info.hint}" if info.hint else "")))
+            return
+        self.post_message(GenDone(record))
+
+    def on_gen_status(self, message: GenStatus) -> None:
+        self.query_one("#play-status", Static).update(message.text)
+
+    def on_gen_chunk(self, message: GenChunk) -> None:
+        pane = self.query_one(f"#pane-{message.which}", AnswerPane)
+        other = "tuned" if message.which == "base" else "base"
+        pane.add_class("streaming")
+        self.query_one(f"#pane-{other}", AnswerPane).remove_class("streaming")
+        pane.append(message.chunk)
+
+    def on_gen_done(self, message: GenDone) -> None:
+        self.generating = False
+        for pane in self.query(AnswerPane):
+            pane.remove_class("streaming")
+        status = self.query_one("#play-status", Static)
+        if message.error:
+            status.update(f"error: {message.error}")
+            return
+        record = message.record
+        times = ", ".join(f"{k} {v:.1f} s" for k, v in record.seconds.items())
+        stopped = " (stopped)" if self._stop.is_set() else ""
+        status.update(f"done{stopped}: {times}; kept in chat/history.jsonl")
+
+    def action_stop_generation(self) -> None:
+        if self.generating:
+            self._stop.set()
+            self.query_one("#play-status", Static).update("stopping…")

@@ -1,0 +1,310 @@
+"""Export: the adapter with its model card, a merged model, the hub, and GGUF.
+
+Merging, pushing and converting run in thread workers and report through messages; the screen
+says up front what is possible here (offline? token? llama.cpp?) so no button fails by surprise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
+from textual.widgets import Button, Input, Label, Log, Select, Static
+
+from sft_tui.core.errors import explain
+from sft_tui.core.rundir import RunDir, list_runs
+from sft_tui.screens.base import StepScreen
+
+HELP = """
+Take what a run trained out of sft-tui.
+
+- **Adapter** — training already saved the LoRA adapter (or, for full fine-tuning, the whole model)
+  in the run's `adapter/` folder. **Ctrl+O** writes a model card (README.md) beside it: base model,
+  data, config, training summary and the latest evaluation.
+- **Merge** (**Ctrl+S**) — folds the LoRA into the base weights and saves safetensors + tokenizer +
+  card in the folder you give, loadable with plain `AutoModelForCausalLM.from_pretrained(folder)`.
+  A QLoRA run is merged into the base loaded in 16-bit (not the 4-bit weights), and the card says so.
+- **Push** (**Ctrl+Y**) — uploads the merged model (or the adapter, if nothing is merged) to the
+  Hugging Face hub. Needs network and a token from `hf auth login` or `HF_TOKEN`; sft-tui never
+  stores tokens.
+- **GGUF** (**Ctrl+G**) — converts the merged model with llama.cpp's `convert_hf_to_gguf.py` when
+  `SFT_TUI_LLAMA_CPP` points at a llama.cpp checkout; otherwise the screen says how.
+
+From the command line: `sft-tui export RUN --merge OUT_DIR [--push REPO] [--gguf]`.
+"""
+
+
+class ExportLine(Message):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+
+class ExportDone(Message):
+    def __init__(self, task: str, ok: bool, text: str) -> None:
+        super().__init__()
+        self.task, self.ok, self.text = task, ok, text
+
+
+def _has_model(run: RunDir) -> bool:
+    return (run.adapter_dir / "adapter_config.json").exists() or (run.adapter_dir / "config.json").exists()
+
+
+class ExportScreen(StepScreen):
+    STEP = "export"
+    TITLE = "Export"
+    HELP = HELP
+    CSS_PATH = "export.tcss"
+    BINDINGS = [
+        Binding("ctrl+o", "write_card", "Model card", id="export_card"),
+        Binding("ctrl+s", "merge", "Merge", id="export_merge"),
+        Binding("ctrl+y", "push", "Push", id="export_push"),
+        Binding("ctrl+g", "gguf", "GGUF", id="export_gguf"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._runs: list[RunDir] = []
+        self.busy: str | None = None
+        self._session_seen: str | None = None
+
+    def compose_body(self) -> ComposeResult:
+        with VerticalScroll(id="export-body"):
+            with Horizontal(classes="export-row"):
+                yield Label("Run", classes="field-label")
+                yield Select([], prompt="no trained run yet", id="export-run")
+            yield Static("", id="export-adapter", markup=False)
+            with Horizontal(classes="export-row"):
+                yield Button("Write model card (Ctrl+O)", id="export-card-btn")
+            yield Label("Merge LoRA into the base weights", classes="section-title")
+            with Horizontal(classes="export-row"):
+                yield Label("folder", classes="field-label")
+                yield Input("", id="export-merge-dir", placeholder="where the merged model goes")
+                yield Button("Merge (Ctrl+S)", id="export-merge-btn", variant="primary")
+            yield Static("", id="export-merge-note", markup=False)
+            yield Label("Push to the Hugging Face hub", classes="section-title")
+            yield Static("", id="export-hub-status", markup=False)
+            with Horizontal(classes="export-row"):
+                yield Label("repo", classes="field-label")
+                yield Input("", id="export-repo", placeholder="USER/NAME")
+                yield Button("Push (Ctrl+Y)", id="export-push-btn")
+            yield Label("GGUF (llama.cpp)", classes="section-title")
+            yield Static("", id="export-gguf-status", markup=False)
+            with Horizontal(classes="export-row"):
+                yield Button("Convert to GGUF (Ctrl+G)", id="export-gguf-btn")
+            yield Log(id="export-log", max_lines=500)
+
+    def on_mount(self) -> None:
+        self.refresh_runs()
+
+    def on_screen_resume(self) -> None:
+        self.refresh_runs()
+
+    def commands(self) -> list[tuple[str, str, Any]]:
+        return [("Merge adapter", "Merge the LoRA into the base and save safetensors (Ctrl+S)", self.action_merge),
+                ("Write model card", "README.md beside the adapter (Ctrl+O)", self.action_write_card)]
+
+    # ------------------------------------------------------------------ runs and status
+    def refresh_runs(self) -> None:
+        runs_dir = getattr(self.session, "runs_dir", None)
+        self._runs = [r for r in reversed(list_runs(runs_dir)) if _has_model(r)]
+        current = getattr(self.session, "run", None)
+        if current is not None and _has_model(current) and all(r.path != current.path for r in self._runs):
+            self._runs.insert(0, current)
+        select = self.query_one("#export-run", Select)
+        options = [(r.name, str(r.path)) for r in self._runs]
+        valid = {value for _, value in options}
+        previous = select.value
+        current_path = str(current.path) if current is not None and _has_model(current) else None
+        if current_path and current_path != self._session_seen:
+            wanted = current_path
+        elif previous in valid:
+            wanted = previous
+        else:
+            wanted = current_path or (options[0][1] if options else None)
+        self._session_seen = current_path
+        with select.prevent(Select.Changed):
+            select.set_options(options)
+            if wanted is not None:
+                select.value = wanted
+        if wanted != previous:
+            self.query_one("#export-merge-dir", Input).value = ""
+        self._describe()
+
+    def selected_run(self) -> RunDir | None:
+        value = self.query_one("#export-run", Select).value
+        if value is Select.NULL or value is None:
+            return None
+        return RunDir(Path(str(value)))
+
+    @on(Select.Changed, "#export-run")
+    def _run_changed(self) -> None:
+        self.query_one("#export-merge-dir", Input).value = ""
+        self._describe()
+
+    def _describe(self) -> None:
+        from sft_tui.core import export
+
+        run = self.selected_run()
+        adapter = self.query_one("#export-adapter", Static)
+        merge_dir = self.query_one("#export-merge-dir", Input)
+        note = self.query_one("#export-merge-note", Static)
+        if run is None:
+            adapter.update("No run has a trained adapter yet. Train one first (F4).")
+            note.update("")
+        else:
+            try:
+                method = run.load_config().method.type
+            except Exception:
+                method = "?"
+            card = "model card written" if (run.adapter_dir / "README.md").exists() else "no model card yet"
+            what = "fine-tuned model" if method == "full" else f"{method} adapter"
+            adapter.update(f"{what}: {run.adapter_dir}  ({card})")
+            if not merge_dir.value:
+                merge_dir.value = str(run.merged_dir)
+            merged = run.merged_dir / "config.json"
+            texts = []
+            if merged.exists():
+                texts.append(f"merged model present in {run.merged_dir}")
+            if method == "qlora":
+                texts.append("QLoRA: the adapter is merged into the base loaded in 16-bit, not the 4-bit weights")
+            elif method == "full":
+                texts.append("full fine-tune: nothing to merge; the model is saved as a plain transformers folder")
+            note.update("; ".join(texts))
+        ready, message = export.hub_readiness()
+        self.query_one("#export-hub-status", Static).update(message)
+        self.query_one("#export-hub-status", Static).set_class(not ready, "warning-text")
+        root = export.find_llama_cpp()
+        gguf = self.query_one("#export-gguf-status", Static)
+        if root is not None:
+            gguf.update(f"llama.cpp found at {root}; converts the merged model to f16 GGUF.")
+        else:
+            gguf.update(export.gguf_instructions(run.merged_dir if run else None))
+        self.query_one("#export-gguf-btn", Button).disabled = root is None
+
+    def _log(self, text: str) -> None:
+        self.query_one("#export-log", Log).write_line(text)
+
+    def _need_run(self) -> RunDir | None:
+        run = self.selected_run()
+        if run is None:
+            self.app.show_error("There is no trained run to export.", "train one first (F4)")  # type: ignore[attr-defined]
+        elif self.busy:
+            self.notify(f"still busy: {self.busy}")
+            return None
+        return run
+
+    # ------------------------------------------------------------------ actions
+    @on(Button.Pressed, "#export-card-btn")
+    def action_write_card(self) -> None:
+        from sft_tui.core.export import write_model_card
+
+        run = self._need_run()
+        if run is None:
+            return
+        try:
+            path = write_model_card(run)
+        except Exception as exc:
+            info = explain(exc)
+            self.app.show_error(info.message, info.hint)  # type: ignore[attr-defined]
+            return
+        self._log(f"model card written: {path}")
+        self.notify("model card written")
+        self._describe()
+
+    @on(Button.Pressed, "#export-merge-btn")
+    def action_merge(self) -> None:
+        run = self._need_run()
+        if run is None:
+            return
+        folder = self.query_one("#export-merge-dir", Input).value.strip() or str(run.merged_dir)
+        self.busy = "merging"
+        self._log(f"merging {run.name} into {folder}…")
+        self._merge(run, folder)
+
+    @work(thread=True, exclusive=True, group="export")
+    def _merge(self, run: RunDir, folder: str) -> None:
+        from sft_tui.core.export import merge
+
+        try:
+            target = Path(folder).expanduser().resolve()
+            # Re-merging into the run's own merged/ folder replaces it; a foreign folder must be empty.
+            res = merge(run, target, overwrite=target == run.merged_dir,
+                        progress=lambda msg: self.post_message(ExportLine(msg)))
+        except Exception as exc:
+            info = explain(exc)
+            self.post_message(ExportDone("merge", False, f"{info.message}" + (f" — {info.hint}" if info.hint else "")))
+            return
+        text = f"merged model ({res.dtype}) saved in {res.path} in {res.seconds:.1f} s"
+        if res.note:
+            text += f"\nnote: {res.note}"
+        self.post_message(ExportDone("merge", True, text))
+
+    @on(Button.Pressed, "#export-push-btn")
+    def action_push(self) -> None:
+        run = self._need_run()
+        if run is None:
+            return
+        repo = self.query_one("#export-repo", Input).value.strip()
+        merged = Path(self.query_one("#export-merge-dir", Input).value.strip() or run.merged_dir)
+        folder = merged if (merged / "config.json").exists() else run.adapter_dir
+        self.busy = "pushing"
+        self._log(f"pushing {folder} to {repo or '?'}…")
+        self._push(folder, repo)
+
+    @work(thread=True, exclusive=True, group="export")
+    def _push(self, folder: Path, repo: str) -> None:
+        from sft_tui.core.export import push_to_hub
+
+        try:
+            url = push_to_hub(folder, repo, progress=lambda msg: self.post_message(ExportLine(msg)))
+        except Exception as exc:
+            info = explain(exc)
+            self.post_message(ExportDone("push", False, f"{info.message}" + (f" — {info.hint}" if info.hint else "")))
+            return
+        self.post_message(ExportDone("push", True, f"pushed to {url}"))
+
+    @on(Button.Pressed, "#export-gguf-btn")
+    def action_gguf(self) -> None:
+        from sft_tui.core.export import find_llama_cpp, gguf_instructions
+
+        run = self._need_run()
+        if run is None:
+            return
+        merged = Path(self.query_one("#export-merge-dir", Input).value.strip() or run.merged_dir)
+        if find_llama_cpp() is None:
+            self._log(gguf_instructions(merged))
+            return
+        if not (merged / "config.json").exists():
+            self._log(f"no merged model in {merged}: merge first (Ctrl+S)")
+            return
+        self.busy = "converting to GGUF"
+        self._gguf(merged)
+
+    @work(thread=True, exclusive=True, group="export")
+    def _gguf(self, merged: Path) -> None:
+        from sft_tui.core.export import convert_gguf
+
+        try:
+            out = convert_gguf(merged, progress=lambda msg: self.post_message(ExportLine(msg)))
+        except Exception as exc:
+            info = explain(exc)
+            self.post_message(ExportDone("gguf", False, f"{info.message}" + (f" — {info.hint}" if info.hint else "")))
+            return
+        self.post_message(ExportDone("gguf", True, f"GGUF written: {out}"))
+
+    def on_export_line(self, message: ExportLine) -> None:
+        self._log(message.text)
+
+    def on_export_done(self, message: ExportDone) -> None:
+        self.busy = None
+        for line in message.text.splitlines():
+            self._log(("✓ " if message.ok else "✗ ") + line if line == message.text.splitlines()[0] else line)
+        self.notify(message.text.splitlines()[0], severity="information" if message.ok else "error",
+                    timeout=8 if message.ok else 12)
+        self._describe()
