@@ -236,6 +236,10 @@ def format_event(ev: dict[str, Any]) -> str:
         return f"{when} memory {ev.get('device')}: {ev.get('allocated', 0) / 2**20:.0f} MiB allocated, peak {ev.get('peak', 0) / 2**20:.0f} MiB"
     if kind == "progress":
         return f"{when} {ev.get('stage')}: {100 * ev.get('fraction', 0):.0f}%"
+    if kind == "saved":
+        return f"{when} saved  {ev.get('method', 'model')} weights in {ev.get('path')}"
+    if kind == "data":
+        return f"{when} data   {ev.get('train_rows', '?')} training rows, {ev.get('eval_rows', 0)} validation rows"
     rest = {k: v for k, v in ev.items() if k not in ("time", "type")}
     return f"{when} {kind:<6} {json.dumps(rest, default=str)[:200]}"
 

@@ -101,4 +101,7 @@ def test_format_event_covers_every_type():
     for ev in synthetic.events(2, eval_every=1, save_every=1):
         assert format_event(ev)
     assert "ERROR" in format_event({"type": "error", "message": "m", "hint": "h", "time": 0})
+    assert "lora weights in runs/x/adapter" in format_event({"type": "saved", "path": "runs/x/adapter",
+                                                             "method": "lora", "time": 0})
+    assert "12 training rows" in format_event({"type": "data", "train_rows": 12, "eval_rows": 3, "time": 0})
     assert "50%" in format_event({"type": "progress", "stage": "tokenizing", "fraction": 0.5, "time": 0})

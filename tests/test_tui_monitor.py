@@ -211,6 +211,7 @@ async def test_stop_asks_then_writes_control_and_save_now(tmp_path):
             await pilot.click("#stop")
             await pilot.pause()
             assert run.read_control()["command"] == "stop" and run.read_control()["seq"] == 2
+            assert "stopping" in str(screen.query_one("#run-header").render())
             await pilot.press("o")
             await pilot.pause()
             assert any(str(run.path) in str(n.message) for n in app._notifications)

@@ -114,6 +114,7 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         self._gpu_busy = False
         self._errors_shown = 0
         self.loaded = False  # the history has been read once
+        self.stop_sent = False
         self.polls = 0
 
     # ------------------------------------------------------------------ layout
@@ -153,6 +154,7 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         self.loaded = run is None
         self._errors_shown = 0
         self._tail_busy = False
+        self.stop_sent = False
         self.query_one(RichLog).clear()
         self._bind_chart()
         self._render_all()
@@ -260,6 +262,8 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         text.append(self.run.name, style="bold")
         text.append("  ")
         text.append(st.state, style=STATE_STYLE.get(st.state, ""))
+        if self.stop_sent and st.state in ACTIVE_STATES:
+            text.append(" · stopping: saving a checkpoint and the adapter…", style="yellow")
         if st.state == "tokenizing" and self.metrics.last_progress:
             text.append(f" {100 * self.metrics.last_progress.get('fraction', 0):.0f}%")
         m = self.metrics
@@ -352,6 +356,8 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         def answered(choice: str | None) -> None:
             if choice == "stop":
                 run.send("stop")
+                self.stop_sent = True
+                self._render_all()
                 self.notify(f"stopping {run.name}: saving a checkpoint and the adapter first")
 
         self.app.push_screen(
