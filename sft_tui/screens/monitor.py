@@ -211,8 +211,8 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         self._maybe_show_error()
 
     def _poll_gpus(self) -> None:
-        if self._gpu_busy:
-            return
+        if self._gpu_busy or (self.is_mounted and not self.is_current and self.polls):
+            return  # nobody is looking at the gauges: no NVML calls
         self._gpu_busy = True
         sampler = getattr(self.app, "gpu_sampler", None) or default_sampler()
         run = self.run

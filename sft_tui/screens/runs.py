@@ -126,8 +126,8 @@ worker process is alive: a worker that crashed or was killed shows **died**, not
 
     # ------------------------------------------------------------------ refresh
     def refresh_runs(self) -> None:
-        if self._busy or self.index is None:
-            return
+        if self._busy or self.index is None or (self.loaded and not self.is_current):
+            return  # another screen is showing: refreshed again on return
         self._busy = True
         index = self.index
         self.run_worker(lambda: self._scan(index), thread=True, group="runs-refresh", exit_on_error=False)
