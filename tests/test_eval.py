@@ -170,6 +170,18 @@ def test_stream_gives_the_same_answer_as_batched_generation(pair):
     assert tuned.startswith("Sentiment:")
 
 
+def test_batched_generation_with_left_padding_matches_one_by_one(pair):
+    from sft_tui.core.generate import GenSettings
+
+    prompts = [pair.render(p) for p in ("hi", "Read the review and give its sentiment and topic.\n\nThe soup was "
+                                        "cold, the bread was stale and the waiter was rude. Never again.", "The phone")]
+    settings = GenSettings(max_new_tokens=10)
+    for which in ("base", "tuned"):
+        together = pair.generate(which, prompts, settings, batch_size=3)
+        alone = [pair.generate(which, [p], settings, batch_size=1)[0] for p in prompts]
+        assert together == alone
+
+
 def test_stream_can_be_stopped_and_sampling_works(pair):
     import threading
 

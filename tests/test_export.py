@@ -96,6 +96,32 @@ def test_eval_can_use_the_merged_model(run, merged, tmp_path):
     assert answer.startswith("Sentiment:")
 
 
+def test_full_fine_tune_runs_evaluate_and_export_as_plain_models(run, merged, tmp_path):
+    """method full saves the whole model in adapter/: it is compared with a separately loaded base."""
+    import shutil
+
+    import yaml
+
+    from sft_tui.core.export import merge, model_card
+    from sft_tui.core.generate import GenSettings, ModelPair
+
+    full = tmp_path / "full-run"
+    full.mkdir()
+    config = yaml.safe_load((run.path / "config.yaml").read_text())
+    config["method"]["type"] = "full"
+    (full / "config.yaml").write_text(yaml.safe_dump(config))
+    shutil.copytree(merged.path, full / "adapter")
+    frun = RunDir(full)
+    pair = ModelPair(frun)
+    assert not pair.peft and pair._base is not None
+    prompt = "Read the review and give its sentiment and topic.\n\nThe room was clean."
+    assert "".join(pair.stream("tuned", prompt, GenSettings(max_new_tokens=12))).startswith("Sentiment:")
+    assert not "".join(pair.stream("base", prompt, GenSettings(max_new_tokens=12))).startswith("Sentiment:")
+    res = merge(frun, tmp_path / "out")
+    assert (res.path / "config.json").exists() and res.note is None
+    assert "library_name: transformers" in model_card(frun)
+
+
 def test_cli_export_merge(run, tmp_path, capsys):
     from sft_tui.cli import main
 

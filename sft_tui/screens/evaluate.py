@@ -129,8 +129,6 @@ class EvaluateScreen(StepScreen):
                     yield AnswerPane("tuned model", id="pane-tuned")
 
     def on_mount(self) -> None:
-        table = self.query_one("#eval-table", DataTable)
-        table.add_columns("metric", "base", "tuned", "change")
         self.refresh_runs()
 
     def on_screen_resume(self) -> None:
@@ -208,14 +206,15 @@ class EvaluateScreen(StepScreen):
     def _fill_table(self, result: Any) -> None:
         self.result = result
         table = self.query_one("#eval-table", DataTable)
-        table.clear()
+        table.clear(columns=True)
         sample = self.query_one("#eval-sample", Static)
         if result is None:
+            table.add_columns("metric", "base", "tuned", "change")
             sample.update("")
             return
+        table.add_columns(*result.columns())  # a tuned-only evaluation has no base column
         for label, cells in result.table():
-            cells = list(cells) + [""] * (3 - len(cells))
-            table.add_row(label, *cells[:3])
+            table.add_row(label, *cells)
         if result.samples:
             s = result.samples[0]
             lines = [f"example — prompt: {s['prompt']}", f"  reference: {s['reference']}"]
