@@ -132,9 +132,15 @@ async def test_data_screen_loads_each_sample_and_maps_columns(setup_env):
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot)
         screen = app.screen
+        order = [value for _, value in screen.query_one("#data-sample")._options if value is not None]
+        order = [v for v in order if isinstance(v, str)]
         for name, fmt in SAMPLES.items():
-            await type_into(pilot, "#data-path", f"sample:{name}")
-            await pilot.press("enter")
+            # pick it from the samples list by keys: open, move to it, choose
+            sample = screen.query_one("#data-sample")
+            sample.focus()
+            current = order.index(sample.value) + 1 if isinstance(sample.value, str) else 0
+            steps = order.index(f"sample:{name}") + 1 - current
+            await pilot.press("enter", *(["down"] * steps if steps > 0 else ["up"] * -steps), "enter")
             await settle(pilot)
             assert app.session.config.data.path == f"sample:{name}"
             assert screen.detection.format == fmt, (name, text_of(pilot, "#detected"))

@@ -74,6 +74,10 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
         self.gpus: Any = None
         self.result: forms.FormResult | None = None
         self._starting = False
+        self._shown_errors: dict[str, str] = {}
+        self._shown_summary = ""
+        self._memory_for: Any = None  # the config the memory text was computed for
+        self._memory_text: tuple[str, str] | None = None
 
     # ------------------------------------------------------------------ layout
     def compose_body(self) -> ComposeResult:
@@ -148,25 +152,36 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
     def validate(self) -> None:
         result = forms.build_config(self.session.config, self.form_values(), env=self.env)
         self.result = result
+        # Only touch what changed: every update re-lays out a long form, and this runs per keystroke.
         for key, f in forms.FIELDS.items():
-            problems = result.problems.get(key, [])
-            label = self.query_one(f"#{f.widget_id}-error", Static)
-            label.update("\n".join(forms.problem_text(p) for p in problems))
-            label.set_class(bool(problems), "-show")
-            self._widget(key).set_class(bool(problems), "-invalid")
-        summary = self.query_one("#problems", Static)
+            text = "\n".join(forms.problem_text(p) for p in result.problems.get(key, []))
+            if self._shown_errors.get(key, "") != text:
+                self._shown_errors[key] = text
+                label = self.query_one(f"#{f.widget_id}-error", Static)
+                label.update(text)
+                label.set_class(bool(text), "-show")
+                self._widget(key).set_class(bool(text), "-invalid")
+        changed = False
         if result.valid:
-            if forms.dump_changed(self.session.config, result.config):
+            changed = forms.dump_changed(self.session.config, result.config)
+            if changed:
                 self.session.config = result.config
-            summary.update("✓ ready to start")
-            summary.add_class("ok")
+            summary_text = "✓ ready to start"
         else:
             lines = [f"✗ {result.count} problem(s) to fix" + (" (Ctrl+E: next)" if result.problems else "")]
             lines += [f"{p.field}: {forms.problem_text(p)}" for p in result.other]
-            summary.update("\n".join(lines))
-            summary.remove_class("ok")
-        self.query_one("#start", Button).disabled = not result.valid or self._starting
-        self.update_memory()
+            summary_text = "\n".join(lines)
+        if summary_text != self._shown_summary:
+            self._shown_summary = summary_text
+            summary = self.query_one("#problems", Static)
+            summary.update(summary_text)
+            summary.set_class(result.valid, "ok")
+        start = self.query_one("#start", Button)
+        disabled = not result.valid or self._starting
+        if start.disabled != disabled:
+            start.disabled = disabled
+        if changed or self._memory_for is None:
+            self.update_memory()
 
     @on(Input.Changed, ".field-row Input")
     @on(Select.Changed, ".field-row Select")
@@ -207,6 +222,7 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
         if info is None or info.name != config.model.path:
             self.describe_model(config.model.path, config.model.trust_remote_code)
             return
+        self._memory_for = config.to_dict()
         self.compute_memory(config.model_copy(deep=True), info, self.gpus)
 
     @work(thread=True, exclusive=True, group="training-describe")
@@ -233,6 +249,9 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
         self.app.call_from_thread(self._memory, view.level, "\n".join([view.headline, *view.lines[:1], *view.lines[3:]]))
 
     def _memory(self, level: str, text: str) -> None:
+        if self._memory_text == (level, text):
+            return
+        self._memory_text = (level, text)
         memory = self.query_one("#memory", Static)
         memory.remove_class(*LEVEL_CLASSES)
         memory.add_class(level)
