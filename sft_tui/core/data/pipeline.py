@@ -28,13 +28,14 @@ from sft_tui.core.paths import cache_dir
 from .conversation import BadRow, Conversation, ProblemLog
 from .formats import FIELDS, Detection, detect_format, resolve_columns, to_conversation
 from .loading import LoadedRows, file_identity, load_rows_detailed, resolve_paths
-from .masking import IGNORE_INDEX, label_batch, tokenize_conversation
+from .masking import encode_spans_batch, tokenize_conversation
 from .report import DataReport
 from .stats import length_stats
-from .templates import Renderer, get_renderer
+from .templates import Renderer, get_renderer, normalise_spans, pieces_to_spans
 
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"
 Progress = Callable[[str, float], None]
+MAP_BATCH = 2000
 TOKEN_COLUMNS = ["input_ids", "attention_mask", "labels", "length", "orig_length", "n_trained", "__row__"]
 
 
@@ -111,7 +112,16 @@ def _detection(loaded: LoadedRows, data: DataConfig) -> Detection:
 
 
 class _RowProcessor:
-    """Batched map function: raw rows → input_ids/labels, bad rows → empty + a problem note."""
+    """Batched map function (Arrow in, Arrow out): raw rows → input_ids/labels, bad rows → empty + a problem note.
+
+    Rows are rendered from their shape's skeleton (literal text joined with the row's contents, trained
+    spans known from the template's structure) when the template allows it; the first rows of every
+    shape are also rendered the exact per-row way and compared, and any disagreement sends that shape
+    back to the exact path for good. All rows of a batch are then tokenized in one Rust call and
+    labelled with numpy from their trained character spans.
+    """
+
+    VERIFY_ROWS = 2  # rows per shape checked against the exact render
 
     def __init__(self, fmt: str, columns: dict[str, str], data: DataConfig, tokenizer: Any,
                  renderer: Renderer, offset: int = 0) -> None:
@@ -119,46 +129,88 @@ class _RowProcessor:
         self.tokenizer, self.renderer, self.offset = tokenizer, renderer, offset
         self.on_batch: Callable[[int], None] | None = None
 
-    def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
-        n = len(indices)
-        keys = list(batch)
-        pieces, where = [], []
+    def render(self, conv: Conversation) -> tuple[str, list[tuple[int, int]]]:
+        """(text, trained char spans) of one conversation; raises BadRow like ``Renderer.pieces``."""
+        renderer = self.renderer
+        turns = conv.turns
+        skel = renderer.skeleton(conv.raw, tuple([t["role"] for t in turns]))
+        if skel is not None and skel.ok:
+            contents = [t["content"] for t in turns]
+            if not skel.guard or renderer.plain(contents):
+                built = skel.build(contents)
+                if skel.verified >= self.VERIFY_ROWS:
+                    return built
+                try:
+                    text, spans = pieces_to_spans(renderer.pieces(conv))
+                except BadRow:
+                    skel.ok = False
+                    raise
+                if built[0] == text and normalise_spans(built[1]) == spans:
+                    skel.verified += 1
+                else:
+                    skel.ok = False
+                return text, spans
+        return pieces_to_spans(renderer.pieces(conv))
+
+    def __call__(self, batch: Any, indices: Any) -> Any:
+        import pyarrow as pa
+
+        data = self.data
+        n = batch.num_rows
         kinds, msgs = [""] * n, [""] * n
-        for i in range(n):
-            row = {k: batch[k][i] for k in keys}
+        texts: list[str] = []
+        spans: list[list[tuple[int, int]]] = []
+        where: list[int] = []
+        fmt, columns, system_prompt, render = self.fmt, self.columns, data.system_prompt, self.render
+        for i, row in enumerate(batch.to_pylist()):
             try:
-                conv = to_conversation(row, self.fmt, self.columns, self.data.system_prompt)
-                pieces.append(self.renderer.pieces(conv))
-                where.append(i)
+                text, sp = render(to_conversation(row, fmt, columns, system_prompt))
             except BadRow as exc:
                 kinds[i], msgs[i] = exc.kind, exc.detail
-        out = {c: [[] if c in ("input_ids", "attention_mask", "labels") else 0 for _ in range(n)]
-               for c in TOKEN_COLUMNS}
-        rows = label_batch(pieces, self.tokenizer, self.data.max_length, self.data.train_on_prompt) if pieces else []
-        for i, tr in zip(where, rows):
-            trained = sum(1 for x in tr.labels if x != IGNORE_INDEX)
-            if tr.truncated:
-                kinds[i] = "too_long"
-                msgs[i] = f"{tr.original_length} tokens > max_length {self.data.max_length}"
-                if self.data.truncation == "drop":
-                    continue
-                if trained == 0:
-                    msgs[i] += " (nothing left to train after truncation, dropped)"
-                    continue
-            out["input_ids"][i] = tr.input_ids
-            out["attention_mask"][i] = [1] * len(tr.input_ids)
-            out["labels"][i] = tr.labels
-            out["length"][i] = len(tr.input_ids)
-            out["orig_length"][i] = tr.original_length
-            out["n_trained"][i] = trained
-        out["__row__"] = [self.offset + j for j in indices]
-        out["__kind__"] = kinds
-        out["__msg__"] = msgs
-        out["__line__"] = batch.get("__line__", [None] * n)
-        out["__file__"] = batch.get("__file__", [0] * n)
+                continue
+            texts.append(text)
+            spans.append(sp)
+            where.append(i)
+        enc = encode_spans_batch(texts, spans, self.tokenizer, data.max_length, data.train_on_prompt)
+        kept, orig, trained = enc.lengths, enc.original_lengths, enc.trained
+        keep = np.ones(len(where), dtype=bool)
+        for j in np.nonzero(orig > kept)[0].tolist():
+            i = where[j]
+            kinds[i] = "too_long"
+            msgs[i] = f"{int(orig[j])} tokens > max_length {data.max_length}"
+            if data.truncation == "drop":
+                keep[j] = False
+            elif trained[j] == 0:
+                msgs[i] += " (nothing left to train after truncation, dropped)"
+                keep[j] = False
+        rows = np.asarray(where, dtype=np.int64)[keep]
+        length = np.zeros(n, dtype=np.int64)
+        orig_length = np.zeros(n, dtype=np.int64)
+        n_trained = np.zeros(n, dtype=np.int64)
+        length[rows], orig_length[rows], n_trained[rows] = kept[keep], orig[keep], trained[keep]
+        tok_keep = np.repeat(keep, kept) if not keep.all() else slice(None)
+        ids, labels = enc.input_ids[tok_keep], enc.labels[tok_keep]
+        offsets = np.zeros(n + 1, dtype=np.int32)
+        np.cumsum(length, out=offsets[1:])
+        offsets_arr = pa.array(offsets)
+
+        def lists(values: np.ndarray) -> Any:
+            return pa.ListArray.from_arrays(offsets_arr, pa.array(values))
+
+        names = batch.column_names
+        out = {
+            "input_ids": lists(ids.astype(np.int32)),
+            "attention_mask": lists(np.ones(len(ids), dtype=np.int8)),
+            "labels": lists(labels),
+            "length": pa.array(length), "orig_length": pa.array(orig_length), "n_trained": pa.array(n_trained),
+            "__row__": pa.array(np.asarray(indices, dtype=np.int64) + self.offset),
+            "__kind__": pa.array(kinds, type=pa.string()), "__msg__": pa.array(msgs, type=pa.string()),
+            "__line__": batch.column("__line__") if "__line__" in names else pa.nulls(n, pa.int64()),
+            "__file__": batch.column("__file__") if "__file__" in names else pa.array(np.zeros(n, dtype=np.int64)),
+        }
         if self.on_batch:
             self.on_batch(n)
-        return out
+        return pa.table(out)
 
 
 def _auto_num_proc(n_rows: int, requested: int | None) -> int:
@@ -185,7 +237,9 @@ def _tokenize_loaded(loaded: LoadedRows, det: Detection, tokenizer: Any, data: D
         if progress:
             progress("tokenizing", min(done[0] / n, 1.0))
 
-    kwargs = dict(batched=True, batch_size=1000, with_indices=True, remove_columns=ds.column_names,
+    # Arrow in and out: no Python object per token; big batches amortise the per-batch Rust call.
+    ds = ds.with_format("arrow")
+    kwargs = dict(batched=True, batch_size=MAP_BATCH, with_indices=True, remove_columns=ds.column_names,
                   load_from_cache_file=False, desc=None)
     if progress:
         progress("tokenizing", 0.0)
@@ -205,7 +259,7 @@ def _tokenize_loaded(loaded: LoadedRows, det: Detection, tokenizer: Any, data: D
                                   new_fingerprint=f"{key}-{c}", **kwargs))
             tick(int(b - a))
         out = datasets.concatenate_datasets(parts)
-    return out
+    return out.with_format(None)
 
 
 def _collect(out: Any, loaded: LoadedRows) -> tuple[np.ndarray, ProblemLog]:
