@@ -50,7 +50,7 @@ def main() -> int:
 
         def ours() -> RunMetrics:
             m = RunMetrics()
-            tail = FastTail(run.events_path)
+            tail = FastTail(run.events_path, thin=True)  # as the monitor reads
             while chunk := tail.read_new(max_bytes=4 << 20):
                 m.feed(chunk)
             return m

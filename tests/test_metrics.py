@@ -116,6 +116,16 @@ def test_fast_tail_torn_line_and_chunks(tmp_path):
         got += chunk
     assert [e["step"] for e in got] == list(range(500))
     assert FastTail(tmp_path / "missing").read_new() == []
+    # thin: only the newest memory sample of a read is parsed
+    run = synthetic.write_run(tmp_path, "thin", steps=30)
+    full = FastTail(run.events_path).read_new()
+    thin = FastTail(run.events_path, thin=True).read_new()
+    assert [e for e in full if e["type"] != "memory"] == [e for e in thin if e["type"] != "memory"]
+    assert [e for e in thin if e["type"] == "memory"] == [[e for e in full if e["type"] == "memory"][-1]]
+    m_full, m_thin = RunMetrics(), RunMetrics()
+    m_full.feed(full)
+    m_thin.feed(thin)
+    assert m_full.last_memory == m_thin.last_memory and m_full.train_loss == m_thin.train_loss
 
 
 def test_load_metrics_and_run_index(tmp_path):

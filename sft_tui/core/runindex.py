@@ -18,7 +18,7 @@ from sft_tui.core.rundir import ACTIVE_STATES, RunDir, RunStatus, fold_event, li
 class TrackedRun:
     def __init__(self, run: RunDir) -> None:
         self.run = run
-        self.tail = FastTail(run.events_path)
+        self.tail = FastTail(run.events_path, thin=True)
         self.folded = run.status(events=[])  # model and method from the config, state "new"
         self.folded.state = "new"
 

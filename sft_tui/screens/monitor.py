@@ -149,7 +149,7 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         self.generation += 1
         self.run = run
         self.metrics = RunMetrics(run.name if run else "")
-        self.tail = FastTail(run.events_path) if run else None
+        self.tail = FastTail(run.events_path, thin=True) if run else None
         self.alive = False
         self.loaded = run is None
         self._errors_shown = 0
