@@ -250,13 +250,13 @@ async def test_100k_event_log_opens_fast_and_stays_responsive(tmp_path):
     lines = sum(1 for _ in open(run.events_path, "rb"))
     assert lines >= 100_000
     app = make_app(run, tmp_path)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     async with app.run_test(size=(120, 40)) as pilot:
         screen = monitor(app)
         chart = screen.query_one(LineChart)
         assert await wait_for(pilot, lambda: screen.loaded and chart.total_points >= 50_000, timeout=10)
         await pilot.pause()
-        opened = time.perf_counter() - start
+        opened, opened_cpu = time.perf_counter() - start, time.process_time() - cpu_start
         assert 0 < chart.last_points["train"] <= 2 * chart.content_size.width
         assert "step 50000/60000" in str(screen.query_one("#run-progress").render())
         # new lines after that are read incrementally and cheaply
@@ -270,6 +270,11 @@ async def test_100k_event_log_opens_fast_and_stays_responsive(tmp_path):
         await pilot.pause()
         key_latency = time.perf_counter() - t
         assert chart.log_y
-    print(f"100k-line events.jsonl: opened in {opened:.2f}s, refresh {refresh:.3f}s, key {key_latency:.3f}s")
-    assert opened < 2.0, f"took {opened:.2f}s to open {lines} events"
-    assert key_latency < 0.5
+    print(f"100k-line events.jsonl: opened in {opened:.2f}s ({opened_cpu:.2f}s CPU), refresh {refresh:.3f}s, "
+          f"key {key_latency:.3f}s")
+    # Under 2 s; on a machine shared with other jobs the wall clock also counts their CPU, so the
+    # bound holds for this process's own CPU time and the wall clock gets room for contention.
+    load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    assert opened_cpu < 2.0, f"took {opened_cpu:.2f}s of CPU to open {lines} events"
+    assert opened < (2.0 if load < 1.0 else 5.0), f"took {opened:.2f}s to open {lines} events (load {load:.1f}/core)"
+    assert key_latency < (0.5 if load < 1.0 else 1.5)

@@ -93,6 +93,7 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
                      metrics: RunMetrics | None = None) -> None:
             super().__init__()
             self.generation, self.events, self.alive, self.metrics = generation, events, alive, metrics
+            self.error: str | None = None
 
     class GpusSampled(Message):
         def __init__(self, snapshot: GpuSnapshot, pids: list[int], rss: int | None, alive: bool) -> None:
@@ -115,6 +116,7 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         self._errors_shown = 0
         self.loaded = False  # the history has been read once
         self.stop_sent = False
+        self._last_read_error: str | None = None
         self.polls = 0
 
     # ------------------------------------------------------------------ layout
@@ -155,6 +157,7 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         self._errors_shown = 0
         self._tail_busy = False
         self.stop_sent = False
+        self._last_read_error = None
         self.query_one(RichLog).clear()
         self._bind_chart()
         self._render_all()
@@ -182,9 +185,11 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
             else:
                 events = tail.read_new()
             alive = run.is_alive()
-        except Exception:
-            self.post_message(self.EventsRead(gen, [], False))
-            raise
+        except OSError as exc:  # e.g. the folder was deleted or unmounted: say so once, keep polling
+            message = self.EventsRead(gen, [], False)
+            message.error = f"cannot read {run.events_path.name}: {exc.strerror or exc}"
+            self.post_message(message)
+            return
         self.post_message(self.EventsRead(gen, events, alive, metrics))
 
     def on_monitor_screen_events_read(self, message: EventsRead) -> None:
@@ -192,6 +197,9 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
             return  # read for a run we no longer show
         self._tail_busy = False
         self.polls += 1
+        if message.error and message.error != self._last_read_error:
+            self.notify(message.error, severity="error")
+        self._last_read_error = message.error
         self.alive = message.alive
         log = self.query_one(RichLog)
         if message.metrics is not None:
