@@ -8,6 +8,8 @@ The same offsets drive ``segments()``, so the preview shows precisely the traine
 
 from __future__ import annotations
 
+import re
+from itertools import accumulate
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -125,28 +127,60 @@ class EncodedBatch:
 
 
 def encode_spans_batch(texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]], tokenizer: Any,
-                       max_length: int | None, train_on_prompt: bool = False) -> EncodedBatch:
+                       max_length: int | None, train_on_prompt: bool = False,
+                       cache: "PreTokenCache | None" = None) -> EncodedBatch:
     """Tokenize many texts in one Rust call and label them from trained char spans, with numpy only.
 
     Gives exactly what ``label_batch`` gives row by row: a token is trained when any of its characters
     is in a trained span (an empty-width token takes the label of the character at its start).
-    ``spans`` per row must be sorted, disjoint and non-empty.
+    ``spans`` per row must be sorted, disjoint and non-empty. With a ``cache`` (see PreTokenCache)
+    the rows it can do skip the Rust call; some of them are checked against it (all of the first ones).
     """
     from itertools import chain
 
     backend = _fast(tokenizer)
     n = len(texts)
-    encodings = backend.encode_batch(list(texts), add_special_tokens=False) if n else []
-    counts = np.fromiter(map(len, encodings), dtype=np.int64, count=n)
+    fast = cache.encode_rows(texts) if cache is not None else [None] * n
+    slow = [i for i, r in enumerate(fast) if r is None]
+    encodings = backend.encode_batch([texts[i] for i in slow], add_special_tokens=False) if slow else []
+    counts = np.zeros(n, dtype=np.int64)
+    counts[slow] = np.fromiter(map(len, encodings), dtype=np.int64, count=len(slow))
+    if len(slow) < n:
+        mine = [i for i, r in enumerate(fast) if r is not None]
+        counts[mine] = np.fromiter((len(fast[i][0]) for i in mine), dtype=np.int64, count=len(mine))
     total = int(counts.sum())
-    ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int64, count=total)
+    slow_set = set(slow)
+    it_slow = iter(encodings)
+    ids = np.fromiter(chain.from_iterable(next(it_slow).ids if i in slow_set else fast[i][0] for i in range(n))
+                      if slow and len(slow) < n else
+                      chain.from_iterable(e.ids for e in encodings) if slow else
+                      chain.from_iterable(r[0] for r in fast), dtype=np.int64, count=total)
     tok_starts = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(counts, out=tok_starts[1:])
     if train_on_prompt:
         trained = np.ones(total, dtype=bool)
     else:
-        offs = np.fromiter(chain.from_iterable(chain.from_iterable(e.offsets for e in encodings)),
-                           dtype=np.int64, count=2 * total).reshape(-1, 2)
+        offs = np.zeros((total, 2), dtype=np.int64)
+        if len(slow) < n:  # cached rows: tokens cover the text end to end, so offsets follow from lengths
+            lens = np.fromiter(chain.from_iterable(() if r is None else r[1] for r in fast), dtype=np.int64,
+                               count=total - int(counts[slow].sum()))
+            fast_rows = np.ones(n, dtype=bool)
+            fast_rows[slow] = False
+            fast_tok = np.repeat(fast_rows, counts)
+            ends = np.cumsum(lens)
+            fast_counts = counts[fast_rows]
+            row_first = np.zeros(len(fast_counts), dtype=np.int64)
+            np.cumsum(fast_counts[:-1], out=row_first[1:])
+            ends -= np.repeat(np.concatenate(([0], ends))[row_first], fast_counts)
+            offs[fast_tok, 1] = ends
+            offs[fast_tok, 0] = ends - lens
+        if slow:
+            slow_offs = np.fromiter(chain.from_iterable(chain.from_iterable(e.offsets for e in encodings)),
+                                    dtype=np.int64, count=2 * int(counts[slow].sum())).reshape(-1, 2)
+            if len(slow) == n:
+                offs = slow_offs
+            else:
+                offs[~fast_tok] = slow_offs
         text_lens = np.fromiter(map(len, texts), dtype=np.int64, count=n)
         char_base = np.zeros(n, dtype=np.int64)
         np.cumsum(text_lens[:-1], out=char_base[1:])
@@ -183,3 +217,132 @@ def encode_spans_batch(texts: Sequence[str], spans: Sequence[Sequence[tuple[int,
     np.cumsum(trained, out=cum[1:])
     n_trained = cum[starts[1:]] - cum[starts[:-1]]
     return EncodedBatch(ids, labels, starts, counts, n_trained)
+
+
+# --------------------------------------------------------------------------- pre-token cache
+
+# The GPT-2 byte-level pre-tokenizer's pattern, written for the characters the cache accepts
+# (tab, newline, carriage return and printable ASCII), where every regex engine agrees on it.
+_GPT2_ASCII = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+""")
+_CACHE_CHARS = re.compile(r"[\t\n\r -~]*")
+
+
+def _byte_level_table() -> dict[int, str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+class PreTokenCache:
+    """Exact token ids for byte-level BPE tokenizers, memoised per pre-token (word).
+
+    A byte-level BPE tokenizer (GPT-2 style: no normaliser, the ``ByteLevel`` pre-tokenizer with its
+    regex, no prefix space, BPE without dropout, no truncation) tokenizes a text as: split at added
+    tokens, split each part with the pre-tokenizer's regex, run BPE on each piece on its own. For
+    text made only of printable ASCII, tabs and newlines that regex means the same in every engine,
+    so those steps can be done here with the pieces' tokens looked up in a dict; only new pieces go
+    to the Rust model. Rows with any other character go to the Rust tokenizer. ``from_tokenizer``
+    returns None for every other kind of tokenizer, and callers check a sample of rows against the
+    Rust tokenizer anyway.
+    """
+
+    MAX_ENTRIES = 1_000_000
+    VERIFY_FIRST = 64  # rows checked against the Rust tokenizer before trusting the cache
+    VERIFY_EVERY = 256  # and then one row in this many
+
+    def __init__(self, backend: Any, added: dict[str, int]) -> None:
+        self.backend = backend
+        self.model = backend.model
+        self.added = added
+        self.split_added = (re.compile("(" + "|".join(re.escape(t) for t in sorted(added, key=len, reverse=True)) + ")")
+                            .split if added else None)
+        self.table = str.maketrans(_byte_level_table())
+        self.words: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        self.disabled = False
+        self.checked = 0
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any) -> "PreTokenCache | None":
+        import json
+
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return None
+        try:
+            spec = json.loads(backend.to_str())
+        except Exception:
+            return None
+        pre, model, post = spec.get("pre_tokenizer") or {}, spec.get("model") or {}, spec.get("post_processor")
+        if spec.get("normalizer") is not None or spec.get("truncation") is not None or spec.get("padding") is not None:
+            return None
+        if pre != {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": pre.get("trim_offsets"),
+                   "use_regex": True}:
+            return None
+        if model.get("type") != "BPE" or model.get("dropout") is not None or model.get("byte_fallback") \
+                or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix") or model.get("unk_token"):
+            return None
+        if post is not None and post.get("type") != "TemplateProcessing":  # others may move offsets
+            return None
+        added: dict[str, int] = {}
+        for tok in spec.get("added_tokens", []):
+            if tok.get("lstrip") or tok.get("rstrip") or tok.get("single_word") or tok.get("normalized"):
+                return None
+            if not _CACHE_CHARS.fullmatch(tok["content"]) or not tok["content"]:
+                return None
+            added[tok["content"]] = tok["id"]
+        return cls(backend, added)
+
+    def _word(self, word: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        tokens = self.model.tokenize(word.translate(self.table))
+        entry = (tuple(t.id for t in tokens), tuple(len(t.value) for t in tokens))
+        if len(self.words) >= self.MAX_ENTRIES:
+            self.words.clear()
+        self.words[word] = entry
+        return entry
+
+    def encode(self, text: str) -> tuple[list[int], list[int]] | None:
+        """(ids, character length of each token) of one text, or None if the text has other characters."""
+        if not _CACHE_CHARS.fullmatch(text):
+            return None
+        ids: list[int] = []
+        lens: list[int] = []
+        words, added, findall = self.words, self.added, _GPT2_ASCII.findall
+        parts = self.split_added(text) if self.split_added else [text]
+        for k, part in enumerate(parts):
+            if k % 2:
+                ids.append(added[part])
+                lens.append(len(part))
+                continue
+            if not part:
+                continue
+            for word in findall(part):
+                entry = words.get(word) or self._word(word)
+                ids += entry[0]
+                lens += entry[1]
+        return ids, lens
+
+    def encode_rows(self, texts: Sequence[str]) -> list[tuple[list[int], list[int]] | None]:
+        """``encode`` for many rows; the first rows and a sample after them are checked against Rust.
+
+        On any disagreement the cache turns itself off for good and every row goes to Rust.
+        """
+        if self.disabled:
+            return [None] * len(texts)
+        out = [self.encode(t) for t in texts]
+        done = [i for i, r in enumerate(out) if r is not None]
+        check = done[: max(0, self.VERIFY_FIRST - self.checked)] + done[:: self.VERIFY_EVERY]
+        if check:
+            self.checked += len(check)
+            for i, enc in zip(check, self.backend.encode_batch([texts[i] for i in check], add_special_tokens=False)):
+                ids, lens = out[i]
+                ends = list(accumulate(lens))
+                if enc.ids != ids or enc.offsets != list(zip([0] + ends[:-1], ends)):
+                    self.disabled = True
+                    return [None] * len(texts)
+        return out

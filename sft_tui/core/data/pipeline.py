@@ -28,7 +28,7 @@ from sft_tui.core.paths import cache_dir
 from .conversation import BadRow, Conversation, ProblemLog
 from .formats import FIELDS, Detection, detect_format, resolve_columns, to_conversation
 from .loading import LoadedRows, file_identity, load_rows_detailed, resolve_paths
-from .masking import encode_spans_batch, tokenize_conversation
+from .masking import PreTokenCache, encode_spans_batch, tokenize_conversation
 from .report import DataReport
 from .stats import length_stats
 from .templates import Renderer, get_renderer, normalise_spans, pieces_to_spans
@@ -128,6 +128,7 @@ class _RowProcessor:
         self.fmt, self.columns, self.data = fmt, columns, data
         self.tokenizer, self.renderer, self.offset = tokenizer, renderer, offset
         self.on_batch: Callable[[int], None] | None = None
+        self.cache = PreTokenCache.from_tokenizer(tokenizer)
 
     def render(self, conv: Conversation) -> tuple[str, list[tuple[int, int]]]:
         """(text, trained char spans) of one conversation; raises BadRow like ``Renderer.pieces``."""
@@ -171,7 +172,8 @@ class _RowProcessor:
             texts.append(text)
             spans.append(sp)
             where.append(i)
-        enc = encode_spans_batch(texts, spans, self.tokenizer, data.max_length, data.train_on_prompt)
+        enc = encode_spans_batch(texts, spans, self.tokenizer, data.max_length, data.train_on_prompt,
+                                 self.cache)
         kept, orig, trained = enc.lengths, enc.original_lengths, enc.trained
         keep = np.ones(len(where), dtype=bool)
         for j in np.nonzero(orig > kept)[0].tolist():
