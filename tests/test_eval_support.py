@@ -19,8 +19,9 @@ from pathlib import Path
 
 import yaml
 
-# Measured on 2 busy CPU cores (~2-4 min, once): held-out exact match 0% base → ~66% tuned (the answer
-# format and the sentiment are learned first, the topic last), ROUGE-L 0.11 → 0.92, loss 11.0 → 2.12.
+# Measured on 2 busy CPU cores (1-4 min, once per demo build): the answer format and the sentiment are
+# learned first, the topic last. Demo build v3: held-out exact match 0% → 66%, ROUGE-L 0.11 → 0.92;
+# v4: 0% → 30%, ROUGE-L 0.00 → 0.81, loss 2.83 → 1.44. Tests assert "clearly better", not a level.
 TRAIN = {"max_steps": 200, "batch_size": 8, "learning_rate": 0.002, "scheduler": "constant_with_warmup",
          "warmup_ratio": 0.05, "logging_steps": 20, "save_steps": 10000, "seed": 42}
 MODEL_VERSION = "1"

@@ -57,7 +57,7 @@ def test_merged_model_loads_with_plain_transformers_and_matches_base_plus_adapte
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sft_tui.core.training import model_path
+    from sft_tui.core.generate import base_model_path
 
     out = merged.path
     assert any(name.endswith(".safetensors") for name in merged.files)
@@ -69,7 +69,7 @@ def test_merged_model_loads_with_plain_transformers_and_matches_base_plus_adapte
     plain = AutoModelForCausalLM.from_pretrained(str(out)).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     reference = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(model_path(run.load_config())), str(run.adapter_dir)).eval()
+        AutoModelForCausalLM.from_pretrained(base_model_path(run)), str(run.adapter_dir)).eval()
     text = ["<|im_start|>user\nRead the review and give its sentiment and topic.\n\nThe room was clean.<|im_end|>\n"
             "<|im_start|>assistant\n", "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\nSentiment:"]
     batch = tokenizer(text, return_tensors="pt", padding=True, add_special_tokens=False)

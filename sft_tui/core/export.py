@@ -152,8 +152,8 @@ def merge(run: RunDir, out_dir: str | Path | None = None, overwrite: bool = Fals
     """Write base+adapter as one plain transformers model (safetensors + tokenizer + card)."""
     import torch
 
-    from sft_tui.core.generate import load_tokenizer, tuned_source
-    from sft_tui.core.training import _local_only, model_path
+    from sft_tui.core.generate import base_model_path, load_tokenizer, tuned_source
+    from sft_tui.core.training import _local_only
 
     say = progress or (lambda msg: None)
     start = time.perf_counter()
@@ -181,9 +181,12 @@ def merge(run: RunDir, out_dir: str | Path | None = None, overwrite: bool = Fals
             kwargs["dtype"] = dtype
         else:
             kwargs["dtype"] = "auto"
+        from sft_tui.core.generate import quiet_optional_kernels
+
+        quiet_optional_kernels()
         from peft import PeftModel
 
-        base_path = model_path(config)
+        base_path = base_model_path(run, config)
         say(f"loading the base model {config.model.path}")
         try:
             base = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)

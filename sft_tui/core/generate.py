@@ -51,6 +51,15 @@ class GenSettings:
 # --------------------------------------------------------------------------- loading
 
 
+def quiet_optional_kernels() -> None:
+    """bitsandbytes warns on CPU that an optional 4-bit kernel package is missing; irrelevant here."""
+    import logging
+    import warnings
+
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
 def _device_and_dtype(config) -> tuple[str, Any]:
     import torch
 
@@ -142,6 +151,34 @@ def tuned_source(run: RunDir, source: str = "auto") -> tuple[str, Path]:
                     "wait for the run to finish, or resume it with `sft-tui train --resume RUN`")
 
 
+def base_model_path(run: RunDir, config=None) -> str:
+    """The base weights the run was trained on.
+
+    'demo' names whatever demo build is current, and a rebuild (new sample data or build version)
+    makes a new folder, so the adapter's own record (``base_model_name_or_path``) wins while that
+    folder exists; an adapter applied to different base weights would give nonsense silently.
+    """
+    from sft_tui.core.training import model_path
+
+    config = config or run.load_config()
+    if config.model.path != "demo":
+        return model_path(config)
+    recorded = None
+    try:
+        recorded = json.loads((run.adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        pass
+    from sft_tui.core.demo import demo_model_dir
+
+    if not recorded or Path(recorded).name == demo_model_dir().name:
+        return model_path(config)
+    if (Path(recorded) / "config.json").exists():
+        return recorded
+    raise UserError(f"run {run.name} was trained on an older build of the demo model ({Path(recorded).name}), "
+                    "which is no longer in the cache",
+                    "train the run again: the adapter only fits the base weights it was trained on")
+
+
 def _is_raw_data(config) -> bool:
     """Raw formats (plain text, prompt/completion) were trained without a chat template."""
     fmt = config.data.format
@@ -171,14 +208,12 @@ class ModelPair:
     """The base and the tuned model of one run, loaded once and shared (thread-safe by a lock)."""
 
     def __init__(self, run: RunDir, source: str = "auto", progress: Callable[[str], None] | None = None) -> None:
-        from sft_tui.core.training import model_path
-
         say = progress or (lambda msg: None)
         self.run = run
         self.config = run.load_config()
         self.source, self.tuned_dir = tuned_source(run, source)
         self.method = self.config.method.type
-        self.base_path = model_path(self.config)
+        self.base_path = base_model_path(run, self.config)
         self.device, self.dtype = _device_and_dtype(self.config)
         self.lock = threading.RLock()
         self.raw = _is_raw_data(self.config)
@@ -188,6 +223,7 @@ class ModelPair:
         self._base = None
         self.peft = self.source == "adapter" and self.method in ("lora", "qlora")
         if self.peft:
+            quiet_optional_kernels()
             from peft import PeftModel
 
             say(f"loading the base model {self.config.model.path}")
