@@ -185,8 +185,8 @@ def test_pre_token_cache_refuses_other_tokenizers_and_turns_off_on_disagreement(
     assert PreTokenCache.from_tokenizer(PreTrainedTokenizerFast(tokenizer_object=core)) is None
     tok = tokenizers["chatml"]
     cache = PreTokenCache.from_tokenizer(tok)
-    cache.words["Hello"] = ((1,), (5,))  # a wrong entry
-    assert cache.encode_rows(["Hello there"]) == [None] and cache.disabled
+    cache.ids["Hello"], cache.lens["Hello"], cache.counts["Hello"] = [1], [5], 1  # a wrong entry
+    assert cache.encode_rows(["Hello there"]) is None and cache.disabled
     texts = ["Hello there", "<|im_start|>x<|im_end|>"]
     spans = [[(0, 5)], [(12, 13)]]
     fast = encode_spans_batch(texts, spans, tok, None, False, cache)

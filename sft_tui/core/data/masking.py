@@ -140,53 +140,56 @@ def encode_spans_batch(texts: Sequence[str], spans: Sequence[Sequence[tuple[int,
 
     backend = _fast(tokenizer)
     n = len(texts)
-    fast = cache.encode_rows(texts) if cache is not None else [None] * n
-    slow = [i for i, r in enumerate(fast) if r is None]
+    cached = cache.encode_rows(texts) if cache is not None else None
+    if cached is None:
+        slow = list(range(n))
+        handled = np.zeros(n, dtype=bool)
+    else:
+        handled = cached.handled
+        slow = np.nonzero(~handled)[0].tolist()
     encodings = backend.encode_batch([texts[i] for i in slow], add_special_tokens=False) if slow else []
     counts = np.zeros(n, dtype=np.int64)
     counts[slow] = np.fromiter(map(len, encodings), dtype=np.int64, count=len(slow))
-    if len(slow) < n:
-        mine = [i for i, r in enumerate(fast) if r is not None]
-        counts[mine] = np.fromiter((len(fast[i][0]) for i in mine), dtype=np.int64, count=len(mine))
+    if cached is not None:
+        counts[handled] = cached.counts
     total = int(counts.sum())
-    slow_set = set(slow)
-    it_slow = iter(encodings)
-    ids = np.fromiter(chain.from_iterable(next(it_slow).ids if i in slow_set else fast[i][0] for i in range(n))
-                      if slow and len(slow) < n else
-                      chain.from_iterable(e.ids for e in encodings) if slow else
-                      chain.from_iterable(r[0] for r in fast), dtype=np.int64, count=total)
     tok_starts = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(counts, out=tok_starts[1:])
+    n_slow_tok = total - (int(cached.counts.sum()) if cached is not None else 0)
+    slow_ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int64, count=n_slow_tok)
+    if cached is None or not slow:
+        ids = slow_ids if cached is None else cached.ids
+        fast_tok = None
+    else:
+        fast_tok = np.repeat(handled, counts)
+        ids = np.empty(total, dtype=np.int64)
+        ids[fast_tok] = cached.ids
+        ids[~fast_tok] = slow_ids
     if train_on_prompt:
         trained = np.ones(total, dtype=bool)
     else:
-        offs = np.zeros((total, 2), dtype=np.int64)
-        if len(slow) < n:  # cached rows: tokens cover the text end to end, so offsets follow from lengths
-            lens = np.fromiter(chain.from_iterable(() if r is None else r[1] for r in fast), dtype=np.int64,
-                               count=total - int(counts[slow].sum()))
-            fast_rows = np.ones(n, dtype=bool)
-            fast_rows[slow] = False
-            fast_tok = np.repeat(fast_rows, counts)
-            ends = np.cumsum(lens)
-            fast_counts = counts[fast_rows]
-            row_first = np.zeros(len(fast_counts), dtype=np.int64)
-            np.cumsum(fast_counts[:-1], out=row_first[1:])
-            ends -= np.repeat(np.concatenate(([0], ends))[row_first], fast_counts)
-            offs[fast_tok, 1] = ends
-            offs[fast_tok, 0] = ends - lens
-        if slow:
-            slow_offs = np.fromiter(chain.from_iterable(chain.from_iterable(e.offsets for e in encodings)),
-                                    dtype=np.int64, count=2 * int(counts[slow].sum())).reshape(-1, 2)
-            if len(slow) == n:
-                offs = slow_offs
-            else:
-                offs[~fast_tok] = slow_offs
         text_lens = np.fromiter(map(len, texts), dtype=np.int64, count=n)
         char_base = np.zeros(n, dtype=np.int64)
         np.cumsum(text_lens[:-1], out=char_base[1:])
         row_of_tok = np.repeat(np.arange(n), counts)
         base = char_base[row_of_tok]
-        gs, ge = offs[:, 0] + base, offs[:, 1] + base
+        slow_offs = np.fromiter(chain.from_iterable(chain.from_iterable(e.offsets for e in encodings)),
+                                dtype=np.int64, count=2 * n_slow_tok).reshape(-1, 2)
+        if cached is None:
+            gs, ge = slow_offs[:, 0] + base, slow_offs[:, 1] + base
+        else:
+            # cached rows' tokens cover their text end to end: global offsets follow from token lengths,
+            # because the rows' texts sit one after another in the same global character space
+            fast_ends = np.cumsum(cached.lens) + np.repeat(char_base[handled] - np.concatenate(
+                ([0], np.cumsum(text_lens[handled])[:-1])), cached.counts)
+            if fast_tok is None:
+                ge = fast_ends
+                gs = fast_ends - cached.lens
+            else:
+                gs, ge = np.empty(total, dtype=np.int64), np.empty(total, dtype=np.int64)
+                ge[fast_tok], gs[fast_tok] = fast_ends, fast_ends - cached.lens
+                ge[~fast_tok] = slow_offs[:, 1] + base[~fast_tok]
+                gs[~fast_tok] = slow_offs[:, 0] + base[~fast_tok]
         span_counts = np.fromiter(map(len, spans), dtype=np.int64, count=n)
         flat = np.fromiter(chain.from_iterable(chain.from_iterable(spans)), dtype=np.int64,
                            count=2 * int(span_counts.sum())).reshape(-1, 2)
@@ -199,7 +202,7 @@ def encode_spans_batch(texts: Sequence[str], spans: Sequence[Sequence[tuple[int,
         if empty.any():
             rows = row_of_tok[empty]
             lens = text_lens[rows]
-            pos = np.minimum(offs[empty, 0], np.maximum(lens - 1, 0)) + char_base[rows]
+            pos = np.minimum(gs[empty] - char_base[rows], np.maximum(lens - 1, 0)) + char_base[rows]
             j = np.searchsorted(span_s, pos, "right") - 1
             hit = (j >= 0) & (lens > 0)
             hit[hit] = span_e[j[hit]] > pos[hit]
@@ -227,18 +230,6 @@ _GPT2_ASCII = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\s
 _CACHE_CHARS = re.compile(r"[\t\n\r -~]*")
 
 
-def _byte_level_table() -> dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
-
-
 class PreTokenCache:
     """Exact token ids for byte-level BPE tokenizers, memoised per pre-token (word).
 
@@ -262,8 +253,7 @@ class PreTokenCache:
         self.added = added
         self.split_added = (re.compile("(" + "|".join(re.escape(t) for t in sorted(added, key=len, reverse=True)) + ")")
                             .split if added else None)
-        self.table = str.maketrans(_byte_level_table())
-        self.words: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        self._reset()
         self.disabled = False
         self.checked = 0
 
@@ -298,51 +288,115 @@ class PreTokenCache:
             added[tok["content"]] = tok["id"]
         return cls(backend, added)
 
-    def _word(self, word: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        tokens = self.model.tokenize(word.translate(self.table))
-        entry = (tuple(t.id for t in tokens), tuple(len(t.value) for t in tokens))
-        if len(self.words) >= self.MAX_ENTRIES:
-            self.words.clear()
-        self.words[word] = entry
-        return entry
-
     def encode(self, text: str) -> tuple[list[int], list[int]] | None:
         """(ids, character length of each token) of one text, or None if the text has other characters."""
-        if not _CACHE_CHARS.fullmatch(text):
+        got = self.encode_rows([text], verify=False)
+        if got is None or not got.handled[0]:
             return None
-        ids: list[int] = []
-        lens: list[int] = []
-        words, added, findall = self.words, self.added, _GPT2_ASCII.findall
-        parts = self.split_added(text) if self.split_added else [text]
-        for k, part in enumerate(parts):
+        return got.ids.tolist(), got.lens.tolist()
+
+    def _words(self, text: str) -> list[str]:
+        if self.split_added is None:
+            return _GPT2_ASCII.findall(text)
+        out: list[str] = []
+        findall = _GPT2_ASCII.findall
+        for k, part in enumerate(self.split_added(text)):
             if k % 2:
-                ids.append(added[part])
-                lens.append(len(part))
-                continue
-            if not part:
-                continue
-            for word in findall(part):
-                entry = words.get(word) or self._word(word)
-                ids += entry[0]
-                lens += entry[1]
-        return ids, lens
+                out.append(part)  # an added token: in the word tables too (no word can equal one)
+            elif part:
+                out += findall(part)
+        return out
 
-    def encode_rows(self, texts: Sequence[str]) -> list[tuple[list[int], list[int]] | None]:
-        """``encode`` for many rows; the first rows and a sample after them are checked against Rust.
+    def _learn(self, words: list[str]) -> None:
+        """Tokenize new words in one Rust call: joined by an added token, each is a separate part of the
+        text, so it is pre-tokenized (to itself) and run through BPE exactly as when it stood alone."""
+        if len(self.ids) + len(words) > self.MAX_ENTRIES:
+            self._reset()
+        if not self.added:
+            for word, enc in zip(words, self.backend.encode_batch(words, add_special_tokens=False)):
+                self._store(word, enc.ids, [b - a for a, b in enc.offsets])
+            return
+        sep = min(self.added, key=len)
+        enc = self.backend.encode(sep.join(words), add_special_tokens=False)
+        lens = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+        word_start = np.zeros(len(words), dtype=np.int64)
+        np.cumsum(lens[:-1] + len(sep), out=word_start[1:])
+        offs = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+        ids = np.asarray(enc.ids, dtype=np.int64)
+        owner = np.searchsorted(word_start, offs[:, 0], "right") - 1
+        inside = offs[:, 1] <= word_start[owner] + lens[owner]  # not a separator token
+        owner, ids, offs = owner[inside], ids[inside], offs[inside]
+        tok_lens = (offs[:, 1] - offs[:, 0]).tolist()
+        ids_l = ids.tolist()
+        bounds = np.searchsorted(owner, np.arange(len(words) + 1)).tolist()
+        for k, word in enumerate(words):
+            a, b = bounds[k], bounds[k + 1]
+            self._store(word, ids_l[a:b], tok_lens[a:b])
 
-        On any disagreement the cache turns itself off for good and every row goes to Rust.
+    def _store(self, word: str, ids: list[int], lens: list[int]) -> None:
+        self.ids[word] = ids
+        self.lens[word] = lens
+        self.counts[word] = len(ids)
+
+    def _reset(self) -> None:
+        self.ids = {t: [i] for t, i in self.added.items()}
+        self.lens = {t: [len(t)] for t in self.added}
+        self.counts = {t: 1 for t in self.added}
+
+    def encode_rows(self, texts: Sequence[str], verify: bool = True) -> "CachedRows | None":
+        """Tokens of the rows it can do, as flat arrays; the first rows and a sample are checked against Rust.
+
+        On any disagreement the cache turns itself off for good (None: every row goes to Rust).
         """
         if self.disabled:
-            return [None] * len(texts)
-        out = [self.encode(t) for t in texts]
-        done = [i for i, r in enumerate(out) if r is not None]
-        check = done[: max(0, self.VERIFY_FIRST - self.checked)] + done[:: self.VERIFY_EVERY]
-        if check:
-            self.checked += len(check)
-            for i, enc in zip(check, self.backend.encode_batch([texts[i] for i in check], add_special_tokens=False)):
-                ids, lens = out[i]
-                ends = list(accumulate(lens))
-                if enc.ids != ids or enc.offsets != list(zip([0] + ends[:-1], ends)):
-                    self.disabled = True
-                    return [None] * len(texts)
-        return out
+            return None
+        from itertools import chain
+
+        ok = _CACHE_CHARS.fullmatch
+        handled = np.fromiter((ok(t) is not None for t in texts), dtype=bool, count=len(texts))
+        rows = [self._words(t) for t, h in zip(texts, handled) if h]
+        ids = self.ids
+        missing = list({w: None for ws in rows for w in ws if w not in ids})
+        if missing:
+            self._learn(missing)
+        ids, lens, counts = self.ids, self.lens, self.counts
+        flat_words = list(chain.from_iterable(rows))
+        word_counts = np.fromiter(map(counts.__getitem__, flat_words), dtype=np.int64, count=len(flat_words))
+        n_tok = int(word_counts.sum())
+        out_ids = np.fromiter(chain.from_iterable(map(ids.__getitem__, flat_words)), dtype=np.int64, count=n_tok)
+        out_lens = np.fromiter(chain.from_iterable(map(lens.__getitem__, flat_words)), dtype=np.int64, count=n_tok)
+        cw = np.zeros(len(flat_words) + 1, dtype=np.int64)
+        np.cumsum(word_counts, out=cw[1:])
+        wb = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)), out=wb[1:])
+        row_tok = cw[wb[1:]] - cw[wb[:-1]]
+        got = CachedRows(handled, out_ids, out_lens, row_tok)
+        if verify:
+            self._check(texts, got)
+        return None if self.disabled else got
+
+    def _check(self, texts: Sequence[str], got: "CachedRows") -> None:
+        done = np.nonzero(got.handled)[0]
+        picks = list(range(min(len(done), max(0, self.VERIFY_FIRST - self.checked))))
+        picks += list(range(0, len(done), self.VERIFY_EVERY))
+        picks = sorted(set(picks))
+        if not picks:
+            return
+        self.checked += len(picks)
+        starts = np.concatenate(([0], np.cumsum(got.counts)))
+        encs = self.backend.encode_batch([texts[int(done[k])] for k in picks], add_special_tokens=False)
+        for k, enc in zip(picks, encs):
+            a, b = int(starts[k]), int(starts[k + 1])
+            lens = got.lens[a:b]
+            ends = np.cumsum(lens)
+            if enc.ids != got.ids[a:b].tolist() or enc.offsets != list(zip((ends - lens).tolist(), ends.tolist())):
+                self.disabled = True
+                return
+
+
+@dataclass
+class CachedRows:
+    handled: np.ndarray  # bool per row: done by the cache
+    ids: np.ndarray  # the handled rows' tokens, one row after another
+    lens: np.ndarray  # each token's length in characters
+    counts: np.ndarray  # tokens per handled row
