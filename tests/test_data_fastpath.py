@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 
+import numpy as np
 import pytest
 
 from sft_tui.core.config import DataConfig
@@ -185,7 +186,7 @@ def test_pre_token_cache_refuses_other_tokenizers_and_turns_off_on_disagreement(
     assert PreTokenCache.from_tokenizer(PreTrainedTokenizerFast(tokenizer_object=core)) is None
     tok = tokenizers["chatml"]
     cache = PreTokenCache.from_tokenizer(tok)
-    cache.ids["Hello"], cache.lens["Hello"], cache.counts["Hello"] = [1], [5], 1  # a wrong entry
+    cache._append(["Hello"], np.asarray([1]), np.asarray([5]), np.asarray([1]))  # a wrong entry
     assert cache.encode_rows(["Hello there"]) is None and cache.disabled
     texts = ["Hello there", "<|im_start|>x<|im_end|>"]
     spans = [[(0, 5)], [(12, 13)]]

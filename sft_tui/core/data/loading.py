@@ -232,7 +232,7 @@ def _load_cleaned(path: Path, bad_lines: set[int]):
         lines_file.write_text(json.dumps(kept))
         tmp.replace(clean)
     ds = datasets.load_dataset("json", data_files=str(clean), cache_dir=_hf_cache(), split="train")
-    return ds.add_column("__line__", json.loads(lines_file.read_text()))
+    return ds.add_column("__line__", json.loads(lines_file.read_text()), new_fingerprint=_derived(ds, f"clean-{digest}"))
 
 
 def _load_file(path: Path, skip_bad_rows: bool, problems: ProblemLog):
@@ -275,6 +275,10 @@ class LoadedRows:
         self.line_kind = line_kind  # 'line' when __line__ is a file line, 'row' when it is a record number
 
 
+def _derived(ds: Any, what: str) -> str:
+    return hashlib.sha256(f"{getattr(ds, '_fingerprint', '')}|{what}".encode()).hexdigest()[:16]
+
+
 def load_rows_detailed(path: str | list[str], skip_bad_rows: bool = False) -> LoadedRows:
     import datasets
 
@@ -289,10 +293,13 @@ def load_rows_detailed(path: str | list[str], skip_bad_rows: bool = False) -> Lo
             ds, is_lines = _load_file(item, skip_bad_rows, problems)
         all_lines &= is_lines
         n = len(ds)
+        # Explicit fingerprints: otherwise datasets pickles and hashes every value of the new columns.
         if "__line__" not in ds.column_names:
             lines = _line_numbers(item, n) if is_lines and isinstance(item, Path) else None
-            ds = ds.add_column("__line__", lines or list(range(1, n + 1)))
-        ds = ds.add_column("__file__", [idx] * n)
+            key = hashlib.sha1(json.dumps(lines).encode()).hexdigest()[:16] if lines else f"range{n}"
+            ds = ds.add_column("__line__", lines or list(range(1, n + 1)),
+                               new_fingerprint=_derived(ds, f"line-{key}"))
+        ds = ds.add_column("__file__", [idx] * n, new_fingerprint=_derived(ds, f"file-{idx}-{n}"))
         parts.append(ds)
         names.append(str(item))
     if len(parts) == 1:

@@ -9,7 +9,7 @@ The same offsets drive ``segments()``, so the preview shows precisely the traine
 from __future__ import annotations
 
 import re
-from itertools import accumulate
+from itertools import accumulate, chain, repeat
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -310,38 +310,46 @@ class PreTokenCache:
     def _learn(self, words: list[str]) -> None:
         """Tokenize new words in one Rust call: joined by an added token, each is a separate part of the
         text, so it is pre-tokenized (to itself) and run through BPE exactly as when it stood alone."""
-        if len(self.ids) + len(words) > self.MAX_ENTRIES:
+        if len(self.word_id) + len(words) > self.MAX_ENTRIES:
             self._reset()
         if not self.added:
-            for word, enc in zip(words, self.backend.encode_batch(words, add_special_tokens=False)):
-                self._store(word, enc.ids, [b - a for a, b in enc.offsets])
-            return
-        sep = min(self.added, key=len)
-        enc = self.backend.encode(sep.join(words), add_special_tokens=False)
-        lens = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
-        word_start = np.zeros(len(words), dtype=np.int64)
-        np.cumsum(lens[:-1] + len(sep), out=word_start[1:])
-        offs = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
-        ids = np.asarray(enc.ids, dtype=np.int64)
-        owner = np.searchsorted(word_start, offs[:, 0], "right") - 1
-        inside = offs[:, 1] <= word_start[owner] + lens[owner]  # not a separator token
-        owner, ids, offs = owner[inside], ids[inside], offs[inside]
-        tok_lens = (offs[:, 1] - offs[:, 0]).tolist()
-        ids_l = ids.tolist()
-        bounds = np.searchsorted(owner, np.arange(len(words) + 1)).tolist()
-        for k, word in enumerate(words):
-            a, b = bounds[k], bounds[k + 1]
-            self._store(word, ids_l[a:b], tok_lens[a:b])
+            encs = self.backend.encode_batch(words, add_special_tokens=False)
+            ids = np.fromiter(chain.from_iterable(e.ids for e in encs), dtype=np.int64)
+            offs = np.fromiter(chain.from_iterable(chain.from_iterable(e.offsets for e in encs)),
+                               dtype=np.int64).reshape(-1, 2)
+            counts = np.fromiter(map(len, encs), dtype=np.int64, count=len(words))
+        else:
+            sep = min(self.added, key=len)
+            enc = self.backend.encode(sep.join(words), add_special_tokens=False)
+            lens = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+            word_start = np.zeros(len(words), dtype=np.int64)
+            np.cumsum(lens[:-1] + len(sep), out=word_start[1:])
+            offs = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+            ids = np.asarray(enc.ids, dtype=np.int64)
+            owner = np.searchsorted(word_start, offs[:, 0], "right") - 1
+            inside = offs[:, 1] <= word_start[owner] + lens[owner]  # not a separator token
+            owner, ids, offs = owner[inside], ids[inside], offs[inside]
+            counts = np.bincount(owner, minlength=len(words)).astype(np.int64)
+        self._append(words, ids, offs[:, 1] - offs[:, 0], counts)
 
-    def _store(self, word: str, ids: list[int], lens: list[int]) -> None:
-        self.ids[word] = ids
-        self.lens[word] = lens
-        self.counts[word] = len(ids)
+    def _append(self, words: list[str], ids: np.ndarray, lens: np.ndarray, counts: np.ndarray) -> None:
+        first = len(self.word_id)
+        self.word_id.update(zip(words, range(first, first + len(words))))
+        starts = len(self.tok_ids) + np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+        self.tok_ids = np.concatenate((self.tok_ids, ids))
+        self.tok_lens = np.concatenate((self.tok_lens, lens))
+        self.word_start = np.concatenate((self.word_start, starts))
+        self.word_count = np.concatenate((self.word_count, counts))
 
     def _reset(self) -> None:
-        self.ids = {t: [i] for t, i in self.added.items()}
-        self.lens = {t: [len(t)] for t in self.added}
-        self.counts = {t: 1 for t in self.added}
+        self.word_id: dict[str, int] = {}
+        self.tok_ids = np.zeros(0, dtype=np.int64)
+        self.tok_lens = np.zeros(0, dtype=np.int64)
+        self.word_start = np.zeros(0, dtype=np.int64)
+        self.word_count = np.zeros(0, dtype=np.int64)
+        words = list(self.added)  # an added token is in the word table too (no word can equal one)
+        self._append(words, np.asarray([self.added[w] for w in words], dtype=np.int64),
+                     np.asarray([len(w) for w in words], dtype=np.int64), np.ones(len(words), dtype=np.int64))
 
     def encode_rows(self, texts: Sequence[str], verify: bool = True) -> "CachedRows | None":
         """Tokens of the rows it can do, as flat arrays; the first rows and a sample are checked against Rust.
@@ -350,27 +358,32 @@ class PreTokenCache:
         """
         if self.disabled:
             return None
-        from itertools import chain
-
         ok = _CACHE_CHARS.fullmatch
         handled = np.fromiter((ok(t) is not None for t in texts), dtype=bool, count=len(texts))
         rows = [self._words(t) for t, h in zip(texts, handled) if h]
-        ids = self.ids
-        missing = list({w: None for ws in rows for w in ws if w not in ids})
-        if missing:
-            self._learn(missing)
-        ids, lens, counts = self.ids, self.lens, self.counts
         flat_words = list(chain.from_iterable(rows))
-        word_counts = np.fromiter(map(counts.__getitem__, flat_words), dtype=np.int64, count=len(flat_words))
-        n_tok = int(word_counts.sum())
-        out_ids = np.fromiter(chain.from_iterable(map(ids.__getitem__, flat_words)), dtype=np.int64, count=n_tok)
-        out_lens = np.fromiter(chain.from_iterable(map(lens.__getitem__, flat_words)), dtype=np.int64, count=n_tok)
+        get = self.word_id.get
+        wid = np.fromiter(map(get, flat_words, repeat(-1)), dtype=np.int64, count=len(flat_words))
+        unknown = np.nonzero(wid < 0)[0]
+        if unknown.size:
+            new = list(dict.fromkeys(flat_words[i] for i in unknown.tolist()))
+            if len(self.word_id) + len(new) > self.MAX_ENTRIES:  # start over: everything is looked up again
+                self._reset()
+                self._learn(list(dict.fromkeys(flat_words)))
+                wid = np.fromiter(map(self.word_id.__getitem__, flat_words), dtype=np.int64, count=len(flat_words))
+            else:
+                self._learn(new)
+                wid[unknown] = np.fromiter(map(self.word_id.__getitem__, (flat_words[i] for i in unknown.tolist())),
+                                           dtype=np.int64, count=unknown.size)
+        word_counts = self.word_count[wid]
         cw = np.zeros(len(flat_words) + 1, dtype=np.int64)
         np.cumsum(word_counts, out=cw[1:])
+        n_tok = int(cw[-1])
+        # token k of the batch is token (k - first token of its word) of its word's entry
+        gather = np.arange(n_tok, dtype=np.int64) + np.repeat(self.word_start[wid] - cw[:-1], word_counts)
         wb = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)), out=wb[1:])
-        row_tok = cw[wb[1:]] - cw[wb[:-1]]
-        got = CachedRows(handled, out_ids, out_lens, row_tok)
+        got = CachedRows(handled, self.tok_ids[gather], self.tok_lens[gather], cw[wb[1:]] - cw[wb[:-1]])
         if verify:
             self._check(texts, got)
         return None if self.disabled else got
