@@ -10,7 +10,13 @@ import pytest
 
 from sft_tui.core.errors import UserError
 from sft_tui.core.rundir import RunDir
-from test_eval_support import cached_trained_run, copy_run
+from test_eval_support import cached_trained_run, copy_run, one_torch_thread
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with one_torch_thread():
+        yield
 
 FAST = dict(max_new_tokens=16)
 
