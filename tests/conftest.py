@@ -12,6 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One torch thread per process: tests often run the app and a training worker at once on 2 cores,
+# and oversubscribed torch threads were measured 10-50x slower than one thread each.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # The demo model is built once per machine into a shared cache so the suite does not rebuild it
 # for every test (it is deterministic, so sharing it is safe).

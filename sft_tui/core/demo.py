@@ -24,7 +24,7 @@ from typing import Callable
 from sft_tui.core.paths import cache_dir, sample_data_dir
 
 # Bump when anything below changes the built model, so old caches are not reused.
-BUILD_VERSION = "3"
+BUILD_VERSION = "4"
 
 VOCAB_SIZE = 1024
 HIDDEN = 128
@@ -33,7 +33,7 @@ HEADS = 4
 KV_HEADS = 2
 INTERMEDIATE = 352
 CONTEXT = 512
-PRETRAIN_SECONDS_CAP = 30.0
+PRETRAIN_SECONDS_CAP = 240.0  # safety net only: a fixed step count keeps the build deterministic
 PRETRAIN_STEPS = 200
 PRETRAIN_SEQ = 96
 PRETRAIN_BATCH = 16
@@ -153,9 +153,34 @@ def build_tokenizer(texts: list[str]):
     return tokenizer
 
 
-def _pretrain_text() -> list[str]:
+def _pretrain_text(tokenizer) -> list[str]:
+    """Documents for pre-training: prose, label strings alone, and generic chats.
+
+    Every token the task uses must get a trained embedding here: a token the base never saw keeps
+    a tiny random embedding that LoRA (which leaves embeddings alone) cannot make confident, so the
+    fine-tune's loss would stall around 2 even with every answer right. Label strings appear only
+    as isolated lines and the chats ask for reviews rather than labels, so the base model learns the
+    words and the chat format but not the review → label task; that is left for fine-tuning.
+    """
+    import random
+
     path = sample_data_dir() / "reviews_text.jsonl"
-    return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    prose = [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rng = random.Random(0)
+    sentiments = ["positive", "negative"]
+    topics = ["restaurant", "hotel", "movie", "phone"]
+    labels = [f"Sentiment: {s}. Topic: {t}." for s in sentiments for t in topics]
+    labels += [f"Sentiment: {s}." for s in sentiments] + [f"Topic: {t}." for t in topics]
+    docs = list(prose)
+    docs += [rng.choice(labels) for _ in range(len(prose) // 3)]
+    for text in rng.sample(prose, k=len(prose) // 2):
+        review = text.split(" This ")[0]
+        topic = next((t for t in topics if f"This {t} review" in text), "hotel")
+        messages = [{"role": "user", "content": f"Write a short {topic} review."},
+                    {"role": "assistant", "content": review}]
+        docs.append(tokenizer.apply_chat_template(messages, tokenize=False))
+    rng.shuffle(docs)
+    return docs
 
 
 def build_demo_model(out_dir: Path, progress: Progress | None = None) -> Path:
@@ -208,7 +233,7 @@ def _pretrain(model, tokenizer, say: Progress) -> None:
     import torch
 
     ids: list[int] = []
-    for text in _pretrain_text():
+    for text in _pretrain_text(tokenizer):
         ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
         ids.append(tokenizer.convert_tokens_to_ids("<|endoftext|>"))
     stream = torch.tensor(ids, dtype=torch.long)

@@ -305,8 +305,9 @@ def run_training(run: RunDir, resume: bool = False, stop_flag: list[Any] | None 
                             "start it again without --resume, or lower training.save_steps next time")
 
     precision = resolve_precision(config, device)
-    writer.status("loading", device=device.kind, precision=precision)
     path = model_path(config)
+    # The resolved folder, not just 'demo' or a hub id: what this run was trained from, exactly.
+    writer.status("loading", device=device.kind, precision=precision, model_path=path)
     tokenizer = build_tokenizer(config, path)
     model = build_model(config, path, device, precision)
     trainable, total = _count_params(model)
