@@ -299,12 +299,19 @@ class PreTokenCache:
         if self.split_added is None:
             return _GPT2_ASCII.findall(text)
         out: list[str] = []
-        findall = _GPT2_ASCII.findall
+        findall, parts = _GPT2_ASCII.findall, self.parts
         for k, part in enumerate(self.split_added(text)):
             if k % 2:
                 out.append(part)  # an added token: in the word tables too (no word can equal one)
-            elif part:
+            elif len(part) > 64:  # long parts rarely repeat
                 out += findall(part)
+            elif part:
+                words = parts.get(part)
+                if words is None:
+                    if len(parts) > 100_000:
+                        parts.clear()
+                    words = parts[part] = findall(part)
+                out += words
         return out
 
     def _learn(self, words: list[str]) -> None:
@@ -324,8 +331,9 @@ class PreTokenCache:
             lens = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
             word_start = np.zeros(len(words), dtype=np.int64)
             np.cumsum(lens[:-1] + len(sep), out=word_start[1:])
-            offs = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
-            ids = np.asarray(enc.ids, dtype=np.int64)
+            n_tok = len(enc)
+            offs = np.fromiter(chain.from_iterable(enc.offsets), dtype=np.int64, count=2 * n_tok).reshape(-1, 2)
+            ids = np.fromiter(enc.ids, dtype=np.int64, count=n_tok)
             owner = np.searchsorted(word_start, offs[:, 0], "right") - 1
             inside = offs[:, 1] <= word_start[owner] + lens[owner]  # not a separator token
             owner, ids, offs = owner[inside], ids[inside], offs[inside]
@@ -342,6 +350,7 @@ class PreTokenCache:
         self.word_count = np.concatenate((self.word_count, counts))
 
     def _reset(self) -> None:
+        self.parts: dict[str, list[str]] = {}  # short texts between added tokens (template bits, answers)
         self.word_id: dict[str, int] = {}
         self.tok_ids = np.zeros(0, dtype=np.int64)
         self.tok_lens = np.zeros(0, dtype=np.int64)

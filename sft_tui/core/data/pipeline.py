@@ -35,7 +35,7 @@ from .templates import Renderer, get_renderer, normalise_spans, pieces_to_spans
 
 PIPELINE_VERSION = "2"
 Progress = Callable[[str, float], None]
-MAP_BATCH = 2000
+MAP_BATCH = 5000
 TOKEN_COLUMNS = ["input_ids", "attention_mask", "labels", "length", "orig_length", "n_trained", "__row__"]
 
 
