@@ -11,7 +11,6 @@ import pytest
 
 from sft_tui.core import synthetic
 from sft_tui.core.metrics import (
-    FastTail,
     RunMetrics,
     StepRate,
     downsample,
@@ -20,8 +19,8 @@ from sft_tui.core.metrics import (
     fmt_duration,
     fmt_num,
     load_metrics,
-    parse_bulk,
 )
+from sft_tui.core.rundir import EventTail, parse_bulk
 from sft_tui.core.processes import process_tree, tree_rss
 from sft_tui.core.runindex import RunIndex
 
@@ -102,7 +101,7 @@ def test_parse_bulk_falls_back_on_damaged_lines():
 def test_fast_tail_torn_line_and_chunks(tmp_path):
     path = tmp_path / "events.jsonl"
     path.write_text('{"type": "train", "step": 1}\n{"type": "train", "st')
-    tail = FastTail(path)
+    tail = EventTail(path)
     assert [e["step"] for e in tail.read_new()] == [1]
     assert tail.read_new() == []
     with open(path, "a") as fh:
@@ -111,15 +110,15 @@ def test_fast_tail_torn_line_and_chunks(tmp_path):
     # reading in small chunks gives the same events as one read
     lines = "".join(json.dumps({"type": "train", "step": i}) + "\n" for i in range(500))
     path.write_text(lines)
-    tail, got = FastTail(path), []
+    tail, got = EventTail(path), []
     while chunk := tail.read_new(max_bytes=1000):
         got += chunk
     assert [e["step"] for e in got] == list(range(500))
-    assert FastTail(tmp_path / "missing").read_new() == []
+    assert EventTail(tmp_path / "missing").read_new() == []
     # thin: only the newest memory sample of a read is parsed
     run = synthetic.write_run(tmp_path, "thin", steps=30)
-    full = FastTail(run.events_path).read_new()
-    thin = FastTail(run.events_path, thin=True).read_new()
+    full = EventTail(run.events_path).read_new()
+    thin = EventTail(run.events_path, thin=True).read_new()
     assert [e for e in full if e["type"] != "memory"] == [e for e in thin if e["type"] != "memory"]
     assert [e for e in thin if e["type"] == "memory"] == [[e for e in full if e["type"] == "memory"][-1]]
     m_full, m_thin = RunMetrics(), RunMetrics()

@@ -8,13 +8,12 @@ chart asks ``downsample`` for at most as many points as it has columns. UI-free 
 
 from __future__ import annotations
 
-import json
 import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from sft_tui.core.rundir import FINAL_STATES, RunStatus, fold_event
+from sft_tui.core.rundir import FINAL_STATES, EventTail, RunStatus, fold_event
 
 # Events the log pane shows (like `sft-tui logs` without --all): memory samples come every step.
 LOG_SKIP = frozenset({"memory"})
@@ -195,69 +194,10 @@ class RunMetrics:
         return self.eval_loss.xs[i], self.eval_loss.ys[i]
 
 
-# ---------------------------------------------------------------------- parsing
-
-
-def parse_bulk(data: bytes) -> list[dict[str, Any]]:
-    """Parse many complete JSONL lines at once (about twice as fast as line by line).
-
-    The whole chunk is decoded as one JSON array; if any line is damaged, fall back to parsing line
-    by line so one bad line never hides the rest (the same rule as ``rundir.parse_lines``).
-    """
-    text = data.decode("utf-8", errors="replace").strip()
-    if not text:
-        return []
-    try:
-        items = json.loads("[" + text.replace("\n", ",") + "]")
-    except json.JSONDecodeError:
-        from sft_tui.core.rundir import parse_lines
-
-        return parse_lines(text.splitlines())
-    return [obj for obj in items if isinstance(obj, dict) and "type" in obj]
-
-
-class FastTail:
-    """Like ``rundir.EventTail`` (incremental, leaves a torn last line for later) with bulk parsing.
-
-    ``thin=True`` drops all but the last ``memory`` line of each read before parsing: the worker writes
-    one per logged step, a monitor only shows the latest, and skipping them halves the cost of opening
-    a long history. Lines are matched on the writer's exact ``"type": "memory"`` bytes, so a line
-    written differently is simply parsed (slower, never wrong).
-    """
-
-    MEMORY = b'"type": "memory"'
-
-    def __init__(self, path, offset: int = 0, thin: bool = False) -> None:
-        from pathlib import Path
-
-        self.path = Path(path)
-        self.offset = offset
-        self.thin = thin
-
-    def read_new(self, max_bytes: int | None = None) -> list[dict[str, Any]]:
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self.offset)
-                chunk = fh.read() if max_bytes is None else fh.read(max_bytes)
-        except FileNotFoundError:
-            return []
-        end = chunk.rfind(b"\n")
-        if end < 0:
-            return []
-        self.offset += end + 1
-        chunk = chunk[: end + 1]
-        if self.thin and self.MEMORY in chunk:
-            at = chunk.rfind(self.MEMORY)
-            last = chunk[chunk.rfind(b"\n", 0, at) + 1: chunk.find(b"\n", at) + 1]
-            memory = self.MEMORY
-            chunk = b"\n".join([line for line in chunk.split(b"\n") if memory not in line]) + last
-        return parse_bulk(chunk)
-
-
 def load_metrics(run, name: str | None = None) -> RunMetrics:
     """A run's whole history as metrics (for comparisons and scripts)."""
     metrics = RunMetrics(name or run.name)
-    metrics.feed(FastTail(run.events_path, thin=True).read_new())
+    metrics.feed(EventTail(run.events_path, thin=True).read_new())
     return metrics
 
 

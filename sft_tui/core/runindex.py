@@ -11,14 +11,14 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from sft_tui.core.metrics import FastTail
+from sft_tui.core.rundir import EventTail
 from sft_tui.core.rundir import ACTIVE_STATES, RunDir, RunStatus, fold_event, list_runs, pid_alive
 
 
 class TrackedRun:
     def __init__(self, run: RunDir) -> None:
         self.run = run
-        self.tail = FastTail(run.events_path, thin=True)
+        self.tail = EventTail(run.events_path, thin=True)
         self.folded = run.status(events=[])  # model and method from the config, state "new"
         self.folded.state = "new"
 

@@ -21,7 +21,8 @@ from textual.message import Message
 from textual.widgets import RichLog, Static
 
 from sft_tui.core.gpus import GpuSnapshot, default_sampler
-from sft_tui.core.metrics import FastTail, RunMetrics, fmt_bytes, fmt_duration, fmt_num
+from sft_tui.core.rundir import EventTail
+from sft_tui.core.metrics import RunMetrics, fmt_bytes, fmt_duration, fmt_num
 from sft_tui.core.processes import process_tree, tree_rss
 from sft_tui.core.rundir import ACTIVE_STATES, RunDir
 from sft_tui.core.runindex import with_liveness
@@ -107,7 +108,7 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         super().__init__()
         self.run: RunDir | None = None
         self.metrics = RunMetrics()
-        self.tail: FastTail | None = None
+        self.tail: EventTail | None = None
         self.alive = False
         self.generation = 0
         self.chart_view = 0
@@ -151,7 +152,7 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         self.generation += 1
         self.run = run
         self.metrics = RunMetrics(run.name if run else "")
-        self.tail = FastTail(run.events_path, thin=True) if run else None
+        self.tail = EventTail(run.events_path, thin=True) if run else None
         self.alive = False
         self.loaded = run is None
         self._errors_shown = 0
@@ -174,7 +175,7 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         self.run_worker(lambda: self._read_tail(gen, run, tail, first), thread=True, group="monitor-tail",
                         exit_on_error=False)
 
-    def _read_tail(self, gen: int, run: RunDir, tail: FastTail, first: bool) -> None:
+    def _read_tail(self, gen: int, run: RunDir, tail: EventTail, first: bool) -> None:
         try:
             metrics = None
             if first:  # fold a long history here, not on the UI thread, a few MB at a time

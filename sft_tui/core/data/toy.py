@@ -10,18 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sft_tui.core.demo import CHAT_TEMPLATE as DEMO_CHAT_TEMPLATE
 from sft_tui.core.paths import sample_data_dir
 
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}"
-    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
-    "{% else %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+# The demo tokenizer's template: chatml with {% generation %} markers.
+CHATML_TEMPLATE = DEMO_CHAT_TEMPLATE
 
 # Llama-3 style: a BOS in the text, role headers, <|eot_id|> ends every turn, no generation markers.
 LLAMA3_TEMPLATE = (
