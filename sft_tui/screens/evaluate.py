@@ -19,8 +19,9 @@ from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select, Static, TabbedContent, TabPane
 
 from sft_tui.core.errors import UserError, explain
-from sft_tui.core.rundir import RunDir, list_runs
+from sft_tui.core.rundir import RunDir
 from sft_tui.screens.base import StepScreen
+from sft_tui.widgets.runpicker import RunPicker
 from sft_tui.widgets.answer import AnswerPane
 
 HELP = """
@@ -91,18 +92,16 @@ class EvaluateScreen(StepScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self._runs: list[RunDir] = []
         self._stop = threading.Event()
         self.result: Any = None
         self.generating = False
         self.evaluating = False
-        self._session_seen: str | None = None
 
     # ------------------------------------------------------------------ layout
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="eval-top"):
             yield Label("Run", classes="field-label")
-            yield Select([], prompt="no trained run yet", id="eval-run", allow_blank=True)
+            yield RunPicker(evaluable, id="eval-run")
         with TabbedContent(id="eval-tabs", initial="tab-eval"):
             with TabPane("Evaluation", id="tab-eval"):
                 with Horizontal(id="eval-controls"):
@@ -140,28 +139,8 @@ class EvaluateScreen(StepScreen):
 
     # ------------------------------------------------------------------ runs
     def refresh_runs(self) -> None:
-        """List evaluable runs; select the session's run when it is new to us, else keep the choice."""
-        runs_dir = getattr(self.session, "runs_dir", None)
-        self._runs = [r for r in reversed(list_runs(runs_dir)) if evaluable(r)]
-        current = getattr(self.session, "run", None)
-        current_path = str(current.path) if current is not None and evaluable(current) else None
-        if current is not None and current_path and all(str(r.path) != current_path for r in self._runs):
-            self._runs.insert(0, current)
-        select = self.query_one("#eval-run", Select)
-        options = [(r.name, str(r.path)) for r in self._runs]
-        valid = {value for _, value in options}
-        previous = select.value
-        if current_path and current_path != self._session_seen:
-            wanted = current_path
-        elif previous in valid:
-            wanted = previous
-        else:
-            wanted = current_path or (options[0][1] if options else None)
-        self._session_seen = current_path
-        with select.prevent(Select.Changed):
-            select.set_options(options)
-            if wanted is not None:
-                select.value = wanted
+        """List runs with a trained model; select the session's run when it is new, else keep the choice."""
+        wanted, previous = self.query_one("#eval-run", RunPicker).refresh_runs(self.session)
         if wanted is None:
             self._fill_table(None)
             self._set_status("No run has a trained adapter yet. Train one first (F4), or `sft-tui train CONFIG`.")
@@ -173,10 +152,7 @@ class EvaluateScreen(StepScreen):
             self._show_saved(self.selected_run())
 
     def selected_run(self) -> RunDir | None:
-        value = self.query_one("#eval-run", Select).value
-        if value is Select.NULL or value is None:
-            return None
-        return RunDir(Path(str(value)))
+        return self.query_one("#eval-run", RunPicker).run
 
     @on(Select.Changed, "#eval-run")
     def _run_changed(self, event: Select.Changed) -> None:

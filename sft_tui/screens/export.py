@@ -17,8 +17,9 @@ from textual.message import Message
 from textual.widgets import Button, Input, Label, Log, Select, Static
 
 from sft_tui.core.errors import explain
-from sft_tui.core.rundir import RunDir, list_runs
+from sft_tui.core.rundir import RunDir
 from sft_tui.screens.base import StepScreen
+from sft_tui.widgets.runpicker import RunPicker
 
 HELP = """
 Take what a run trained out of sft-tui.
@@ -69,15 +70,13 @@ class ExportScreen(StepScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self._runs: list[RunDir] = []
         self.busy: str | None = None
-        self._session_seen: str | None = None
 
     def compose_body(self) -> ComposeResult:
         with VerticalScroll(id="export-body"):
             with Horizontal(classes="export-row"):
                 yield Label("Run", classes="field-label")
-                yield Select([], prompt="no trained run yet", id="export-run")
+                yield RunPicker(_has_model, id="export-run")
             yield Static("", id="export-adapter", markup=False)
             with Horizontal(classes="export-row"):
                 yield Button("Write model card (Ctrl+O)", id="export-card-btn")
@@ -111,36 +110,14 @@ class ExportScreen(StepScreen):
 
     # ------------------------------------------------------------------ runs and status
     def refresh_runs(self) -> None:
-        runs_dir = getattr(self.session, "runs_dir", None)
-        self._runs = [r for r in reversed(list_runs(runs_dir)) if _has_model(r)]
-        current = getattr(self.session, "run", None)
-        if current is not None and _has_model(current) and all(r.path != current.path for r in self._runs):
-            self._runs.insert(0, current)
-        select = self.query_one("#export-run", Select)
-        options = [(r.name, str(r.path)) for r in self._runs]
-        valid = {value for _, value in options}
-        previous = select.value
-        current_path = str(current.path) if current is not None and _has_model(current) else None
-        if current_path and current_path != self._session_seen:
-            wanted = current_path
-        elif previous in valid:
-            wanted = previous
-        else:
-            wanted = current_path or (options[0][1] if options else None)
-        self._session_seen = current_path
-        with select.prevent(Select.Changed):
-            select.set_options(options)
-            if wanted is not None:
-                select.value = wanted
+        """List runs with a trained model; select the session's run when it is new, else keep the choice."""
+        wanted, previous = self.query_one("#export-run", RunPicker).refresh_runs(self.session)
         if wanted != previous:
             self.query_one("#export-merge-dir", Input).value = ""
         self._describe()
 
     def selected_run(self) -> RunDir | None:
-        value = self.query_one("#export-run", Select).value
-        if value is Select.NULL or value is None:
-            return None
-        return RunDir(Path(str(value)))
+        return self.query_one("#export-run", RunPicker).run
 
     @on(Select.Changed, "#export-run")
     def _run_changed(self) -> None:

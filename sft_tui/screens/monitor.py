@@ -34,7 +34,6 @@ from sft_tui.widgets.gauges import GpuPanel, bar
 STATE_STYLE = {"training": "bold cyan", "done": "bold green", "stopped": "bold yellow", "failed": "bold red",
                "died": "bold red", "saving": "bold cyan", "loading": "cyan", "tokenizing": "cyan",
                "starting": "cyan", "new": "dim"}
-SMOOTHING_STEPS = (0.0, 0.6, 0.9, 0.97)
 # (key, title, series keys, log-scale by default)
 CHART_VIEWS = [("loss", "loss", ("loss", "eval_loss")), ("lr", "", ("lr",)),
                ("grad_norm", "", ("grad_norm",)), ("tokens_per_s", "", ("tokens_per_s",))]
@@ -132,7 +131,7 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         yield RichLog(id="log", max_lines=300, min_width=20, wrap=False, markup=False)
 
     def on_mount(self) -> None:
-        self.query_one(LineChart).smoothing = SMOOTHING_STEPS[1]
+        self.query_one(LineChart).smoothing = LineChart.SMOOTHING_STEPS[1]
         self._follow_run(self.session.run)
         self.set_interval(self.POLL_S, self._poll_tail)
         self.set_interval(self.GPU_POLL_S, self._poll_gpus)
@@ -398,13 +397,10 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         self._bind_chart()
 
     def action_toggle_log(self) -> None:
-        chart = self.query_one(LineChart)
-        chart.log_y = not chart.log_y
+        self.query_one(LineChart).toggle_log()
 
     def action_cycle_smoothing(self) -> None:
-        chart = self.query_one(LineChart)
-        i = SMOOTHING_STEPS.index(chart.smoothing) if chart.smoothing in SMOOTHING_STEPS else 0
-        chart.smoothing = SMOOTHING_STEPS[(i + 1) % len(SMOOTHING_STEPS)]
+        self.query_one(LineChart).cycle_smoothing()
 
     def commands(self):
         return [

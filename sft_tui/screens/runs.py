@@ -383,15 +383,10 @@ class CompareScreen(ModalScreen[None]):
         self._draw()
 
     def action_toggle_log(self) -> None:
-        chart = self.query_one(LineChart)
-        chart.log_y = not chart.log_y
+        self.query_one(LineChart).toggle_log()
 
     def action_cycle_smoothing(self) -> None:
-        from sft_tui.screens.monitor import SMOOTHING_STEPS
-
-        chart = self.query_one(LineChart)
-        i = SMOOTHING_STEPS.index(chart.smoothing) if chart.smoothing in SMOOTHING_STEPS else 0
-        chart.smoothing = SMOOTHING_STEPS[(i + 1) % len(SMOOTHING_STEPS)]
+        self.query_one(LineChart).cycle_smoothing()
 
     def action_dismiss(self) -> None:
         self.dismiss(None)

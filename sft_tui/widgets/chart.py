@@ -70,6 +70,17 @@ class LineChart(Widget):
         self._data_version += 1
         self.refresh()
 
+    SMOOTHING_STEPS = (0.0, 0.6, 0.9, 0.97)
+
+    def toggle_log(self) -> None:
+        self.log_y = not self.log_y
+
+    def cycle_smoothing(self) -> None:
+        """off → 0.6 → 0.9 → 0.97 → off; the key every chart screen binds to 'm'."""
+        steps = self.SMOOTHING_STEPS
+        i = steps.index(self.smoothing) if self.smoothing in steps else 0
+        self.smoothing = steps[(i + 1) % len(steps)]
+
     def watch_log_y(self) -> None:
         self.refresh()
 
