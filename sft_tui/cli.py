@@ -115,60 +115,72 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def follow_with_progress(run: RunDir) -> int:
-    """Draw the run until it ends; Ctrl-C asks the worker to stop (a second one detaches)."""
+    """Draw the run until it ends; Ctrl-C asks the worker to stop (a second one detaches).
+
+    Ctrl-C is caught as a flag rather than an exception so it never breaks the event reader
+    mid-read: the worker runs in its own session and only hears about it through control.json.
+    """
+    import signal
+
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     console.print(f"run directory: {run.path}")
-    interrupts = 0
+    interrupts = [0]
+    handled = 0
     final: dict[str, Any] = {}
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[steps]}"),
-        TextColumn("{task.fields[metrics]}"), TimeRemainingColumn(), console=console, transient=False,
-    ) as progress:
-        task = progress.add_task("starting", total=None, metrics="", steps="")
-        events = run.follow(poll=0.3)
-        while True:
-            try:
-                ev = next(events, None)
-            except KeyboardInterrupt:
-                interrupts += 1
-                if interrupts == 1:
-                    run.send("stop")
-                    progress.console.print("stopping: the worker saves a checkpoint and the adapter "
-                                           "(Ctrl-C again to leave it running in the background)")
-                    continue
-                progress.console.print(f"left running; follow with: sft-tui logs {run.name} --follow")
-                return 130
-            if ev is None:
-                break
-            kind = ev["type"]
-            if kind == "status":
-                progress.update(task, description=ev["state"])
-                if ev["state"] in FINAL_STATES:
-                    final = ev
-            elif kind == "train":
-                metrics = f"loss {ev['loss']:.4f}" if ev.get("loss") is not None else ""
-                if ev.get("tokens_per_s"):
-                    metrics += f"  {ev['tokens_per_s']:.0f} tok/s"
-                step, total = ev.get("step", 0), ev.get("max_steps")
-                progress.update(task, total=total, completed=step, metrics=metrics,
-                                steps=f"{step}/{total}" if total else str(step))
-            elif kind == "eval":
-                progress.console.print(f"step {ev.get('step')}: eval loss {ev.get('eval_loss', float('nan')):.4f}")
-            elif kind == "checkpoint":
-                progress.console.print(f"checkpoint saved: {ev.get('path')}")
-            elif kind == "error":
-                progress.console.print(f"[bold red]error:[/] {ev.get('message')}", markup=True)
-                if ev.get("hint"):
-                    progress.console.print(f"  hint: {ev['hint']}")
-            elif kind == "log" and ev.get("level") in ("warning", "error"):
-                progress.console.print(f"{ev['level']}: {ev.get('msg')}")
+    previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: interrupts.__setitem__(0, interrupts[0] + 1))
+    try:
+        with Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[steps]}"),
+            TextColumn("{task.fields[metrics]}"), TimeRemainingColumn(), console=console, transient=False,
+        ) as progress:
+            task = progress.add_task("starting", total=None, metrics="", steps="")
+            for ev in run.follow(poll=0.3, heartbeat=True):
+                if interrupts[0] > handled:
+                    handled = interrupts[0]
+                    if handled == 1:
+                        run.send("stop")
+                        progress.console.print("stopping: the worker saves a checkpoint and the adapter "
+                                               "(Ctrl-C again to leave it running in the background)")
+                    else:
+                        progress.console.print(f"left running; follow with: sft-tui logs {run.name} --follow")
+                        return 130
+                if ev is None:
+                    continue  # heartbeat: no new event, but a chance to notice Ctrl-C
+                _show_event(progress, task, ev, final)
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
     state = final.get("state") or run.status().state
     if state in ("done", "stopped"):
         console.print(f"[green]{state}[/]: adapter saved in {run.adapter_dir}")
         return 0
     console.print(f"[red]{state}[/]: see {run.log_path}")
     return 1
+
+
+def _show_event(progress: Any, task: Any, ev: dict[str, Any], final: dict[str, Any]) -> None:
+    kind = ev["type"]
+    if kind == "status":
+        progress.update(task, description=ev["state"])
+        if ev["state"] in FINAL_STATES:
+            final.update(ev)
+    elif kind == "train":
+        metrics = f"loss {ev['loss']:.4f}" if ev.get("loss") is not None else ""
+        if ev.get("tokens_per_s"):
+            metrics += f"  {ev['tokens_per_s']:.0f} tok/s"
+        step, total = ev.get("step", 0), ev.get("max_steps")
+        progress.update(task, total=total, completed=step, metrics=metrics,
+                        steps=f"{step}/{total}" if total else str(step))
+    elif kind == "eval":
+        progress.console.print(f"step {ev.get('step')}: eval loss {ev.get('eval_loss', float('nan')):.4f}")
+    elif kind == "checkpoint":
+        progress.console.print(f"checkpoint saved: {ev.get('path')}")
+    elif kind == "error":
+        progress.console.print(f"[bold red]error:[/] {ev.get('message')}", markup=True)
+        if ev.get("hint"):
+            progress.console.print(f"  hint: {ev['hint']}")
+    elif kind == "log" and ev.get("level") in ("warning", "error"):
+        progress.console.print(f"{ev['level']}: {ev.get('msg')}")
 
 
 # --------------------------------------------------------------------------- runs / logs / stop

@@ -119,13 +119,18 @@ def test_cli_runs_and_logs(finished_run):
 
 
 def test_stop_via_control_then_resume(tmp_path, demo_model_dir):
-    config = write_config(tmp_path / "long.yaml", max_steps=40)
+    # Scheduled saves are out of reach, so every checkpoint here comes from a command.
+    config = write_config(tmp_path / "long.yaml", max_steps=40, save_steps=1000, eval_steps=1000)
     env = dict(os.environ)
     proc = cli("train", str(config), "--detach", "--name", "long", env=env)
     assert proc.returncode == 0, proc.stderr
     run = RunDir(proc.stdout.strip())
     assert run.name == "long" and run.pid() is not None
-    wait_for(lambda: any(e["type"] == "train" and e["step"] >= 4 for e in run.events()), 120, "training steps")
+    wait_for(lambda: any(e["type"] == "train" and e["step"] >= 2 for e in run.events()), 120, "training steps")
+    run.send("save")
+    saved = wait_for(lambda: [e for e in run.events() if e["type"] == "checkpoint"], 60, "a save-now checkpoint")
+    assert (run.checkpoints_dir / f"checkpoint-{saved[0]['step']}").is_dir()
+    assert run.is_alive()  # saving does not stop training
     stop = cli("stop", "long", "--wait", "--timeout", "120", env=env)
     assert stop.returncode == 0, stop.stderr
     wait_for(lambda: not run.is_alive(), 60, "the worker to exit")
@@ -172,3 +177,23 @@ def test_unknown_model_fails_with_hint(tmp_path):
 def test_worker_refuses_non_run_dir(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "sft_tui.worker", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 2 and "not a run directory" in proc.stderr
+
+
+def test_ctrl_c_in_foreground_stops_cleanly_and_keeps_the_checkpoint(tmp_path, demo_model_dir):
+    import signal
+
+    config = write_config(tmp_path / "fg.yaml", max_steps=200, save_steps=1000, eval_steps=1000)
+    proc = subprocess.Popen([sys.executable, "-m", "sft_tui", "train", str(config), "--name", "fg"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    run = wait_for(lambda: find_run("fg") if (Path(os.environ["SFT_TUI_RUNS_DIR"]) / "fg").exists() else None,
+                   60, "the run directory")
+    wait_for(lambda: any(e["type"] == "train" and e["step"] >= 2 for e in run.events()), 120, "training steps")
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal delivers to the foreground command
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out
+    assert "stopping" in out and "Traceback" not in out
+    wait_for(lambda: not run.is_alive(), 60, "the worker to exit")
+    st = run.status()
+    assert st.state == "stopped" and st.step < 200
+    assert run.latest_checkpoint() is not None
+    assert (run.adapter_dir / "adapter_model.safetensors").exists()

@@ -241,10 +241,12 @@ class RunDir:
     def tail(self) -> EventTail:
         return EventTail(self.events_path)
 
-    def follow(self, poll: float = 0.5, until_final: bool = True, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+    def follow(self, poll: float = 0.5, until_final: bool = True, timeout: float | None = None,
+               heartbeat: bool = False) -> Iterator[dict[str, Any] | None]:
         """Yield events as they arrive; ends when the run's latest status is final or its worker dies.
 
         "Latest" matters: a resumed run's history holds an earlier 'stopped' that must not end it.
+        ``heartbeat`` yields None after each empty poll so a caller can react to its own flags.
         """
         tail = self.tail()
         start = time.monotonic()
@@ -264,6 +266,8 @@ class RunDir:
                     return
             if timeout is not None and time.monotonic() - start > timeout:
                 return
+            if heartbeat and not new:
+                yield None
             time.sleep(poll)
 
     # ------------------------------------------------------------------ process
