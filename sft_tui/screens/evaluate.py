@@ -188,8 +188,12 @@ class EvaluateScreen(StepScreen):
             table.add_columns("metric", "base", "tuned", "change")
             sample.update("")
             return
-        table.add_columns(*result.columns())  # a tuned-only evaluation has no base column
-        for label, cells in result.table():
+        rows = result.table()
+        # Explicit widths: the table is filled after the columns exist, so size them to the content.
+        for i, column in enumerate(result.columns()):  # a tuned-only evaluation has no base column
+            width = max([len(column)] + [len(label if i == 0 else cells[i - 1]) for label, cells in rows if i == 0 or i - 1 < len(cells)])
+            table.add_column(column, width=width)
+        for label, cells in rows:
             table.add_row(label, *cells)
         if result.samples:
             s = result.samples[0]
