@@ -1,0 +1,124 @@
+"""The app shell: themes as data and remembered, remappable keys, help, navigation, quitting."""
+
+from __future__ import annotations
+
+import os
+
+import yaml
+
+from sft_tui.app import SftApp
+from sft_tui.core import synthetic
+from sft_tui.core.session import Session
+from sft_tui.core.settings import Settings, load_settings
+from sft_tui.screens.dialogs import ConfirmScreen, HelpScreen
+
+
+def make_app(**kwargs) -> SftApp:
+    return SftApp(session=kwargs.pop("session", None) or Session(), start=kwargs.pop("start", "runs"), **kwargs)
+
+
+async def test_bundled_themes_registered_and_choice_remembered():
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        assert {"sft-dark", "sft-light", "sft-high-contrast"} <= set(app.available_themes)
+        assert app.theme == "sft-dark"
+        app.theme = "sft-high-contrast"
+        await pilot.pause()
+    assert load_settings().theme == "sft-high-contrast"
+    again = make_app()
+    async with again.run_test(size=(100, 30)):
+        assert again.theme == "sft-high-contrast"
+
+
+async def test_broken_theme_setting_falls_back_and_says_so(tmp_path):
+    settings_file = os.environ["SFT_TUI_SETTINGS"]
+    with open(settings_file, "w") as fh:
+        fh.write("theme: [not, a, name]\n")
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        assert app.theme == "sft-dark"
+        assert any("theme" in n.message for n in app._notifications)
+
+
+async def test_keymap_from_settings_remaps_a_binding():
+    app = make_app(settings=Settings(keymap={"go_model": "f9"}))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("f9")
+        await pilot.pause(0.5)
+        assert app.current_mode == "model"
+
+
+async def test_help_explains_the_current_screen():
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("f1")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        assert "Runs" in app.screen._title
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_function_keys_and_next_back_move_between_steps():
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("f7")
+        await pilot.pause(0.3)
+        assert app.current_mode == "export"
+        await pilot.press("ctrl+b")
+        await pilot.pause(0.3)
+        assert app.current_mode == "evaluate"
+        await pilot.press("ctrl+n")
+        await pilot.pause(0.3)
+        assert app.current_mode == "export"
+
+
+async def test_clicking_a_step_in_the_bar_goes_there():
+    app = make_app()
+    async with app.run_test(size=(120, 30)) as pilot:
+        bar = app.screen.query_one("#stepbar")
+        start, _end, key = next(span for span in bar._spans if span[2] == "export")
+        await pilot.click("#stepbar", offset=(start + 1, 0))
+        await pilot.pause(0.3)
+        assert app.current_mode == key
+
+
+async def test_quit_with_a_live_run_says_training_continues(tmp_path):
+    run = synthetic.write_run(tmp_path, "live", steps=5, final=None, pid=os.getpid())
+    session = Session(runs_dir=tmp_path)
+    session.run = run
+    app = make_app(session=session)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "keeps training" in app.screen.question
+        await pilot.press("escape")  # cancel: stay
+        await pilot.pause()
+        assert app.is_running
+
+
+async def test_quit_with_unsaved_config_asks_first():
+    session = Session()
+    session.config.training.learning_rate = 1e-3
+    assert session.dirty
+    app = make_app(session=session)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen) and "unsaved" in app.screen.question
+        await pilot.click("#quit")
+        await pilot.pause()
+    assert not app.is_running
+
+
+def test_session_dirty_tracks_saves(tmp_path):
+    session = Session()
+    assert not session.dirty
+    session.config.data.max_length = 1024
+    assert session.dirty
+    path = session.save(tmp_path / "c.yaml")
+    assert not session.dirty and yaml.safe_load(path.read_text())["data"]["max_length"] == 1024
+    other = Session.from_file(path)
+    assert other.config == session.config and not other.dirty
