@@ -216,3 +216,34 @@ def test_batch_labelling_mixes_cached_and_rust_rows_exactly(tokenizers):
         assert fast.lengths.tolist() == [len(r.input_ids) for r in rows]
         assert fast.original_lengths.tolist() == [r.original_length for r in rows]
         assert fast.trained.tolist() == [r.trained_tokens for r in rows]
+
+
+@pytest.mark.parametrize("tok", ["demo", "llama3"])
+@pytest.mark.parametrize("one_by_one", [True, False])
+def test_pre_token_cache_batch_matches_rust_row_by_row(tok, one_by_one, tokenizers):
+    """Rows split into words all at once (markers for added tokens and row ends) give each row's own tokens."""
+    t = tokenizers[tok]
+    cache = PreTokenCache.from_tokenizer(t)
+    cache.replace_one_by_one = one_by_one and cache.replace_one_by_one
+    specials = list(cache.added)
+    edge = ["  ", "\n", " \n ", "!!", "x", "'s", " 12", "", "\t"]
+    texts = [a + s + b for a in edge for s in specials[:3] for b in edge]
+    texts += [s1 + s2 for s1 in specials for s2 in specials] + ["", "a", "", "héllo", "  trailing  "]
+    texts += _sample_texts()[:400]
+    got = cache.encode_rows(texts, verify=False)
+    encs = t.backend_tokenizer.encode_batch([x for x, h in zip(texts, got.handled) if h], add_special_tokens=False)
+    assert got.handled.sum() == len(texts) - 1
+    starts = np.concatenate(([0], np.cumsum(got.counts)))
+    for r, enc in enumerate(encs):
+        a, b = starts[r], starts[r + 1]
+        ends = np.cumsum(got.lens[a:b]).tolist()
+        assert got.ids[a:b].tolist() == enc.ids and list(zip([0] + ends[:-1], ends)) == enc.offsets, r
+
+
+def test_overlap_check_for_one_by_one_replacement():
+    from sft_tui.core.data.masking import _overlap_free
+
+    assert _overlap_free(["<|im_start|>", "<|im_end|>", "<|endoftext|>"])
+    assert not _overlap_free(["<a>", "<a>b"])  # one inside another
+    assert not _overlap_free(["ab", "bc"])  # "abc": a regex split takes "ab", replacing "bc" first would not
+    assert not _overlap_free(["aa"])  # overlaps itself

@@ -228,6 +228,28 @@ def encode_spans_batch(texts: Sequence[str], spans: Sequence[Sequence[tuple[int,
 # (tab, newline, carriage return and printable ASCII), where every regex engine agrees on it.
 _GPT2_ASCII = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+""")
 _CACHE_CHARS = re.compile(r"[\t\n\r -~]*")
+# The same pattern for a whole batch at once, where added tokens and row ends were replaced by
+# private-use marker characters: a marker is a word of its own, no other alternative can take one,
+# and whitespace before a marker behaves as at the end of a text. So one ``findall`` over the batch
+# gives exactly the words of splitting each row at its added tokens and running ``_GPT2_ASCII`` on
+# every part (the cached rows never contain a non-ASCII character themselves).
+_MARKS = "\ue000-\uf8ff"
+_GPT2_MARKED = re.compile(rf"""[{_MARKS}]|'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9{_MARKS}]+"""
+                          rf"""|\s+(?![^\s{_MARKS}])|\s+""")
+_ROW_END = "\uf8ff"
+_MAX_ADDED = 0xF8FF - 0xE000  # added tokens that can get a marker of their own
+
+
+def _overlap_free(tokens: list[str]) -> bool:
+    """Whether no token occurs inside another or overlaps one (itself included) in any text: then
+    replacing them one by one finds exactly the occurrences a leftmost regex split finds."""
+    for a in tokens:
+        for b in tokens:
+            if a != b and b in a:
+                return False
+            if any(a[-k:] == b[:k] for k in range(1, min(len(a), len(b)) + (0 if a == b else 1))):
+                return False
+    return True
 
 
 class PreTokenCache:
@@ -251,8 +273,11 @@ class PreTokenCache:
         self.backend = backend
         self.model = backend.model
         self.added = added
-        self.split_added = (re.compile("(" + "|".join(re.escape(t) for t in sorted(added, key=len, reverse=True)) + ")")
-                            .split if added else None)
+        ordered = sorted(added, key=len, reverse=True)
+        self.added_re = re.compile("|".join(re.escape(t) for t in ordered)) if added else None
+        self.marker = {t: chr(0xE000 + k) for k, t in enumerate(ordered)}
+        self.replace_one_by_one = len(added) <= 300 and _overlap_free(ordered)
+        self.tok_len = self._token_lengths(backend, added)
         self._reset()
         self.disabled = False
         self.checked = 0
@@ -286,7 +311,22 @@ class PreTokenCache:
             if not _CACHE_CHARS.fullmatch(tok["content"]) or not tok["content"]:
                 return None
             added[tok["content"]] = tok["id"]
+        if len(added) > _MAX_ADDED:
+            return None
         return cls(backend, added)
+
+    @staticmethod
+    def _token_lengths(backend: Any, added: dict[str, int]) -> np.ndarray:
+        """Character length of every token id, from the vocabulary. Byte-level BPE writes each byte as
+        one character, and the cached texts are ASCII (one byte per character), so a token's length in
+        the text is the length of its vocabulary string: no need to ask Rust for offsets."""
+        vocab = backend.get_vocab(with_added_tokens=True)
+        lens = np.zeros(max(vocab.values(), default=0) + 1, dtype=np.int64)
+        lens[np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))] = \
+            np.fromiter(map(len, vocab), dtype=np.int64, count=len(vocab))
+        for text, tid in added.items():
+            lens[tid] = len(text)
+        return lens
 
     def encode(self, text: str) -> tuple[list[int], list[int]] | None:
         """(ids, character length of each token) of one text, or None if the text has other characters."""
@@ -295,35 +335,29 @@ class PreTokenCache:
             return None
         return got.ids.tolist(), got.lens.tolist()
 
-    def _words(self, text: str) -> list[str]:
-        if self.split_added is None:
-            return _GPT2_ASCII.findall(text)
-        out: list[str] = []
-        findall, parts = _GPT2_ASCII.findall, self.parts
-        for k, part in enumerate(self.split_added(text)):
-            if k % 2:
-                out.append(part)  # an added token: in the word tables too (no word can equal one)
-            elif len(part) > 64:  # long parts rarely repeat
-                out += findall(part)
-            elif part:
-                words = parts.get(part)
-                if words is None:
-                    if len(parts) > 100_000:
-                        parts.clear()
-                    words = parts[part] = findall(part)
-                out += words
-        return out
+    def _batch_words(self, texts: list[str]) -> list[str]:
+        """Words of all texts in one regex pass: added tokens become their marker, and every row ends
+        with ``_ROW_END`` (a word with no tokens) so rows can be told apart afterwards."""
+        joined = _ROW_END.join(texts) + _ROW_END
+        if self.added_re is not None:
+            marker = self.marker
+            if self.replace_one_by_one:
+                for token, mark in marker.items():
+                    joined = joined.replace(token, mark)
+            else:
+                joined = self.added_re.sub(lambda m: marker[m.group(0)], joined)
+        return _GPT2_MARKED.findall(joined)
 
     def _learn(self, words: list[str]) -> None:
         """Tokenize new words in one Rust call: joined by an added token, each is a separate part of the
         text, so it is pre-tokenized (to itself) and run through BPE exactly as when it stood alone."""
+        if not words:
+            return
         if len(self.word_id) + len(words) > self.MAX_ENTRIES:
             self._reset()
         if not self.added:
             encs = self.backend.encode_batch(words, add_special_tokens=False)
             ids = np.fromiter(chain.from_iterable(e.ids for e in encs), dtype=np.int64)
-            offs = np.fromiter(chain.from_iterable(chain.from_iterable(e.offsets for e in encs)),
-                               dtype=np.int64).reshape(-1, 2)
             counts = np.fromiter(map(len, encs), dtype=np.int64, count=len(words))
         else:
             sep = min(self.added, key=len)
@@ -331,14 +365,14 @@ class PreTokenCache:
             lens = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
             word_start = np.zeros(len(words), dtype=np.int64)
             np.cumsum(lens[:-1] + len(sep), out=word_start[1:])
-            n_tok = len(enc)
-            offs = np.fromiter(chain.from_iterable(enc.offsets), dtype=np.int64, count=2 * n_tok).reshape(-1, 2)
-            ids = np.fromiter(enc.ids, dtype=np.int64, count=n_tok)
-            owner = np.searchsorted(word_start, offs[:, 0], "right") - 1
-            inside = offs[:, 1] <= word_start[owner] + lens[owner]  # not a separator token
-            owner, ids, offs = owner[inside], ids[inside], offs[inside]
+            ids = np.asarray(enc.ids, dtype=np.int64)
+            tok_end = np.cumsum(self.tok_len[ids])  # tokens cover the joined text end to end
+            tok_start = tok_end - self.tok_len[ids]
+            owner = np.searchsorted(word_start, tok_start, "right") - 1
+            inside = tok_end <= word_start[owner] + lens[owner]  # not a separator token
+            owner, ids = owner[inside], ids[inside]
             counts = np.bincount(owner, minlength=len(words)).astype(np.int64)
-        self._append(words, ids, offs[:, 1] - offs[:, 0], counts)
+        self._append(words, ids, self.tok_len[ids], counts)
 
     def _append(self, words: list[str], ids: np.ndarray, lens: np.ndarray, counts: np.ndarray) -> None:
         first = len(self.word_id)
@@ -350,15 +384,17 @@ class PreTokenCache:
         self.word_count = np.concatenate((self.word_count, counts))
 
     def _reset(self) -> None:
-        self.parts: dict[str, list[str]] = {}  # short texts between added tokens (template bits, answers)
         self.word_id: dict[str, int] = {}
         self.tok_ids = np.zeros(0, dtype=np.int64)
         self.tok_lens = np.zeros(0, dtype=np.int64)
         self.word_start = np.zeros(0, dtype=np.int64)
         self.word_count = np.zeros(0, dtype=np.int64)
-        words = list(self.added)  # an added token is in the word table too (no word can equal one)
-        self._append(words, np.asarray([self.added[w] for w in words], dtype=np.int64),
-                     np.asarray([len(w) for w in words], dtype=np.int64), np.ones(len(words), dtype=np.int64))
+        # Added tokens are in the word table under their markers, and a row end is a word of no tokens.
+        words = list(self.added)
+        self._append([self.marker[w] for w in words] + [_ROW_END],
+                     np.asarray([self.added[w] for w in words], dtype=np.int64),
+                     np.asarray([len(w) for w in words], dtype=np.int64),
+                     np.asarray([1] * len(words) + [0], dtype=np.int64))
 
     def encode_rows(self, texts: Sequence[str], verify: bool = True) -> "CachedRows | None":
         """Tokens of the rows it can do, as flat arrays; the first rows and a sample are checked against Rust.
@@ -369,8 +405,11 @@ class PreTokenCache:
             return None
         ok = _CACHE_CHARS.fullmatch
         handled = np.fromiter((ok(t) is not None for t in texts), dtype=bool, count=len(texts))
-        rows = [self._words(t) for t, h in zip(texts, handled) if h]
-        flat_words = list(chain.from_iterable(rows))
+        n_rows = int(handled.sum())
+        if n_rows == len(texts):
+            flat_words = self._batch_words(list(texts))
+        else:
+            flat_words = self._batch_words([t for t, h in zip(texts, handled) if h]) if n_rows else []
         get = self.word_id.get
         wid = np.fromiter(map(get, flat_words, repeat(-1)), dtype=np.int64, count=len(flat_words))
         unknown = np.nonzero(wid < 0)[0]
@@ -378,7 +417,7 @@ class PreTokenCache:
             new = list(dict.fromkeys(flat_words[i] for i in unknown.tolist()))
             if len(self.word_id) + len(new) > self.MAX_ENTRIES:  # start over: everything is looked up again
                 self._reset()
-                self._learn(list(dict.fromkeys(flat_words)))
+                self._learn([w for w in dict.fromkeys(flat_words) if w not in self.word_id])
                 wid = np.fromiter(map(self.word_id.__getitem__, flat_words), dtype=np.int64, count=len(flat_words))
             else:
                 self._learn(new)
@@ -390,9 +429,13 @@ class PreTokenCache:
         n_tok = int(cw[-1])
         # token k of the batch is token (k - first token of its word) of its word's entry
         gather = np.arange(n_tok, dtype=np.int64) + np.repeat(self.word_start[wid] - cw[:-1], word_counts)
-        wb = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)), out=wb[1:])
-        got = CachedRows(handled, self.tok_ids[gather], self.tok_lens[gather], cw[wb[1:]] - cw[wb[:-1]])
+        row_ends = np.nonzero(wid == self.word_id[_ROW_END])[0]  # one per row, the last word of each
+        if len(row_ends) != n_rows:  # cannot happen for ASCII rows; if it did, Rust does them all
+            self.disabled = True
+            return None
+        tok_at_end = cw[row_ends]
+        counts = np.diff(tok_at_end, prepend=0)
+        got = CachedRows(handled, self.tok_ids[gather], self.tok_lens[gather], counts)
         if verify:
             self._check(texts, got)
         return None if self.disabled else got
