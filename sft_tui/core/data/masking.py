@@ -126,18 +126,42 @@ class EncodedBatch:
         return np.diff(self.starts)
 
 
-def encode_spans_batch(texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]], tokenizer: Any,
-                       max_length: int | None, train_on_prompt: bool = False,
+@dataclass
+class SpanArrays:
+    """Trained char spans of many rows as arrays (row r owns ``counts[r]`` rows of ``flat``, in order),
+    so rows built column-wise never need a list of tuples per row."""
+
+    counts: np.ndarray  # int64, spans per row
+    flat: np.ndarray  # int64 (total spans, 2): start, end within the row's text
+
+    @classmethod
+    def from_lists(cls, spans: Sequence[Sequence[tuple[int, int]]]) -> "SpanArrays":
+        counts = np.fromiter(map(len, spans), dtype=np.int64, count=len(spans))
+        flat = np.fromiter(chain.from_iterable(chain.from_iterable(spans)), dtype=np.int64,
+                           count=2 * int(counts.sum())).reshape(-1, 2)
+        return cls(counts, flat)
+
+    @classmethod
+    def merge(cls, first: "SpanArrays", second: "SpanArrays", is_first: np.ndarray) -> "SpanArrays":
+        """Interleave two sets of rows: row r comes from ``first`` where ``is_first[r]``, else from ``second``."""
+        counts = np.zeros(len(is_first), dtype=np.int64)
+        counts[is_first], counts[~is_first] = first.counts, second.counts
+        span_first = np.repeat(is_first, counts)
+        flat = np.empty((int(counts.sum()), 2), dtype=np.int64)
+        flat[span_first], flat[~span_first] = first.flat, second.flat
+        return cls(counts, flat)
+
+
+def encode_spans_batch(texts: Sequence[str], spans: "Sequence[Sequence[tuple[int, int]]] | SpanArrays",
+                       tokenizer: Any, max_length: int | None, train_on_prompt: bool = False,
                        cache: "PreTokenCache | None" = None) -> EncodedBatch:
     """Tokenize many texts in one Rust call and label them from trained char spans, with numpy only.
 
     Gives exactly what ``label_batch`` gives row by row: a token is trained when any of its characters
     is in a trained span (an empty-width token takes the label of the character at its start).
-    ``spans`` per row must be sorted, disjoint and non-empty. With a ``cache`` (see PreTokenCache)
+    ``spans`` per row (lists, or SpanArrays) must be sorted, disjoint and non-empty. With a ``cache`` (see PreTokenCache)
     the rows it can do skip the Rust call; some of them are checked against it (all of the first ones).
     """
-    from itertools import chain
-
     backend = _fast(tokenizer)
     n = len(texts)
     cached = cache.encode_rows(texts) if cache is not None else None
@@ -190,9 +214,8 @@ def encode_spans_batch(texts: Sequence[str], spans: Sequence[Sequence[tuple[int,
                 ge[fast_tok], gs[fast_tok] = fast_ends, fast_ends - cached.lens
                 ge[~fast_tok] = slow_offs[:, 1] + base[~fast_tok]
                 gs[~fast_tok] = slow_offs[:, 0] + base[~fast_tok]
-        span_counts = np.fromiter(map(len, spans), dtype=np.int64, count=n)
-        flat = np.fromiter(chain.from_iterable(chain.from_iterable(spans)), dtype=np.int64,
-                           count=2 * int(span_counts.sum())).reshape(-1, 2)
+        arrays = spans if isinstance(spans, SpanArrays) else SpanArrays.from_lists(spans)
+        span_counts, flat = arrays.counts, arrays.flat
         span_base = np.repeat(char_base, span_counts)
         span_s, span_e = flat[:, 0] + span_base, flat[:, 1] + span_base
         # token [s, e) meets a span iff some span starts before e and ends after s; spans are sorted
@@ -268,6 +291,7 @@ class PreTokenCache:
     MAX_ENTRIES = 1_000_000
     VERIFY_FIRST = 64  # rows checked against the Rust tokenizer before trusting the cache
     VERIFY_EVERY = 256  # and then one row in this many
+    LEARN_CHUNKS = 8  # new words go to Rust in this many texts, encoded in parallel
 
     def __init__(self, backend: Any, added: dict[str, int]) -> None:
         self.backend = backend
@@ -361,11 +385,15 @@ class PreTokenCache:
             counts = np.fromiter(map(len, encs), dtype=np.int64, count=len(words))
         else:
             sep = min(self.added, key=len)
-            enc = self.backend.encode(sep.join(words), add_special_tokens=False)
+            # The text sep.join(words) + sep, cut after separators into a few chunks that Rust encodes
+            # in parallel; added tokens are hard borders, so the chunks' tokens are the whole text's.
+            step = max(1, -(-len(words) // self.LEARN_CHUNKS))
+            chunks = [sep.join(words[a:a + step]) + sep for a in range(0, len(words), step)]
+            encs = self.backend.encode_batch(chunks, add_special_tokens=False)
             lens = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
             word_start = np.zeros(len(words), dtype=np.int64)
             np.cumsum(lens[:-1] + len(sep), out=word_start[1:])
-            ids = np.asarray(enc.ids, dtype=np.int64)
+            ids = np.fromiter(chain.from_iterable(e.ids for e in encs), dtype=np.int64)
             tok_end = np.cumsum(self.tok_len[ids])  # tokens cover the joined text end to end
             tok_start = tok_end - self.tok_len[ids]
             owner = np.searchsorted(word_start, tok_start, "right") - 1
