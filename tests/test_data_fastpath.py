@@ -14,6 +14,7 @@ import pytest
 
 from sft_tui.core.config import DataConfig
 from sft_tui.core.data import Conversation, load_rows, to_conversation, tokenize_conversation
+from sft_tui.core.data.conversation import BadRow
 from sft_tui.core.data.formats import detect_format
 from sft_tui.core.data.masking import PreTokenCache, encode_spans_batch, label_batch
 from sft_tui.core.data.pipeline import _RowProcessor, _tokenized
@@ -44,7 +45,10 @@ def _exact_rows(path, tokenizer, data: DataConfig):
     renderer = get_renderer(tokenizer, data.template)
     out = {}
     for i, row in enumerate(ds):
-        conv = to_conversation(row, det.format, det.columns, data.system_prompt)
+        try:
+            conv = to_conversation(row, det.format, det.columns, data.system_prompt)
+        except BadRow:  # not trainable: the pipeline must leave it out too
+            continue
         out[i] = tokenize_conversation(conv, tokenizer, renderer, data.max_length, data.train_on_prompt)
     return out
 
@@ -247,3 +251,66 @@ def test_overlap_check_for_one_by_one_replacement():
     assert not _overlap_free(["<a>", "<a>b"])  # one inside another
     assert not _overlap_free(["ab", "bc"])  # "abc": a regex split takes "ab", replacing "bc" first would not
     assert not _overlap_free(["aa"])  # overlaps itself
+
+
+def _mixed_alpaca_rows(n: int = 60) -> list[dict]:
+    """Alpaca rows the column-wise path builds, mixed with every kind it must leave to the exact path."""
+    rows = []
+    for i in range(n):
+        row = {"instruction": f"Do task {i} {{0}} {{x}}", "input": f"text {i}" if i % 3 else "", "output": f"Done {i}."}
+        kind = i % 11
+        if kind == 1:
+            row["input"] = None
+        elif kind == 2:
+            row["output"] = f"  padded {i}\n"  # edge whitespace: guarded templates render it row by row
+        elif kind == 3:
+            row["output"] = "   "  # empty_output
+        elif kind == 4:
+            row["instruction"] = None  # missing_field
+        elif kind == 5:
+            row["instruction"], row["input"] = " ", " "  # empty instruction
+        elif kind == 6:
+            row["input"] = f"ünïcode {i}"  # not ASCII: Rust tokenizes it
+        elif kind == 7:
+            row["output"] = f"ends with eos <|im_end|> {i}"
+        elif kind == 8:
+            row["input"] = "   "  # blank input: just the instruction
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("tok", ["demo", "chatml", "llama3"])
+@pytest.mark.parametrize("settings", [{}, {"system_prompt": "Be brief."}, {"train_on_prompt": True},
+                                      {"max_length": 32}, {"template": "alpaca"}])
+def test_alpaca_columns_give_the_exact_rows(tok, settings, tmp_path, tokenizers, monkeypatch):
+    from sft_tui.core.data import pipeline
+
+    monkeypatch.setattr(pipeline, "MAP_BATCH", 7)  # many batches: first rows verified, then column-wise
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _mixed_alpaca_rows()))
+    data = DataConfig(path=str(path), **settings)
+    ds = _assert_same(str(path), tokenizers[tok], data)
+    exact = _exact_rows(str(path), tokenizers[tok], data).values()
+    assert ds.num_rows == sum(1 for r in exact if not (r.truncated and r.trained_tokens == 0))
+    _, meta, _ = _tokenized(str(path), tokenizers[tok], data, None, use_cache=False)
+    kinds = {k for k in meta["problems"]} - {"too_long"}
+    assert kinds == {"empty_output", "missing_field"}
+
+
+def test_alpaca_columns_used_only_after_the_skeleton_was_checked(tokenizers):
+    import pyarrow as pa
+
+    tok = tokenizers["chatml"]
+    rows = [r for r in _mixed_alpaca_rows(40) if r["instruction"] and r["instruction"].strip()]
+    table = pa.Table.from_pylist(rows)
+    renderer = get_renderer(tok)
+    proc = _RowProcessor("alpaca", {"instruction": "instruction", "input": "input", "output": "output"},
+                         DataConfig(path="x"), tok, renderer)
+    skel = renderer.skeleton(False, ("user", "assistant"))
+    skel.items[0] = "<|im_start|>USER\n"  # wrong: the first rows, rendered exactly, must catch it
+    out = proc(table, list(range(len(rows))))
+    assert not skel.ok
+    ref = [tokenize_conversation(to_conversation(r, "alpaca"), tok, renderer, 1024) for r in rows
+           if r["output"].strip()]
+    got = [ids for ids in out.column("input_ids").to_pylist() if ids]
+    assert got == [r.input_ids for r in ref]

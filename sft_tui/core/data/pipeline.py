@@ -26,12 +26,12 @@ from sft_tui.core.errors import UserError
 from sft_tui.core.paths import cache_dir
 
 from .conversation import BadRow, Conversation, ProblemLog
-from .formats import FIELDS, Detection, detect_format, resolve_columns, to_conversation
+from .formats import FIELDS, Detection, alpaca_columns, detect_format, resolve_columns, to_conversation
 from .loading import LoadedRows, file_identity, load_rows_detailed, resolve_paths
-from .masking import PreTokenCache, encode_spans_batch, tokenize_conversation
+from .masking import PreTokenCache, SpanArrays, encode_spans_batch, tokenize_conversation
 from .report import DataReport
 from .stats import length_stats
-from .templates import Renderer, get_renderer, normalise_spans, pieces_to_spans
+from .templates import Renderer, Skeleton, get_renderer, normalise_spans, pieces_to_spans
 
 PIPELINE_VERSION = "2"
 Progress = Callable[[str, float], None]
@@ -153,17 +153,15 @@ class _RowProcessor:
                 return text, spans
         return pieces_to_spans(renderer.pieces(conv))
 
-    def __call__(self, batch: Any, indices: Any) -> Any:
-        import pyarrow as pa
-
-        data = self.data
-        n = batch.num_rows
-        kinds, msgs = [""] * n, [""] * n
+    def _render_rows(self, batch: Any, rows: list[int], kinds: list[str], msgs: list[str]
+                     ) -> tuple[list[str], list[list[tuple[int, int]]], list[int]]:
+        """The exact way, row by row: (texts, spans, batch rows rendered); bad rows get kind and message."""
         texts: list[str] = []
         spans: list[list[tuple[int, int]]] = []
         where: list[int] = []
-        fmt, columns, system_prompt, render = self.fmt, self.columns, data.system_prompt, self.render
-        for i, row in enumerate(batch.to_pylist()):
+        fmt, columns, system_prompt, render = self.fmt, self.columns, self.data.system_prompt, self.render
+        table = batch if len(rows) == batch.num_rows else batch.take(rows)
+        for i, row in zip(rows, table.to_pylist()):
             try:
                 text, sp = render(to_conversation(row, fmt, columns, system_prompt))
             except BadRow as exc:
@@ -172,6 +170,72 @@ class _RowProcessor:
             texts.append(text)
             spans.append(sp)
             where.append(i)
+        return texts, spans, where
+
+    def _column_plan(self, batch: Any) -> tuple[Skeleton, list[list[str]], np.ndarray] | None:
+        """(skeleton, content columns, rows it builds) for alpaca rows built a column at a time, or None.
+
+        Only rows whose shape's skeleton is trusted and that pass its guard are built that way; a
+        shape's first rows still take the exact path (which checks the skeleton against them).
+        """
+        import pyarrow as pa
+
+        if self.fmt != "alpaca" or not self.renderer.verbatim:
+            return None
+
+        def read(name: str) -> list[Any] | None:
+            col = batch.column(name)
+            return col.to_pylist() if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) else None
+
+        got = alpaca_columns(batch.column_names, read, self.columns, self.data.system_prompt)
+        if got is None:
+            return None
+        skel = self.renderer.skeleton(False, got.roles)
+        if skel is None or not skel.ok:
+            return None
+        ok = got.ok
+        if skel.guard:
+            plain = self.renderer.plain
+            ok = [k and plain(row) for k, row in zip(ok, zip(*got.contents))]
+        fast = np.asarray(ok, dtype=bool)
+        unverified = np.nonzero(fast)[0][:max(0, self.VERIFY_ROWS - skel.verified)]
+        fast[unverified] = False
+        return skel, got.contents, fast
+
+    def _render_batch(self, batch: Any, kinds: list[str], msgs: list[str]
+                      ) -> tuple[list[str], "list[list[tuple[int, int]]] | SpanArrays", list[int]]:
+        """(texts, trained spans, batch rows) of every good row, column-wise where possible, in row order."""
+        n = batch.num_rows
+        plan = self._column_plan(batch)
+        if plan is None:
+            return self._render_rows(batch, list(range(n)), kinds, msgs)
+        skel, contents, fast = plan
+        slow = np.nonzero(~fast)[0].tolist()
+        texts, spans, where = self._render_rows(batch, slow, kinds, msgs) if slow else ([], [], [])
+        if not skel.ok:  # the exact renders just disagreed with the skeleton: every row the exact way
+            return self._render_rows(batch, list(range(n)), kinds, msgs)
+        fast_rows = np.nonzero(fast)[0]
+        if not fast_rows.size:
+            return texts, spans, where
+        picked = contents if fast_rows.size == n else [[col[i] for i in fast_rows.tolist()] for col in contents]
+        fast_texts, counts, flat = skel.build_columns(picked)
+        if not where:
+            return fast_texts, SpanArrays(counts, flat), fast_rows.tolist()
+        order = np.concatenate((fast_rows, np.asarray(where, dtype=np.int64)))
+        is_fast = np.zeros(len(order), dtype=bool)
+        is_fast[:fast_rows.size] = True
+        perm = np.argsort(order, kind="stable")
+        merged = SpanArrays.merge(SpanArrays(counts, flat), SpanArrays.from_lists(spans), is_fast[perm])
+        all_texts = fast_texts + texts
+        return [all_texts[k] for k in perm.tolist()], merged, order[perm].tolist()
+
+    def __call__(self, batch: Any, indices: Any) -> Any:
+        import pyarrow as pa
+
+        data = self.data
+        n = batch.num_rows
+        kinds, msgs = [""] * n, [""] * n
+        texts, spans, where = self._render_batch(batch, kinds, msgs)
         enc = encode_spans_batch(texts, spans, self.tokenizer, data.max_length, data.train_on_prompt,
                                  self.cache)
         kept, orig, trained = enc.lengths, enc.original_lengths, enc.trained

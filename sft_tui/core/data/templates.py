@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
 
+import numpy as np
+
 from sft_tui.core.errors import UserError
 
 from .conversation import BadRow, Conversation
@@ -86,6 +88,29 @@ class Skeleton:
             if e > s:
                 spans.append((s, e))
         return "".join(parts), spans
+
+
+    def build_columns(self, contents: list[list[str]]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """``build`` for many rows at once from content columns: (texts, spans per row, flat spans (k, 2)).
+
+        Texts come from one format string; span borders are cumulative item lengths, with numpy.
+        """
+        fmt = "".join(it.replace("{", "{{").replace("}", "}}") if it.__class__ is str else "{%d}" % it
+                      for it in self.items)
+        texts = list(map(fmt.format, *contents)) if contents else []
+        n = len(texts)
+        if not self.runs or not n:
+            return texts, np.zeros(n, dtype=np.int64), np.zeros((0, 2), dtype=np.int64)
+        content_lens = [np.fromiter(map(len, col), dtype=np.int64, count=n) for col in contents]
+        item_lens = np.empty((n, len(self.items)), dtype=np.int64)
+        for j, it in enumerate(self.items):
+            item_lens[:, j] = len(it) if it.__class__ is str else content_lens[it]
+        ends = np.cumsum(item_lens, axis=1)
+        starts = np.column_stack([ends[:, a - 1] if a else np.zeros(n, dtype=np.int64) for a, _ in self.runs])
+        stops = np.column_stack([ends[:, b - 1] for _, b in self.runs])
+        keep = stops > starts  # empty runs are no spans, as in ``build``
+        flat = np.stack((starts[keep], stops[keep]), axis=1)  # row-major: rows stay in order
+        return texts, keep.sum(axis=1).astype(np.int64), flat
 
 
 def pieces_to_spans(pieces: Pieces) -> tuple[str, list[tuple[int, int]]]:
