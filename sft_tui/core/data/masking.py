@@ -251,6 +251,7 @@ def encode_spans_batch(texts: Sequence[str], spans: "Sequence[Sequence[tuple[int
 # (tab, newline, carriage return and printable ASCII), where every regex engine agrees on it.
 _GPT2_ASCII = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+""")
 _CACHE_CHARS = re.compile(r"[\t\n\r -~]*")
+_NOT_CACHE_CHAR = re.compile(r"[^\t\n\r -~]")
 # The same pattern for a whole batch at once, where added tokens and row ends were replaced by
 # private-use marker characters: a marker is a word of its own, no other alternative can take one,
 # and whitespace before a marker behaves as at the end of a text. So one ``findall`` over the batch
@@ -431,8 +432,11 @@ class PreTokenCache:
         """
         if self.disabled:
             return None
-        ok = _CACHE_CHARS.fullmatch
-        handled = np.fromiter((ok(t) is not None for t in texts), dtype=bool, count=len(texts))
+        if _NOT_CACHE_CHAR.search("".join(texts)) is None:  # the usual case: one scan for the batch
+            handled = np.ones(len(texts), dtype=bool)
+        else:
+            ok = _CACHE_CHARS.fullmatch
+            handled = np.fromiter((ok(t) is not None for t in texts), dtype=bool, count=len(texts))
         n_rows = int(handled.sum())
         if n_rows == len(texts):
             flat_words = self._batch_words(list(texts))
@@ -442,15 +446,16 @@ class PreTokenCache:
         wid = np.fromiter(map(get, flat_words, repeat(-1)), dtype=np.int64, count=len(flat_words))
         unknown = np.nonzero(wid < 0)[0]
         if unknown.size:
-            new = list(dict.fromkeys(flat_words[i] for i in unknown.tolist()))
+            unknown_words = [flat_words[i] for i in unknown.tolist()]
+            new = list(dict.fromkeys(unknown_words))
             if len(self.word_id) + len(new) > self.MAX_ENTRIES:  # start over: everything is looked up again
                 self._reset()
                 self._learn([w for w in dict.fromkeys(flat_words) if w not in self.word_id])
                 wid = np.fromiter(map(self.word_id.__getitem__, flat_words), dtype=np.int64, count=len(flat_words))
             else:
                 self._learn(new)
-                wid[unknown] = np.fromiter(map(self.word_id.__getitem__, (flat_words[i] for i in unknown.tolist())),
-                                           dtype=np.int64, count=unknown.size)
+                wid[unknown] = np.fromiter(map(self.word_id.__getitem__, unknown_words), dtype=np.int64,
+                                           count=unknown.size)
         word_counts = self.word_count[wid]
         cw = np.zeros(len(flat_words) + 1, dtype=np.int64)
         np.cumsum(word_counts, out=cw[1:])
