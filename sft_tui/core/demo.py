@@ -24,7 +24,7 @@ from typing import Callable
 from sft_tui.core.paths import cache_dir, sample_data_dir
 
 # Bump when anything below changes the built model, so old caches are not reused.
-BUILD_VERSION = "4"
+BUILD_VERSION = "5"
 
 VOCAB_SIZE = 1024
 HIDDEN = 128
@@ -34,7 +34,7 @@ KV_HEADS = 2
 INTERMEDIATE = 352
 CONTEXT = 512
 PRETRAIN_SECONDS_CAP = 240.0  # safety net only: a fixed step count keeps the build deterministic
-PRETRAIN_STEPS = 200
+PRETRAIN_STEPS = 400
 PRETRAIN_SEQ = 96
 PRETRAIN_BATCH = 16
 
