@@ -373,8 +373,8 @@ def _tokenized_inner(path: Any, tokenizer: Any, data: DataConfig, progress: Prog
 
     key = _key(path, tokenizer, data)
     target = tokenized_cache_dir() / key
-    if use_cache and (target / "meta.json").exists():
-        meta = json.loads((target / "meta.json").read_text())
+    meta = json.loads((target / "meta.json").read_text()) if use_cache and (target / "meta.json").exists() else None
+    if meta is not None and meta.get("rows_ok", 0) > 0:  # an empty result is never served from the cache
         if progress:
             progress("cached", 1.0)
         return datasets.load_from_disk(str(target / "data")), meta, True
@@ -390,6 +390,13 @@ def _tokenized_inner(path: Any, tokenizer: Any, data: DataConfig, progress: Prog
         if progress:
             progress("saving", 0.99)
         good_ds = out.select(good).select_columns(TOKEN_COLUMNS)
+        if good.size == 0:
+            # datasets cannot reload an empty saved dataset, and there is nothing worth caching:
+            # report the problems from memory instead.
+            meta = {"detection": det.to_dict(), "problems": problems.to_dict(), "rows": len(loaded.dataset),
+                    "rows_ok": 0, "files": loaded.files, "line_kind": loaded.line_kind,
+                    "template": get_renderer(tokenizer, data.template).name, "samples": []}
+            return good_ds.flatten_indices(), meta, False
         good_ds.save_to_disk(str(work / "data"))
         samples = []
         for idx in good[:5].tolist():
@@ -545,6 +552,10 @@ def prepare_datasets(config: Config, tokenizer: Any, progress: Progress | None =
     report = _report(data, meta, ds, tokenizer, config.training.batch_size, hit, seed, 3)
     _raise_if_bad(report, data)
     if ds.num_rows == 0:
+        too_long = report.problems.counts.get("too_long", 0)
+        if too_long:
+            raise UserError(f"all {too_long} usable row(s) are longer than data.max_length {data.max_length}",
+                            "raise data.max_length, or set data.truncation: truncate to cut rows instead")
         raise UserError("no trainable rows in the data", "see `sft-tui data inspect` for what is wrong")
     warnings = list(report.warnings)
     too_long = report.problems.counts.get("too_long", 0)
