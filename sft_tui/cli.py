@@ -12,7 +12,6 @@ import datetime as _dt
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from rich.console import Console

@@ -123,7 +123,6 @@ def eval_data(pair: ModelPair, data_path: str | None = None, progress: Progress 
 def token_loss(pair: ModelPair, which: str, dataset: Any, batch_size: int = 8,
                progress: Callable[[int, int], None] | None = None) -> tuple[float, int]:
     """Mean cross-entropy over the trained tokens (labels ≠ -100) and how many there were."""
-    import torch
     import torch.nn.functional as F
 
     from sft_tui.core.data import IGNORE_INDEX, make_collator

@@ -55,7 +55,7 @@ measures the error against ``torch.cuda.max_memory_reserved`` and writes it to
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
 from sft_tui.core.errors import UserError

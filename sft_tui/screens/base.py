@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
@@ -29,6 +32,23 @@ class StepScreen(Screen):
 
     def compose_body(self) -> ComposeResult:
         yield from ()
+
+    gpus: Any = None  # the latest GpuSnapshot, for screens that compare estimates with free memory
+
+    @work(thread=True, exclusive=True, group="gpus")
+    def sample_gpus(self) -> None:
+        """NVML calls can block, so sampling runs in a thread; ``gpus_sampled`` runs on the UI thread."""
+        from sft_tui.core import gpus
+
+        snapshot = gpus.sample_gpus()
+        self.app.call_from_thread(self._gpus_ready, snapshot)
+
+    def _gpus_ready(self, snapshot: Any) -> None:
+        self.gpus = snapshot
+        self.gpus_sampled()
+
+    def gpus_sampled(self) -> None:
+        """Override to react to a new GPU snapshot."""
 
     @property
     def session(self):

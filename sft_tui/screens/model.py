@@ -64,7 +64,6 @@ Hugging Face cache and the folders named in the settings file's `model_dirs`.
         self.entries: list[Any] = []
         self.infos: dict[str, Any] = {}  # entry key -> ModelInfo
         self.failures: dict[str, str] = {}
-        self.gpus: Any = None
         self._shown_key: str | None = None
 
     # ------------------------------------------------------------------ layout
@@ -249,15 +248,7 @@ Hugging Face cache and the folders named in the settings file's `model_dirs`.
             return
         self.app.call_from_thread(self._described, key, info, None)
 
-    @work(thread=True, exclusive=True, group="model-gpus")
-    def sample_gpus(self) -> None:
-        from sft_tui.core import gpus
-
-        snapshot = gpus.sample_gpus()
-        self.app.call_from_thread(self._gpus_ready, snapshot)
-
-    def _gpus_ready(self, snapshot: Any) -> None:
-        self.gpus = snapshot
+    def gpus_sampled(self) -> None:
         self.update_memory()
 
     # ------------------------------------------------------------------ details and memory

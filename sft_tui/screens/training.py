@@ -71,7 +71,6 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
     def __init__(self) -> None:
         super().__init__()
         self.env: Any = None
-        self.gpus: Any = None
         self.result: forms.FormResult | None = None
         self._starting = False
         self._shown_errors: dict[str, str] = {}
@@ -202,15 +201,7 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
         self.env = env
         self.validate()
 
-    @work(thread=True, exclusive=True, group="training-gpus")
-    def sample_gpus(self) -> None:
-        from sft_tui.core import gpus
-
-        snapshot = gpus.sample_gpus()
-        self.app.call_from_thread(self._gpus_ready, snapshot)
-
-    def _gpus_ready(self, snapshot: Any) -> None:
-        self.gpus = snapshot
+    def gpus_sampled(self) -> None:
         self.update_memory()
 
     # ------------------------------------------------------------------ memory

@@ -8,7 +8,6 @@ The rendered text is cached until the data, the options or the size change.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Sequence
 

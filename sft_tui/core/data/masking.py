@@ -9,7 +9,7 @@ The same offsets drive ``segments()``, so the preview shows precisely the traine
 from __future__ import annotations
 
 import re
-from itertools import accumulate, chain, repeat
+from itertools import chain, repeat
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
