@@ -23,6 +23,7 @@ from sft_tui.core.settings import Settings
 from sft_tui.screens.dialogs import ConfirmScreen
 from sft_tui.screens.monitor import MonitorScreen
 from sft_tui.widgets.chart import LineChart
+from pilot_support import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -38,14 +39,6 @@ def demo_config(runs_dir: Path, name: str) -> Config:
     config.output.run_name = name
     return config
 
-
-async def wait_for(pilot, cond, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        await pilot.pause(0.2)
-    return cond()
 
 
 def wait_until(cond, timeout: float, poll: float = 0.2) -> bool:

@@ -19,6 +19,7 @@ from sft_tui.screens.dialogs import ConfirmScreen, ErrorScreen
 from sft_tui.screens.monitor import MonitorScreen
 from sft_tui.widgets.chart import LineChart
 from sft_tui.widgets.gauges import GpuPanel
+from pilot_support import wait_for
 
 
 class FakeSampler:
@@ -47,14 +48,6 @@ def make_app(run, tmp_path, sampler=None) -> SftApp:
     app.gpu_sampler = sampler or FakeSampler(NO_GPU)
     return app
 
-
-async def wait_for(pilot, cond, timeout: float = 8.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        await pilot.pause(0.05)
-    return cond()
 
 
 @pytest.fixture(autouse=True)

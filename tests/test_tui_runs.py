@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -17,15 +16,8 @@ from sft_tui.screens.dialogs import ConfirmScreen, ErrorScreen
 from sft_tui.screens.monitor import MonitorScreen
 from sft_tui.screens.runs import CompareScreen, RunsScreen
 from sft_tui.widgets.chart import LineChart
+from pilot_support import wait_for
 
-
-async def wait_for(pilot, cond, timeout: float = 8.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        await pilot.pause(0.05)
-    return cond()
 
 
 @pytest.fixture

@@ -116,19 +116,10 @@ def load_causal_lm(path: str | Path, config, device: str, dtype: Any, quantize: 
 
 
 def load_tokenizer(path: str | Path, config):
-    from transformers import AutoTokenizer
+    """The tokenizer saved with a run (same loader as training, run-folder wording)."""
+    from sft_tui.core.training import build_tokenizer
 
-    from sft_tui.core.training import _local_only
-
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=config.model.trust_remote_code,
-                                            local_files_only=_local_only())
-    except OSError as exc:
-        raise UserError(f"could not load the tokenizer in {path}: {str(exc).splitlines()[0]}",
-                        "the run's adapter folder should hold the tokenizer it was trained with") from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
+    return build_tokenizer(config, str(path), from_run=True)
 
 
 def tuned_source(run: RunDir, source: str = "auto") -> tuple[str, Path]:

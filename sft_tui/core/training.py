@@ -64,16 +64,24 @@ def _local_only() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
-def build_tokenizer(config: Config, path: str):
+def build_tokenizer(config: Config, path: str, *, from_run: bool = False):
+    """The tokenizer for ``path``: the base model's, or (``from_run``) the one saved beside an adapter.
+
+    A run's folder is local and was written by us, so no hub revision applies to it.
+    """
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            path, trust_remote_code=config.model.trust_remote_code, revision=config.model.revision,
-            local_files_only=_local_only(),
+            str(path), trust_remote_code=config.model.trust_remote_code,
+            revision=None if from_run else config.model.revision, local_files_only=_local_only(),
         )
     except OSError as exc:
-        raise UserError(f"could not load a tokenizer for {config.model.path!r}: {str(exc).splitlines()[0]}",
+        reason = str(exc).splitlines()[0]
+        if from_run:
+            raise UserError(f"could not load the tokenizer in {path}: {reason}",
+                            "the run's adapter folder should hold the tokenizer it was trained with") from None
+        raise UserError(f"could not load a tokenizer for {config.model.path!r}: {reason}",
                         "give a local model folder with tokenizer files, 'demo', or a hub id while online") from None
     if tokenizer.pad_token is None:
         # Padding positions are masked out of the loss, so reusing eos is safe.

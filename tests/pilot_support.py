@@ -1,0 +1,16 @@
+"""Helpers shared by pilot tests (imported by name: the tests folder is on sys.path)."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+
+async def wait_for(pilot, cond: Callable[[], bool], timeout: float = 8.0, poll: float = 0.05) -> bool:
+    """Let the app run until ``cond()`` holds or ``timeout`` passes; returns the last ``cond()``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        await pilot.pause(poll)
+    return cond()
