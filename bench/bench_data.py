@@ -40,11 +40,11 @@ def get_tokenizer():
     try:
         from transformers import AutoTokenizer
 
-        from sft_tui.core.demo import ensure_demo_model
+        from sft_tui.core.models.demo import ensure_demo_model
 
         return AutoTokenizer.from_pretrained(str(ensure_demo_model()), local_files_only=True), "demo"
     except Exception as exc:  # demo model missing or failing: an equivalent toy tokenizer
-        from sft_tui.core.data.toy import build_toy_tokenizer
+        from sft_tui.testing.toy import build_toy_tokenizer
 
         return build_toy_tokenizer("chatml"), f"toy chatml ({type(exc).__name__})"
 

@@ -27,9 +27,9 @@ def main() -> int:
     args = parser.parse_args()
 
     from sft_tui.core.config import Config
-    from sft_tui.core.demo import ensure_demo_model
-    from sft_tui.core.evaluate import evaluate_run
-    from sft_tui.core.launch import start_run
+    from sft_tui.core.models.demo import ensure_demo_model
+    from sft_tui.core.eval.evaluate import evaluate_run
+    from sft_tui.core.run.launch import start_run
 
     t0 = time.monotonic()
     ensure_demo_model(progress=lambda m: print("demo:", m))

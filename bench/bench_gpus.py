@@ -25,7 +25,7 @@ def per_gpu_ms(sampler, n: int = 200) -> tuple[float, int]:
 
 
 def main() -> int:
-    from sft_tui.core.gpus import GpuSampler
+    from sft_tui.core.system.gpus import GpuSampler
     from test_gpus import FakeNVML
 
     fake_ms, gpus = per_gpu_ms(GpuSampler(FakeNVML(count=8)), 2000)

@@ -59,8 +59,8 @@ def measure(cfg: dict, tmp: Path, steps: int = 4) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainingArguments
 
-    from sft_tui.core.memory import estimate_memory
-    from sft_tui.core.modelinfo import describe_model
+    from sft_tui.core.models.memory import estimate_memory
+    from sft_tui.core.models.describe import describe_model
 
     folder = _model_dir(tmp)
     info = describe_model(folder)

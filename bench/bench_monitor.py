@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sft_tui.core import synthetic  # noqa: E402
-from sft_tui.core.metrics import FastTail, RunMetrics  # noqa: E402
-from sft_tui.core.rundir import RunDir  # noqa: E402
+from sft_tui.core.run.metrics import FastTail, RunMetrics  # noqa: E402
+from sft_tui.core.run.rundir import RunDir  # noqa: E402
 
 
 def best_of(fn, repeat: int = 3) -> float:

@@ -16,7 +16,7 @@ from textual.theme import Theme
 from textual.worker import Worker, WorkerState
 
 from sft_tui.core.errors import explain
-from sft_tui.core.session import Session
+from sft_tui.core.setup.session import Session
 from sft_tui.core.settings import Settings, load_settings, save_settings
 from sft_tui.core.themes import load_themes
 from sft_tui.screens.dialogs import ConfirmScreen, ErrorScreen, HelpScreen
@@ -160,7 +160,7 @@ class SftApp(App):
 
 def run_app(config_path: str | None = None, attach: str | None = None, runs_dir: str | None = None) -> int:
     """Entry point for ``sft-tui`` and ``sft-tui attach RUN`` (errors before start-up exit 2)."""
-    from sft_tui.core.rundir import find_run
+    from sft_tui.core.run.rundir import find_run
 
     session = Session.from_file(config_path) if config_path else Session()
     session.runs_dir = Path(runs_dir) if runs_dir else None

@@ -29,7 +29,8 @@ from sft_tui.core.config import (
     preset_names,
 )
 from sft_tui.core.errors import UserError
-from sft_tui.core.rundir import FINAL_STATES, RunDir, find_run, list_runs
+from sft_tui.core.run.events import FINAL_STATES, format_event
+from sft_tui.core.run.rundir import RunDir, find_run, list_runs
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -82,7 +83,7 @@ def cmd_config_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from sft_tui.core.launch import start_worker
+    from sft_tui.core.run.launch import start_worker
 
     if args.resume:
         run = find_run(args.resume, args.runs_dir)
@@ -221,40 +222,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_event(ev: dict[str, Any]) -> str:
-    """One human line per event, shared by `logs` and the TUI's log pane."""
-    when = time.strftime("%H:%M:%S", time.localtime(ev.get("time", 0)))
-    kind = ev.get("type")
-    if kind == "train":
-        parts = [f"step {ev.get('step')}" + (f"/{ev['max_steps']}" if ev.get("max_steps") else "")]
-        for key, label, fmt in (("loss", "loss", ".4f"), ("lr", "lr", ".2e"), ("grad_norm", "grad", ".3f"),
-                                ("tokens_per_s", "tok/s", ".0f"), ("epoch", "epoch", ".2f")):
-            if ev.get(key) is not None:
-                parts.append(f"{label} {format(ev[key], fmt)}")
-        return f"{when} train  " + "  ".join(parts)
-    if kind == "eval":
-        return f"{when} eval   step {ev.get('step')}  eval_loss {ev.get('eval_loss', float('nan')):.4f}"
-    if kind == "status":
-        return f"{when} status {ev.get('state')}"
-    if kind == "error":
-        hint = f" (hint: {ev['hint']})" if ev.get("hint") else ""
-        return f"{when} ERROR  {ev.get('message')}{hint}"
-    if kind == "log":
-        return f"{when} {ev.get('level', 'info'):<6} {ev.get('msg')}"
-    if kind == "checkpoint":
-        return f"{when} saved  checkpoint at step {ev.get('step')}: {ev.get('path')}"
-    if kind == "memory":
-        return f"{when} memory {ev.get('device')}: {ev.get('allocated', 0) / 2**20:.0f} MiB allocated, peak {ev.get('peak', 0) / 2**20:.0f} MiB"
-    if kind == "progress":
-        return f"{when} {ev.get('stage')}: {100 * ev.get('fraction', 0):.0f}%"
-    if kind == "saved":
-        return f"{when} saved  {ev.get('method', 'model')} weights in {ev.get('path')}"
-    if kind == "data":
-        return f"{when} data   {ev.get('train_rows', '?')} training rows, {ev.get('eval_rows', 0)} validation rows"
-    rest = {k: v for k, v in ev.items() if k not in ("time", "type")}
-    return f"{when} {kind:<6} {json.dumps(rest, default=str)[:200]}"
-
-
 def cmd_logs(args: argparse.Namespace) -> int:
     run = find_run(args.run, args.runs_dir)
     show: Callable[[dict[str, Any]], None]
@@ -293,7 +260,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from sft_tui.core.demo import ensure_demo_model
+    from sft_tui.core.models.demo import ensure_demo_model
 
     path = ensure_demo_model(progress=lambda msg: err_console.print(msg), force=args.rebuild)
     print(path)

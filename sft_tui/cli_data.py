@@ -38,7 +38,7 @@ def load_tokenizer(model: str) -> Any:
     from transformers import AutoTokenizer
 
     if model == "demo":
-        from sft_tui.core.demo import ensure_demo_model
+        from sft_tui.core.models.demo import ensure_demo_model
 
         path = str(ensure_demo_model())
     else:

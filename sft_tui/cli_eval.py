@@ -33,7 +33,7 @@ def _progress_printer(quiet: bool):
 
 
 def _gen_settings(args: argparse.Namespace):
-    from sft_tui.core.generate import GenSettings
+    from sft_tui.core.eval.generate import GenSettings
 
     return GenSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p).validated()
 
@@ -42,8 +42,8 @@ def _gen_settings(args: argparse.Namespace):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from sft_tui.core.evaluate import evaluate_run
-    from sft_tui.core.rundir import find_run
+    from sft_tui.core.eval.evaluate import evaluate_run
+    from sft_tui.core.run.rundir import find_run
 
     run = find_run(args.run, args.runs_dir)
     which = ("tuned",) if args.no_base else ("base", "tuned")
@@ -79,8 +79,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from sft_tui.core.generate import ChatRecord, append_history, load_pair, unescape_prompt
-    from sft_tui.core.rundir import find_run
+    from sft_tui.core.eval.generate import ChatRecord, append_history, load_pair, unescape_prompt
+    from sft_tui.core.run.rundir import find_run
 
     run = find_run(args.run, args.runs_dir)
     settings = _gen_settings(args)
@@ -123,8 +123,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from sft_tui.core import export
-    from sft_tui.core.rundir import find_run
+    from sft_tui.core.eval import export
+    from sft_tui.core.run.rundir import find_run
 
     run = find_run(args.run, args.runs_dir)
     say = (lambda msg: None) if args.quiet else _err

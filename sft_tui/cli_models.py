@@ -25,7 +25,7 @@ def _print_json(data: Any) -> None:
 
 
 def _gib(n: int | float | None) -> str:
-    from sft_tui.core.modelinfo import human_bytes
+    from sft_tui.core.models.describe import human_bytes
 
     return human_bytes(n)
 
@@ -36,7 +36,7 @@ def _gib(n: int | float | None) -> str:
 def cmd_models(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from sft_tui.core.discovery import discover_models, hf_cache_dir
+    from sft_tui.core.models.discovery import discover_models, hf_cache_dir
     from sft_tui.core.settings import load_settings
 
     entries = discover_models(extra_dirs=args.dir or None)
@@ -71,9 +71,9 @@ def _estimate_args(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_models_inspect(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from sft_tui.core.gpus import sample_gpus
-    from sft_tui.core.memory import PARTS, estimate_memory
-    from sft_tui.core.modelinfo import describe_model, human_count
+    from sft_tui.core.system.gpus import sample_gpus
+    from sft_tui.core.models.memory import PARTS, estimate_memory
+    from sft_tui.core.models.describe import describe_model, human_count
 
     info = describe_model(args.model, allow_download=args.download, trust_remote_code=args.trust_remote_code)
     est = estimate_memory(info, **_estimate_args(args))
@@ -133,7 +133,7 @@ def cmd_models_inspect(args: argparse.Namespace) -> int:
 def cmd_gpus(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from sft_tui.core.gpus import sample_gpus
+    from sft_tui.core.system.gpus import sample_gpus
 
     snap = sample_gpus()
     if args.json:
@@ -158,7 +158,7 @@ def cmd_gpus(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from sft_tui.core.doctor import run_checks
+    from sft_tui.core.system.doctor import run_checks
 
     checks = run_checks()
     if args.json:

@@ -14,7 +14,7 @@ import signal
 import sys
 import traceback
 
-from sft_tui.core.rundir import RunDir, write_pid
+from sft_tui.core.run.rundir import RunDir, write_pid
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_stop_signal)
 
     from sft_tui.core.errors import explain
-    from sft_tui.core.training import run_training
+    from sft_tui.core.train.recipe import run_training
 
     try:
         state = run_training(run, resume=args.resume, stop_flag=callbacks)

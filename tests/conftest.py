@@ -32,6 +32,6 @@ def _private_dirs(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def demo_model_dir() -> Path:
-    from sft_tui.core.demo import ensure_demo_model
+    from sft_tui.core.models.demo import ensure_demo_model
 
     return ensure_demo_model()

@@ -7,8 +7,8 @@ import os
 import yaml
 
 from sft_tui.app import SftApp
-from sft_tui.core import synthetic
-from sft_tui.core.session import Session
+from sft_tui.testing import synthetic
+from sft_tui.core.setup.session import Session
 from sft_tui.core.settings import Settings, load_settings
 from sft_tui.screens.dialogs import ConfirmScreen, HelpScreen
 

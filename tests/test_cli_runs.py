@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from sft_tui.cli import format_event, main
-from sft_tui.core import synthetic
+from sft_tui.cli import main
+from sft_tui.core.run.events import format_event
+from sft_tui.testing import synthetic
 
 
 @pytest.fixture

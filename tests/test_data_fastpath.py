@@ -19,7 +19,7 @@ from sft_tui.core.data.formats import detect_format
 from sft_tui.core.data.masking import PreTokenCache, encode_spans_batch, label_batch
 from sft_tui.core.data.pipeline import _RowProcessor, _tokenized
 from sft_tui.core.data.templates import get_renderer, pieces_to_spans
-from sft_tui.core.data.toy import build_toy_tokenizer
+from sft_tui.testing.toy import build_toy_tokenizer
 from sft_tui.core.paths import sample_data_dir
 
 SAMPLES = ["reviews_alpaca.jsonl", "reviews_chat.jsonl", "reviews_sharegpt.jsonl",

@@ -12,7 +12,7 @@ from sft_tui.core.data import (
     IGNORE_INDEX, BadRow, Conversation, detect_format, inspect_data, load_rows, make_collator,
     prepare_datasets, render_prompt, to_conversation, tokenize_conversation,
 )
-from sft_tui.core.data.toy import build_toy_tokenizer
+from sft_tui.testing.toy import build_toy_tokenizer
 from sft_tui.core.errors import UserError
 
 

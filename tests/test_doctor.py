@@ -8,8 +8,8 @@ import json
 import pytest
 
 from sft_tui import cli_models
-from sft_tui.core import doctor
-from sft_tui.core.doctor import Check, run_checks
+from sft_tui.core.system import doctor
+from sft_tui.core.system.doctor import Check, run_checks
 from sft_tui.core.errors import UserError
 
 from test_models_info import LLAMA2_7B, write_model
@@ -65,7 +65,7 @@ def test_doctor_cli(capsys):
 
 
 def test_gpus_cli_without_gpu(capsys, monkeypatch):
-    from sft_tui.core import gpus
+    from sft_tui.core.system import gpus
 
     monkeypatch.setattr(gpus, "sample_gpus", lambda: gpus.GpuSnapshot(False, gpus.NO_GPU))
     code, out = run(capsys, "gpus")
@@ -75,7 +75,7 @@ def test_gpus_cli_without_gpu(capsys, monkeypatch):
 
 
 def test_gpus_cli_with_fake_gpu(capsys, monkeypatch):
-    from sft_tui.core import gpus
+    from sft_tui.core.system import gpus
     from test_gpus import FakeNVML
 
     sampler = gpus.GpuSampler(FakeNVML())

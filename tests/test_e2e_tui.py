@@ -17,8 +17,8 @@ import pytest
 
 from sft_tui.app import SftApp
 from sft_tui.core.config import Config, save_config
-from sft_tui.core.rundir import RunDir
-from sft_tui.core.session import Session
+from sft_tui.core.run.rundir import RunDir
+from sft_tui.core.setup.session import Session
 from sft_tui.core.settings import Settings
 from sft_tui.screens.dialogs import ConfirmScreen
 from sft_tui.screens.monitor import MonitorScreen
@@ -76,11 +76,11 @@ async def test_start_from_tui_watch_stop_and_reattach(tmp_path, demo_model_dir, 
     async with app.run_test(size=(120, 40)) as pilot:
         if has_training_screen:
             # Start from the Training screen exactly as a user does (Ctrl+G): it calls
-            # core.launch.start_run, sets session.run and opens the monitor.
+            # core.run.launch.start_run, sets session.run and opens the monitor.
             await pilot.pause(0.5)
             await pilot.press("ctrl+g")
         else:  # pragma: no cover - only while the Training screen is being written
-            from sft_tui.core.launch import start_run
+            from sft_tui.core.run.launch import start_run
 
             session.run = start_run(session.config, runs_dir)
             app.go_step("monitor")
@@ -119,7 +119,7 @@ TUI_SCRIPT = textwrap.dedent(
     """
     import sys
     from sft_tui.core.config import load_config
-    from sft_tui.core.launch import start_run
+    from sft_tui.core.run.launch import start_run
     from sft_tui.app import run_app
 
     config = load_config(sys.argv[1])

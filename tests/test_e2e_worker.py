@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sft_tui.core.rundir import RunDir, find_run
+from sft_tui.core.run.rundir import RunDir, find_run
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +95,7 @@ def test_checkpoints_kept_and_adapter_loads_with_peft(finished_run):
     assert len(run.checkpoints()) <= 2  # save_total_limit
     config = json.loads((run.adapter_dir / "adapter_config.json").read_text())
     assert config["r"] == 16 and config["peft_type"] == "LORA"
-    from sft_tui.core.demo import ensure_demo_model
+    from sft_tui.core.models.demo import ensure_demo_model
 
     base = AutoModelForCausalLM.from_pretrained(ensure_demo_model())
     model = PeftModel.from_pretrained(base, run.adapter_dir)

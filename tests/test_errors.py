@@ -38,8 +38,8 @@ def test_missing_file_names_the_path():
 def test_callback_raises_on_nan_loss(tmp_path):
     """A NaN loss stops training with the NaN hint rather than training on garbage."""
     from sft_tui.core.config import Config
-    from sft_tui.core.rundir import RunDir
-    from sft_tui.core.training import Device, make_callback
+    from sft_tui.core.run.rundir import RunDir
+    from sft_tui.core.train.recipe import Device, make_callback
 
     run = RunDir.create(Config(), runs_dir=tmp_path)
     callback = make_callback(run, run.writer(), Device("cpu", False, False))
@@ -57,8 +57,8 @@ def test_callback_raises_on_nan_loss(tmp_path):
 
 def test_callback_obeys_control_commands(tmp_path):
     from sft_tui.core.config import Config
-    from sft_tui.core.rundir import RunDir
-    from sft_tui.core.training import Device, make_callback
+    from sft_tui.core.run.rundir import RunDir
+    from sft_tui.core.train.recipe import Device, make_callback
 
     run = RunDir.create(Config(), runs_dir=tmp_path)
     run.send("save")  # sent before the worker started: already handled, must not replay

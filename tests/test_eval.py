@@ -9,7 +9,7 @@ import math
 import pytest
 
 from sft_tui.core.errors import UserError
-from sft_tui.core.rundir import RunDir
+from sft_tui.core.run.rundir import RunDir
 from test_eval_support import cached_trained_run, copy_run, one_torch_thread
 
 
@@ -28,15 +28,15 @@ def run(demo_model_dir, tmp_path_factory) -> RunDir:
 
 @pytest.fixture(scope="module")
 def pair(run):
-    from sft_tui.core.generate import load_pair
+    from sft_tui.core.eval.generate import load_pair
 
     return load_pair(run)
 
 
 @pytest.fixture(scope="module")
 def result(run, pair):
-    from sft_tui.core.evaluate import evaluate_run
-    from sft_tui.core.generate import GenSettings
+    from sft_tui.core.eval.evaluate import evaluate_run
+    from sft_tui.core.eval.generate import GenSettings
 
     stages = []
     res = evaluate_run(run, limit=16, settings=GenSettings(**FAST), pair=pair,
@@ -49,7 +49,7 @@ def result(run, pair):
 
 
 def test_generation_metrics_exact_rouge_bleu():
-    from sft_tui.core.evaluate import generation_metrics
+    from sft_tui.core.eval.evaluate import generation_metrics
 
     refs = ["Sentiment: positive. Topic: hotel.", "Sentiment: negative. Topic: movie."]
     same = generation_metrics(refs, refs)
@@ -67,7 +67,7 @@ def test_generation_metrics_exact_rouge_bleu():
 
 
 def test_gen_settings_validation():
-    from sft_tui.core.generate import GenSettings
+    from sft_tui.core.eval.generate import GenSettings
 
     assert GenSettings(max_new_tokens="12", temperature="0.5", top_p="0.9").validated().max_new_tokens == 12  # type: ignore[arg-type]
     with pytest.raises(UserError, match="top-p"):
@@ -80,7 +80,7 @@ def test_gen_settings_validation():
 
 
 def test_eval_metrics_computed_and_saved(run, result):
-    from sft_tui.core.evaluate import latest_result
+    from sft_tui.core.eval.evaluate import latest_result
 
     assert set(result.models) == {"base", "tuned"}
     for metrics in result.models.values():
@@ -109,7 +109,7 @@ def test_tuned_beats_base_on_held_out_rows(result):
 
 def test_loss_counts_only_trained_tokens(pair):
     from sft_tui.core.data import IGNORE_INDEX
-    from sft_tui.core.evaluate import eval_data, token_loss
+    from sft_tui.core.eval.evaluate import eval_data, token_loss
 
     data = eval_data(pair)
     rows = data.dataset.select(range(5))
@@ -124,7 +124,7 @@ def test_loss_counts_only_trained_tokens(pair):
 
 def test_prompt_is_the_training_text_up_to_the_answer(pair):
     from sft_tui.core.data import IGNORE_INDEX
-    from sft_tui.core.evaluate import eval_data
+    from sft_tui.core.eval.evaluate import eval_data
 
     data = eval_data(pair)
     conv, row = data.conversations[0], data.dataset[0]
@@ -134,8 +134,8 @@ def test_prompt_is_the_training_text_up_to_the_answer(pair):
 
 
 def test_eval_on_a_data_file(run, pair, tmp_path):
-    from sft_tui.core.evaluate import evaluate_run
-    from sft_tui.core.generate import GenSettings
+    from sft_tui.core.eval.evaluate import evaluate_run
+    from sft_tui.core.eval.generate import GenSettings
 
     path = tmp_path / "mine.jsonl"
     rows = [{"messages": [{"role": "user", "content": f"Read the review and give its sentiment and topic.\n\n{t}"},
@@ -153,7 +153,7 @@ def test_eval_on_a_data_file(run, pair, tmp_path):
 
 def test_run_without_adapter_is_a_clear_error(tmp_path):
     from sft_tui.core.config import Config
-    from sft_tui.core.evaluate import evaluate_run
+    from sft_tui.core.eval.evaluate import evaluate_run
 
     run = RunDir.create(Config(), runs_dir=tmp_path)
     with pytest.raises(UserError, match="no trained model yet"):
@@ -164,8 +164,8 @@ def test_demo_runs_keep_the_base_they_were_trained_on(run, tmp_path):
     """'demo' may be rebuilt after training; the adapter's recorded base folder wins while it exists."""
     import shutil
 
-    from sft_tui.core.demo import demo_model_dir
-    from sft_tui.core.generate import base_model_path
+    from sft_tui.core.models.demo import demo_model_dir
+    from sft_tui.core.eval.generate import base_model_path
 
     assert base_model_path(run) == str(demo_model_dir())
     copy = RunDir(shutil.copytree(run.path, tmp_path / "r", ignore=shutil.ignore_patterns("eval", "chat", "merged")))
@@ -186,7 +186,7 @@ def test_demo_runs_keep_the_base_they_were_trained_on(run, tmp_path):
 
 
 def test_stream_gives_the_same_answer_as_batched_generation(pair):
-    from sft_tui.core.generate import GenSettings
+    from sft_tui.core.eval.generate import GenSettings
 
     prompt = "Read the review and give its sentiment and topic.\n\nThe soup was cold and the waiter was rude."
     settings = GenSettings(max_new_tokens=20)
@@ -199,7 +199,7 @@ def test_stream_gives_the_same_answer_as_batched_generation(pair):
 
 
 def test_batched_generation_with_left_padding_matches_one_by_one(pair):
-    from sft_tui.core.generate import GenSettings
+    from sft_tui.core.eval.generate import GenSettings
 
     prompts = [pair.render(p) for p in ("hi", "Read the review and give its sentiment and topic.\n\nThe soup was "
                                         "cold, the bread was stale and the waiter was rude. Never again.", "The phone")]
@@ -213,7 +213,7 @@ def test_batched_generation_with_left_padding_matches_one_by_one(pair):
 def test_stream_can_be_stopped_and_sampling_works(pair):
     import threading
 
-    from sft_tui.core.generate import GenSettings
+    from sft_tui.core.eval.generate import GenSettings
 
     stop = threading.Event()
     stop.set()
@@ -224,7 +224,7 @@ def test_stream_can_be_stopped_and_sampling_works(pair):
 
 
 def test_compare_streams_both_and_keeps_history(run, pair):
-    from sft_tui.core.generate import GenSettings, compare, load_history
+    from sft_tui.core.eval.generate import GenSettings, compare, load_history
 
     seen = []
     record = compare(pair, "Read the review and give its sentiment and topic.\n\nThe plot was superb.",
@@ -258,7 +258,7 @@ def test_cli_eval_table_and_unknown_run(run, pair, capsys):
 
 def test_cli_chat_with_piped_stdin(run, pair, capsys, monkeypatch):
     from sft_tui.cli import main
-    from sft_tui.core.generate import load_history
+    from sft_tui.core.eval.generate import load_history
 
     before = len(load_history(run))
     # One prompt a line; a literal \\n inside a line stands for a newline in the prompt.

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from sft_tui.core.errors import UserError
-from sft_tui.core.rundir import RunDir
+from sft_tui.core.run.rundir import RunDir
 from test_eval_support import cached_trained_run, copy_run, one_torch_thread
 
 
@@ -25,7 +25,7 @@ def run(demo_model_dir, tmp_path_factory) -> RunDir:
 
 @pytest.fixture(scope="module")
 def merged(run, tmp_path_factory):
-    from sft_tui.core.export import merge
+    from sft_tui.core.eval.export import merge
 
     messages = []
     res = merge(run, tmp_path_factory.mktemp("merged") / "out", progress=messages.append)
@@ -34,7 +34,7 @@ def merged(run, tmp_path_factory):
 
 
 def _fake_eval(run: RunDir) -> None:
-    from sft_tui.core.evaluate import EvalResult, save_result
+    from sft_tui.core.eval.evaluate import EvalResult, save_result
 
     result = EvalResult(run=run.name, source="adapter", data="held-out rows", rows_loss=10, rows_generated=5,
                         settings={"max_new_tokens": 16, "temperature": 0.0})
@@ -44,7 +44,7 @@ def _fake_eval(run: RunDir) -> None:
 
 
 def test_model_card_names_base_data_config_and_metrics(run):
-    from sft_tui.core.export import write_model_card
+    from sft_tui.core.eval.export import write_model_card
 
     _fake_eval(run)
     path = write_model_card(run)
@@ -63,7 +63,7 @@ def test_merged_model_loads_with_plain_transformers_and_matches_base_plus_adapte
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sft_tui.core.generate import base_model_path
+    from sft_tui.core.eval.generate import base_model_path
 
     out = merged.path
     assert any(name.endswith(".safetensors") for name in merged.files)
@@ -92,7 +92,7 @@ def test_merged_model_loads_with_plain_transformers_and_matches_base_plus_adapte
 def test_eval_can_use_the_merged_model(run, merged, tmp_path):
     import shutil
 
-    from sft_tui.core.generate import GenSettings, ModelPair
+    from sft_tui.core.eval.generate import GenSettings, ModelPair
 
     shutil.copytree(merged.path, run.merged_dir, dirs_exist_ok=True)
     pair = ModelPair(run, "merged")
@@ -108,8 +108,8 @@ def test_full_fine_tune_runs_evaluate_and_export_as_plain_models(run, merged, tm
 
     import yaml
 
-    from sft_tui.core.export import merge, model_card
-    from sft_tui.core.generate import GenSettings, ModelPair
+    from sft_tui.core.eval.export import merge, model_card
+    from sft_tui.core.eval.generate import GenSettings, ModelPair
 
     full = tmp_path / "full-run"
     full.mkdir()
@@ -142,7 +142,7 @@ def test_cli_export_merge(run, tmp_path, capsys):
 
 def test_merge_refuses_the_adapter_folder_and_runs_without_adapter(run, tmp_path):
     from sft_tui.core.config import Config
-    from sft_tui.core.export import merge
+    from sft_tui.core.eval.export import merge
 
     with pytest.raises(UserError, match="adapter folder"):
         merge(run, run.adapter_dir)
@@ -153,7 +153,7 @@ def test_merge_refuses_the_adapter_folder_and_runs_without_adapter(run, tmp_path
 
 def test_push_offline_or_without_token_is_a_clear_message(run, monkeypatch, capsys):
     from sft_tui.cli import main
-    from sft_tui.core import export
+    from sft_tui.core.eval import export
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="offline") as info:
@@ -175,7 +175,7 @@ def test_push_offline_or_without_token_is_a_clear_message(run, monkeypatch, caps
 
 
 def test_push_uploads_with_the_hub_client(run, monkeypatch):
-    from sft_tui.core import export
+    from sft_tui.core.eval import export
 
     calls = []
 
@@ -203,7 +203,7 @@ def test_push_uploads_with_the_hub_client(run, monkeypatch):
 
 def test_gguf_without_llama_cpp_explains_how(run, merged, monkeypatch, tmp_path, capsys):
     from sft_tui.cli import main
-    from sft_tui.core import export
+    from sft_tui.core.eval import export
 
     monkeypatch.setenv("SFT_TUI_LLAMA_CPP", str(tmp_path / "nowhere"))
     assert export.find_llama_cpp() is None
@@ -216,7 +216,7 @@ def test_gguf_without_llama_cpp_explains_how(run, merged, monkeypatch, tmp_path,
 
 
 def test_gguf_runs_the_llama_cpp_converter(merged, monkeypatch, tmp_path):
-    from sft_tui.core import export
+    from sft_tui.core.eval import export
 
     root = tmp_path / "llama.cpp"
     root.mkdir()

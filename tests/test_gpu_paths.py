@@ -21,7 +21,7 @@ pytestmark = [
 
 
 def test_nvml_reports_the_gpu_and_our_process():
-    from sft_tui.core.gpus import GpuSampler
+    from sft_tui.core.system.gpus import GpuSampler
 
     x = torch.ones(64 * 2**20, device="cuda")  # 256 MiB so this process shows up in NVML
     snap = GpuSampler().sample()
@@ -40,7 +40,7 @@ def test_short_gpu_run_trains_and_saves(tmp_path, demo_model_dir, method):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     proc = subprocess.run([sys.executable, "-m", "sft_tui", "train", str(tmp_path / "c.yaml"), "--name", method],
                           capture_output=True, text=True, timeout=600, env=dict(os.environ))
-    from sft_tui.core.rundir import find_run
+    from sft_tui.core.run.rundir import find_run
 
     run = find_run(method)
     assert proc.returncode == 0, proc.stdout + proc.stderr + run.log_path.read_text()[-3000:]

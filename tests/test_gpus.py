@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sft_tui.core.gpus import NO_GPU, GpuSampler, GpuSnapshot
+from sft_tui.core.system.gpus import NO_GPU, GpuSampler, GpuSnapshot
 
 
 class FakeNVMLError(Exception):

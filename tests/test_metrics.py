@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from sft_tui.core import synthetic
-from sft_tui.core.metrics import (
+from sft_tui.testing import synthetic
+from sft_tui.core.run.metrics import (
     RunMetrics,
     StepRate,
     downsample,
@@ -20,9 +20,9 @@ from sft_tui.core.metrics import (
     fmt_num,
     load_metrics,
 )
-from sft_tui.core.rundir import EventTail, parse_bulk
-from sft_tui.core.processes import process_tree, tree_rss
-from sft_tui.core.runindex import RunIndex
+from sft_tui.core.run.events import EventTail, parse_bulk
+from sft_tui.core.run.processes import process_tree, tree_rss
+from sft_tui.core.run.index import RunIndex
 
 
 def test_ema_debiased_and_identity():
@@ -166,7 +166,7 @@ def test_process_tree_and_rss():
 
 
 def test_series_reducer_is_incremental_and_bounded():
-    from sft_tui.core.metrics import SeriesReducer
+    from sft_tui.core.run.metrics import SeriesReducer
 
     xs = list(range(1, 10_001))
     ys = [float(x) for x in xs]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sft_tui.core import discovery
-from sft_tui.core.discovery import discover_models, hf_cache_dir, resolve_model
+from sft_tui.core.models import discovery
+from sft_tui.core.models.discovery import discover_models, hf_cache_dir, resolve_model
 from sft_tui.core.errors import UserError
 from sft_tui.core.settings import Settings, save_settings
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sft_tui.core.errors import UserError
-from sft_tui.core.modelinfo import classify, describe_model, read_safetensors_header
+from sft_tui.core.models.describe import classify, describe_model, read_safetensors_header
 
 LLAMA2_7B_PUBLISHED = 6_738_415_616
 LLAMA2_7B = {

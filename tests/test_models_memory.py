@@ -10,8 +10,8 @@ import torch
 
 from sft_tui.core.config import Config
 from sft_tui.core.errors import UserError
-from sft_tui.core.memory import CUDA_CONTEXT, GiB, PARTS, estimate_for_config, estimate_memory
-from sft_tui.core.modelinfo import describe_model
+from sft_tui.core.models.memory import CUDA_CONTEXT, GiB, PARTS, estimate_for_config, estimate_memory
+from sft_tui.core.models.describe import describe_model
 
 from test_models_info import LLAMA2_7B, write_model
 

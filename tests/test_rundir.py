@@ -11,7 +11,8 @@ import pytest
 
 from sft_tui.core.config import Config
 from sft_tui.core.errors import UserError
-from sft_tui.core.rundir import EventTail, RunDir, find_run, list_runs, pid_alive
+from sft_tui.core.run.events import EventTail
+from sft_tui.core.run.rundir import RunDir, find_run, list_runs, pid_alive
 
 
 def make_run(tmp_path, name="r1") -> RunDir:

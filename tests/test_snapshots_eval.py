@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from sft_tui.app import SftApp
-from sft_tui.core import synthetic
-from sft_tui.core.session import Session
+from sft_tui.testing import synthetic
+from sft_tui.core.setup.session import Session
 from sft_tui.core.settings import Settings
 
 FIXED = Path("/tmp/sft-tui-snapshots")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sft_tui.core.rundir import RunDir
+from sft_tui.core.run.rundir import RunDir
 from test_eval_support import cached_trained_run, copy_run, one_torch_thread
 
 
@@ -21,7 +21,7 @@ def run(demo_model_dir, tmp_path_factory) -> RunDir:
 
 def _app(run: RunDir | None, start: str):
     from sft_tui.app import SftApp
-    from sft_tui.core.session import Session
+    from sft_tui.core.setup.session import Session
     from sft_tui.core.settings import Settings
 
     session = Session()

@@ -11,9 +11,9 @@ import time
 import pytest
 
 from sft_tui.app import SftApp
-from sft_tui.core import synthetic
-from sft_tui.core.gpus import GpuSnapshot, GpuStats
-from sft_tui.core.session import Session
+from sft_tui.testing import synthetic
+from sft_tui.core.system.gpus import GpuSnapshot, GpuStats
+from sft_tui.core.setup.session import Session
 from sft_tui.core.settings import Settings
 from sft_tui.screens.dialogs import ConfirmScreen, ErrorScreen
 from sft_tui.screens.monitor import MonitorScreen

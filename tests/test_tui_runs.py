@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from sft_tui.app import SftApp
-from sft_tui.core import synthetic
-from sft_tui.core.session import Session
+from sft_tui.testing import synthetic
+from sft_tui.core.setup.session import Session
 from sft_tui.core.settings import Settings
 from sft_tui.screens.dialogs import ConfirmScreen, ErrorScreen
 from sft_tui.screens.monitor import MonitorScreen
@@ -138,7 +138,7 @@ async def test_compare_overlays_marked_runs(tmp_path, runs):
 
 async def test_resume_starts_a_worker_from_the_checkpoint(tmp_path, runs, monkeypatch):
     started = []
-    import sft_tui.core.launch as launch
+    import sft_tui.core.run.launch as launch
 
     monkeypatch.setattr(launch, "start_worker", lambda run, resume=False: started.append((run.name, resume)))
     bravo = runs[1]

@@ -13,8 +13,8 @@ import pytest
 
 from sft_tui.app import SftApp
 from sft_tui.core.config import Config, Environment, load_config, save_config
-from sft_tui.core.gpus import NO_GPU, GpuSnapshot
-from sft_tui.core.session import Session
+from sft_tui.core.system.gpus import NO_GPU, GpuSnapshot
+from sft_tui.core.setup.session import Session
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -28,7 +28,7 @@ def setup_env(monkeypatch, tmp_path, demo_model_dir):
     monkeypatch.setenv("HF_HOME", str(hf))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
-    import sft_tui.core.gpus as gpus
+    import sft_tui.core.system.gpus as gpus
 
     monkeypatch.setattr(gpus, "sample_gpus", lambda: GpuSnapshot(False, NO_GPU, time=0.0))
     monkeypatch.setattr(Environment, "detect", classmethod(lambda cls: cls(cuda_available=False, bf16_supported=False)))
@@ -365,8 +365,8 @@ async def test_going_back_and_forth_keeps_state_and_quit_asks(setup_env):
 
 
 async def test_start_writes_the_run_and_opens_the_monitor(setup_env, monkeypatch, tmp_path):
-    import sft_tui.core.launch as launch
-    from sft_tui.core.rundir import RunDir
+    import sft_tui.core.run.launch as launch
+    from sft_tui.core.run.rundir import RunDir
 
     started = []
 

@@ -38,7 +38,7 @@ class StepScreen(Screen):
     @work(thread=True, exclusive=True, group="gpus")
     def sample_gpus(self) -> None:
         """NVML calls can block, so sampling runs in a thread; ``gpus_sampled`` runs on the UI thread."""
-        from sft_tui.core import gpus
+        from sft_tui.core.system import gpus
 
         snapshot = gpus.sample_gpus()
         self.app.call_from_thread(self._gpus_ready, snapshot)
@@ -52,7 +52,7 @@ class StepScreen(Screen):
 
     @property
     def session(self):
-        """The app-wide setup in progress (``sft_tui.core.session.Session``)."""
+        """The app-wide setup in progress (``sft_tui.core.setup.session.Session``)."""
         return self.app.session  # type: ignore[attr-defined]
 
     def on_step_bar_selected(self, message: StepBar.Selected) -> None:

@@ -12,7 +12,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select, Static, Switch, TabbedContent, TabPane
 
-from sft_tui.core import presenters as P
+from sft_tui.core.setup import presenters as P
 from sft_tui.screens.base import StepScreen
 
 TEMPLATES = ["auto", "alpaca", "chatml", "llama3"]
@@ -249,7 +249,7 @@ Choose the **training data** and check that it is read the way you mean.
 
         preload("datasets", "transformers")
         from sft_tui.core.errors import UserError
-        from sft_tui.core.training import build_tokenizer, model_path
+        from sft_tui.core.train.recipe import build_tokenizer, model_path
 
         config = self.session.config.model_copy(deep=True)
         self.app.call_from_thread(self._preview_message, "loading the tokenizer…")
@@ -323,7 +323,7 @@ Choose the **training data** and check that it is read the way you mean.
         preload("datasets", "transformers")
         from sft_tui.core.data import inspect_data
         from sft_tui.core.errors import UserError
-        from sft_tui.core.training import build_tokenizer, model_path
+        from sft_tui.core.train.recipe import build_tokenizer, model_path
 
         config = self.session.config.model_copy(deep=True)
         tokenizer = self.tokenizer if self.tokenizer_for == config.model.path else None

@@ -19,7 +19,7 @@ from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select, Static, TabbedContent, TabPane
 
 from sft_tui.core.errors import UserError, explain
-from sft_tui.core.rundir import RunDir
+from sft_tui.core.run.rundir import RunDir
 from sft_tui.screens.base import StepScreen
 from sft_tui.widgets.runpicker import RunPicker
 from sft_tui.widgets.answer import AnswerPane
@@ -163,7 +163,7 @@ class EvaluateScreen(StepScreen):
                 pane.clear()
 
     def _show_saved(self, run: RunDir | None) -> None:
-        from sft_tui.core.evaluate import latest_result
+        from sft_tui.core.eval.evaluate import latest_result
 
         if run is None:
             return
@@ -232,7 +232,7 @@ class EvaluateScreen(StepScreen):
 
     @work(thread=True, exclusive=True, group="evaluate")
     def _evaluate(self, run: RunDir, limit: int, settings: Any) -> None:
-        from sft_tui.core.evaluate import evaluate_run
+        from sft_tui.core.eval.evaluate import evaluate_run
 
         try:
             result = evaluate_run(run, limit=limit, settings=settings,
@@ -268,7 +268,7 @@ class EvaluateScreen(StepScreen):
         self._show_tab("tab-play" if tabs.active == "tab-eval" else "tab-eval")
 
     def _settings(self):
-        from sft_tui.core.generate import GenSettings
+        from sft_tui.core.eval.generate import GenSettings
 
         def num(widget_id: str, kind: type, label: str):
             raw = self.query_one(widget_id, Input).value.strip()
@@ -283,7 +283,7 @@ class EvaluateScreen(StepScreen):
                            top_p=num("#play-top-p", float, "top-p")).validated()
 
     def _settings_or_default(self):
-        from sft_tui.core.generate import GenSettings
+        from sft_tui.core.eval.generate import GenSettings
 
         try:
             settings = self._settings()
@@ -297,7 +297,7 @@ class EvaluateScreen(StepScreen):
         self.send_prompt(event.value)
 
     def send_prompt(self, prompt: str) -> None:
-        from sft_tui.core.generate import unescape_prompt
+        from sft_tui.core.eval.generate import unescape_prompt
 
         prompt = unescape_prompt(prompt.strip())
         if not prompt:
@@ -324,7 +324,7 @@ class EvaluateScreen(StepScreen):
 
     @work(thread=True, exclusive=True, group="playground")
     def _generate(self, run: RunDir, prompt: str, settings: Any) -> None:
-        from sft_tui.core.generate import compare, load_pair
+        from sft_tui.core.eval.generate import compare, load_pair
 
         try:
             pair = load_pair(run, progress=lambda msg: self.post_message(GenStatus(msg)))

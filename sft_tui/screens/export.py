@@ -17,7 +17,7 @@ from textual.message import Message
 from textual.widgets import Button, Input, Label, Log, Select, Static
 
 from sft_tui.core.errors import explain
-from sft_tui.core.rundir import RunDir
+from sft_tui.core.run.rundir import RunDir
 from sft_tui.screens.base import StepScreen
 from sft_tui.widgets.runpicker import RunPicker
 
@@ -125,7 +125,7 @@ class ExportScreen(StepScreen):
         self._describe()
 
     def _describe(self) -> None:
-        from sft_tui.core import export
+        from sft_tui.core.eval import export
 
         run = self.selected_run()
         adapter = self.query_one("#export-adapter", Static)
@@ -179,7 +179,7 @@ class ExportScreen(StepScreen):
     # ------------------------------------------------------------------ actions
     @on(Button.Pressed, "#export-card-btn")
     def action_write_card(self) -> None:
-        from sft_tui.core.export import write_model_card
+        from sft_tui.core.eval.export import write_model_card
 
         run = self._need_run()
         if run is None:
@@ -206,7 +206,7 @@ class ExportScreen(StepScreen):
 
     @work(thread=True, exclusive=True, group="export")
     def _merge(self, run: RunDir, folder: str) -> None:
-        from sft_tui.core.export import merge
+        from sft_tui.core.eval.export import merge
 
         try:
             target = Path(folder).expanduser().resolve()
@@ -236,7 +236,7 @@ class ExportScreen(StepScreen):
 
     @work(thread=True, exclusive=True, group="export")
     def _push(self, folder: Path, repo: str) -> None:
-        from sft_tui.core.export import push_to_hub
+        from sft_tui.core.eval.export import push_to_hub
 
         try:
             url = push_to_hub(folder, repo, progress=lambda msg: self.post_message(ExportLine(msg)))
@@ -248,7 +248,7 @@ class ExportScreen(StepScreen):
 
     @on(Button.Pressed, "#export-gguf-btn")
     def action_gguf(self) -> None:
-        from sft_tui.core.export import find_llama_cpp, gguf_instructions
+        from sft_tui.core.eval.export import find_llama_cpp, gguf_instructions
 
         run = self._need_run()
         if run is None:
@@ -265,7 +265,7 @@ class ExportScreen(StepScreen):
 
     @work(thread=True, exclusive=True, group="export")
     def _gguf(self, merged: Path) -> None:
-        from sft_tui.core.export import convert_gguf
+        from sft_tui.core.eval.export import convert_gguf
 
         try:
             out = convert_gguf(merged, progress=lambda msg: self.post_message(ExportLine(msg)))

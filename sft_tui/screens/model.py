@@ -11,7 +11,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Input, Label, Select, Static
 
-from sft_tui.core import presenters as P
+from sft_tui.core.setup import presenters as P
 from sft_tui.screens.base import StepScreen
 
 METHODS = [("lora — small adapters", "lora"), ("qlora — lora on 4/8-bit", "qlora"), ("full — every weight", "full")]
@@ -163,7 +163,7 @@ Hugging Face cache and the folders named in the settings file's `model_dirs`.
     # ------------------------------------------------------------------ discovery (worker)
     @work(thread=True, exclusive=True, group="model-discovery")
     def discover(self) -> None:
-        from sft_tui.core.discovery import discover_models
+        from sft_tui.core.models.discovery import discover_models
 
         entries = discover_models()
         self.app.call_from_thread(self._discovered, entries)
@@ -174,7 +174,7 @@ Hugging Face cache and the folders named in the settings file's `model_dirs`.
 
     def _describe_into_cache(self, entry: Any) -> None:
         from sft_tui.core.errors import UserError
-        from sft_tui.core.modelinfo import describe_model
+        from sft_tui.core.models.describe import describe_model
 
         key = self._key(entry)
         if key in self.infos:
@@ -194,7 +194,7 @@ Hugging Face cache and the folders named in the settings file's `model_dirs`.
         chosen = self.session.config.model.path
         self.entries = list(entries)
         if chosen not in {self._key(e) for e in self.entries}:
-            from sft_tui.core.discovery import ModelEntry
+            from sft_tui.core.models.discovery import ModelEntry
 
             self.entries.append(ModelEntry(chosen, None, "path", detail="from the config"))
         self._fill_table()
@@ -226,14 +226,14 @@ Hugging Face cache and the folders named in the settings file's `model_dirs`.
     def describe_chosen(self) -> None:
         """The chosen model is described even if it is the demo and must be built first."""
         from sft_tui.core.errors import UserError
-        from sft_tui.core.modelinfo import describe_model
+        from sft_tui.core.models.describe import describe_model
 
         key = self.session.config.model.path
         if key in self.infos:
             self.app.call_from_thread(self._described, key, self.infos[key], None)
             return
         if key == "demo":
-            from sft_tui.core import demo
+            from sft_tui.core.models import demo
 
             if not demo.is_built():
                 self.app.call_from_thread(self._say, "Building the demo model (first run only, ~30 s)…")
@@ -331,9 +331,9 @@ Hugging Face cache and the folders named in the settings file's `model_dirs`.
 
     @work(thread=True, exclusive=True, group="model-custom")
     def add_custom(self, text: str) -> None:
-        from sft_tui.core.discovery import ModelEntry
+        from sft_tui.core.models.discovery import ModelEntry
         from sft_tui.core.errors import UserError
-        from sft_tui.core.modelinfo import describe_model
+        from sft_tui.core.models.describe import describe_model
 
         try:
             info = describe_model(text, trust_remote_code=self.session.config.model.trust_remote_code)

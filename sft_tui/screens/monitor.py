@@ -20,12 +20,13 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import RichLog, Static
 
-from sft_tui.core.gpus import GpuSnapshot, default_sampler
-from sft_tui.core.rundir import EventTail
-from sft_tui.core.metrics import RunMetrics, fmt_bytes, fmt_duration, fmt_num
-from sft_tui.core.processes import process_tree, tree_rss
-from sft_tui.core.rundir import ACTIVE_STATES, RunDir
-from sft_tui.core.runindex import with_liveness
+from sft_tui.core.system.gpus import GpuSnapshot, default_sampler
+from sft_tui.core.run.events import EventTail
+from sft_tui.core.run.metrics import RunMetrics, fmt_bytes, fmt_duration, fmt_num
+from sft_tui.core.run.processes import process_tree, tree_rss
+from sft_tui.core.run.events import ACTIVE_STATES
+from sft_tui.core.run.rundir import RunDir
+from sft_tui.core.run.index import with_liveness
 from sft_tui.screens.base import StepScreen
 from sft_tui.screens.dialogs import ConfirmScreen, ErrorScreen
 from sft_tui.widgets.chart import PALETTE, ChartSeries, LineChart
@@ -41,7 +42,7 @@ SERIES_LABEL = {"loss": "train", "eval_loss": "eval"}
 
 
 def format_log(ev: dict[str, Any]) -> Text:
-    from sft_tui.cli import format_event
+    from sft_tui.core.run.events import format_event
 
     style = {"error": "bold red", "status": "bold", "checkpoint": "green", "eval": "yellow"}.get(ev.get("type"), "")
     if ev.get("type") == "log" and ev.get("level") in ("warning", "error"):

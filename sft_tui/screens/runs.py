@@ -1,6 +1,6 @@
 """Runs: every run in the runs dir with its live status; open, resume, stop, delete, compare.
 
-Statuses come from ``sft_tui.core.runindex`` (events folded incrementally + whether the worker pid
+Statuses come from ``sft_tui.core.run.index`` (events folded incrementally + whether the worker pid
 lives, so a crashed worker shows ``died``), refreshed every two seconds in a thread worker.
 """
 
@@ -19,9 +19,9 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Static
 
-from sft_tui.core.metrics import fmt_duration, fmt_num, load_metrics
-from sft_tui.core.rundir import RunDir, RunStatus
-from sft_tui.core.runindex import RunIndex
+from sft_tui.core.run.metrics import fmt_duration, fmt_num, load_metrics
+from sft_tui.core.run.rundir import RunDir, RunStatus
+from sft_tui.core.run.index import RunIndex
 from sft_tui.screens.base import StepScreen
 from sft_tui.screens.dialogs import ConfirmScreen
 from sft_tui.widgets.chart import PALETTE, ChartSeries, LineChart
@@ -244,7 +244,7 @@ worker process is alive: a worker that crashed or was killed shows **died**, not
                                 "Start a new run from the Training screen, or lower training.save_steps next time.",
                                 title="Cannot resume")
             return
-        from sft_tui.core.launch import start_worker
+        from sft_tui.core.run.launch import start_worker
 
         run.writer().status("starting", resume=True)
         start_worker(run, resume=True)

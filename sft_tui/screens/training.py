@@ -12,8 +12,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Button, Input, Label, Select, Static, Switch
 
-from sft_tui.core import forms
-from sft_tui.core import presenters as P
+from sft_tui.core.setup import forms
+from sft_tui.core.setup import presenters as P
 from sft_tui.screens.base import StepScreen
 
 LEVEL_CLASSES = ("fits", "tight", "does-not-fit", "no-gpu", "unknown")
@@ -219,7 +219,7 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
     @work(thread=True, exclusive=True, group="training-describe")
     def describe_model(self, path: str, trust_remote_code: bool) -> None:
         from sft_tui.core.errors import UserError
-        from sft_tui.core.modelinfo import describe_model
+        from sft_tui.core.models.describe import describe_model
 
         try:
             info = describe_model(path, trust_remote_code=trust_remote_code)
@@ -348,7 +348,7 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
     @work(thread=True, exclusive=True, group="training-start")
     def start_run(self, config: Any, env: Any) -> None:
         from sft_tui.core.config import ConfigError, Environment, parse_config
-        from sft_tui.core.launch import start_run
+        from sft_tui.core.run.launch import start_run
 
         try:
             if env is None:

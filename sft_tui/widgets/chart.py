@@ -1,7 +1,7 @@
 """A line chart drawn with braille dots: several coloured series, a legend, log-scale y.
 
 Each cell holds 2×4 dots, so a chart W columns wide shows 2·W points per series: every series is
-down-sampled (mean per bucket, ``sft_tui.core.metrics.downsample``) to exactly that many buckets
+down-sampled (mean per bucket, ``sft_tui.core.run.metrics.downsample``) to exactly that many buckets
 over the shared x range before drawing, so a 100k-step run costs the same to draw as a 500-step one.
 The rendered text is cached until the data, the options or the size change.
 """
@@ -16,7 +16,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from sft_tui.core.metrics import SeriesReducer, downsample, fmt_num
+from sft_tui.core.run.metrics import SeriesReducer, downsample, fmt_num
 
 # Braille dot bits, indexed [row 0..3][column 0..1] inside one cell.
 _DOTS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))

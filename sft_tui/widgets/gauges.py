@@ -1,5 +1,5 @@
 """Per-GPU gauges (memory with our worker's share, utilisation, temperature, power), or, without
-a GPU, the reason and the worker's CPU memory. Fed a ``GpuSnapshot`` from ``sft_tui.core.gpus``."""
+a GPU, the reason and the worker's CPU memory. Fed a ``GpuSnapshot`` from ``sft_tui.core.system.gpus``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from rich.console import Group
 from rich.text import Text
 from textual.widgets import Static
 
-from sft_tui.core.gpus import GpuSnapshot
-from sft_tui.core.metrics import fmt_bytes
+from sft_tui.core.system.gpus import GpuSnapshot
+from sft_tui.core.run.metrics import fmt_bytes
 
 _EIGHTHS = " ▏▎▍▌▋▊▉█"
 

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from textual.widgets import Select
 
-from sft_tui.core.rundir import RunDir, list_runs
+from sft_tui.core.run.rundir import RunDir, list_runs
 
 
 class RunPicker(Select):

@@ -111,7 +111,7 @@ class MemoryView:
 def memory_view(config: Config, info: Any, gpus: Any) -> MemoryView:
     """The estimate for ``config`` on this model against the GPUs found, in a few short lines."""
     from sft_tui.core.errors import UserError
-    from sft_tui.core.memory import estimate_for_config, suggest, verdict
+    from sft_tui.core.models.memory import estimate_for_config, suggest, verdict
 
     try:
         est = estimate_for_config(config, info)

@@ -16,7 +16,8 @@ from typing import Any
 
 from sft_tui.core.config import Config, Environment, cross_check
 from sft_tui.core.errors import NanLossError, UserError
-from sft_tui.core.rundir import EventWriter, RunDir
+from sft_tui.core.run.events import EventWriter
+from sft_tui.core.run.rundir import RunDir
 
 
 @dataclass
@@ -48,7 +49,7 @@ def resolve_precision(config: Config, device: Device) -> str:
 def model_path(config: Config) -> str:
     """'demo' → the built demo model; a local folder stays a folder; anything else is a hub id."""
     if config.model.path == "demo":
-        from sft_tui.core.demo import ensure_demo_model
+        from sft_tui.core.models.demo import ensure_demo_model
 
         return str(ensure_demo_model())
     local = Path(config.model.path).expanduser()

@@ -62,7 +62,7 @@ from sft_tui.core.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
     from sft_tui.core.config import Config
-    from sft_tui.core.modelinfo import ModelInfo
+    from sft_tui.core.models.describe import ModelInfo
 
 GiB = 1024**3
 MiB = 1024**2
@@ -136,7 +136,7 @@ def _lora_shapes(info: "ModelInfo", target_modules: str | list[str]) -> tuple[in
     """(Σ in+out, Σ in, layer count) over the adapted layers; Llama-shaped guesses if unknown."""
     layers = info.linear_layers
     if not layers:
-        from sft_tui.core.modelinfo import _linear_from_config
+        from sft_tui.core.models.describe import _linear_from_config
 
         layers = _linear_from_config({"hidden_size": info.hidden_size, "num_hidden_layers": info.num_layers,
                                       "intermediate_size": info.intermediate_size,

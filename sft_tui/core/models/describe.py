@@ -332,7 +332,7 @@ def describe_model(path_or_id: str | Path, *, require_causal: bool = True, allow
     Raises ``UserError`` when the model cannot be found or read, and (with ``require_causal``)
     when it is not a causal language model, naming what it is instead.
     """
-    from sft_tui.core.discovery import resolve_model
+    from sft_tui.core.models.discovery import resolve_model
 
     path = resolve_model(path_or_id, allow_download=allow_download, metadata_only=True)
     cfg_file = path / "config.json"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sft_tui.core.config import Config, save_config
-from sft_tui.core.rundir import RunDir
+from sft_tui.core.run.rundir import RunDir
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC: fixed so snapshots never show today's date
 

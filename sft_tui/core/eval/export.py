@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sft_tui.core.errors import UserError
-from sft_tui.core.rundir import RunDir
+from sft_tui.core.run.rundir import RunDir
 
 Say = Callable[[str], None]
 LLAMA_CPP_ENV = "SFT_TUI_LLAMA_CPP"
@@ -54,7 +54,7 @@ def model_card(run: RunDir, merged: bool = False, note: str | None = None) -> st
     """README.md text for the adapter (or, with ``merged``, the merged model) of a run."""
     from sft_tui import __version__
     from sft_tui.core.config import dump_yaml
-    from sft_tui.core.evaluate import latest_result
+    from sft_tui.core.eval.evaluate import latest_result
 
     config = run.load_config()
     status = run.status()
@@ -152,8 +152,8 @@ def merge(run: RunDir, out_dir: str | Path | None = None, overwrite: bool = Fals
     """Write base+adapter as one plain transformers model (safetensors + tokenizer + card)."""
     import torch
 
-    from sft_tui.core.generate import base_model_path, load_tokenizer, tuned_source
-    from sft_tui.core.training import _local_only
+    from sft_tui.core.eval.generate import base_model_path, load_tokenizer, tuned_source
+    from sft_tui.core.train.recipe import _local_only
 
     say = progress or (lambda msg: None)
     start = time.perf_counter()
@@ -181,7 +181,7 @@ def merge(run: RunDir, out_dir: str | Path | None = None, overwrite: bool = Fals
             kwargs["dtype"] = dtype
         else:
             kwargs["dtype"] = "auto"
-        from sft_tui.core.generate import quiet_optional_kernels
+        from sft_tui.core.eval.generate import quiet_optional_kernels
 
         quiet_optional_kernels()
         from peft import PeftModel

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from sft_tui.core.errors import UserError
-from sft_tui.core.rundir import RunDir
+from sft_tui.core.run.rundir import RunDir
 
 WHICH = ("base", "tuned")
 SOURCES = ("auto", "adapter", "merged")
@@ -81,7 +81,7 @@ def load_causal_lm(path: str | Path, config, device: str, dtype: Any, quantize: 
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from sft_tui.core.training import _local_only
+    from sft_tui.core.train.recipe import _local_only
 
     hf_logging.disable_progress_bar()  # a tqdm bar on stderr would scribble over the TUI
     kwargs: dict[str, Any] = dict(dtype=dtype, trust_remote_code=config.model.trust_remote_code,
@@ -117,7 +117,7 @@ def load_causal_lm(path: str | Path, config, device: str, dtype: Any, quantize: 
 
 def load_tokenizer(path: str | Path, config):
     """The tokenizer saved with a run (same loader as training, run-folder wording)."""
-    from sft_tui.core.training import build_tokenizer
+    from sft_tui.core.train.recipe import build_tokenizer
 
     return build_tokenizer(config, str(path), from_run=True)
 
@@ -149,7 +149,7 @@ def base_model_path(run: RunDir, config=None) -> str:
     makes a new folder, so the adapter's own record (``base_model_name_or_path``) wins while that
     folder exists; an adapter applied to different base weights would give nonsense silently.
     """
-    from sft_tui.core.training import model_path
+    from sft_tui.core.train.recipe import model_path
 
     config = config or run.load_config()
     if config.model.path != "demo":
@@ -159,7 +159,7 @@ def base_model_path(run: RunDir, config=None) -> str:
         recorded = json.loads((run.adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
     except (OSError, ValueError):
         pass
-    from sft_tui.core.demo import demo_model_dir
+    from sft_tui.core.models.demo import demo_model_dir
 
     if not recorded or Path(recorded).name == demo_model_dir().name:
         return model_path(config)

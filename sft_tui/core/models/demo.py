@@ -222,7 +222,7 @@ def build_demo_model(out_dir: Path, progress: Progress | None = None) -> Path:
     tokenizer.save_pretrained(out_dir)
     (out_dir / "README.md").write_text(
         "# sft-tui demo model\n\nA tiny Llama-architecture causal LM and byte-level BPE tokenizer built by "
-        "`sft_tui.core.demo` from the bundled sample data, pre-trained for a few seconds on plain review "
+        "`sft_tui.core.models.demo` from the bundled sample data, pre-trained for a few seconds on plain review "
         "text. For trying sft-tui and for tests, not for real use.\n",
         encoding="utf-8",
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sft_tui.core.config import Config, dump_yaml, load_config, save_config
-from sft_tui.core.rundir import RunDir
+from sft_tui.core.run.rundir import RunDir
 
 
 @dataclass

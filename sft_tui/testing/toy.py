@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sft_tui.core.demo import CHAT_TEMPLATE as DEMO_CHAT_TEMPLATE
+from sft_tui.core.models.demo import CHAT_TEMPLATE as DEMO_CHAT_TEMPLATE
 from sft_tui.core.paths import sample_data_dir
 
 # The demo tokenizer's template: chatml with {% generation %} markers.

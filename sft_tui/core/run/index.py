@@ -11,8 +11,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from sft_tui.core.rundir import EventTail
-from sft_tui.core.rundir import ACTIVE_STATES, RunDir, RunStatus, fold_event, list_runs, pid_alive
+from sft_tui.core.run.events import ACTIVE_STATES, EventTail
+from sft_tui.core.run.rundir import RunDir, RunStatus, fold_event, list_runs, pid_alive
 
 
 class TrackedRun:

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from sft_tui.core.rundir import RunDir
+from sft_tui.core.run.rundir import RunDir
 
 
 def start_worker(run: RunDir, resume: bool = False) -> subprocess.Popen:

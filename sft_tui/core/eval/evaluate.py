@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sft_tui.core.errors import UserError
-from sft_tui.core.generate import WHICH, GenSettings, ModelPair, load_pair
-from sft_tui.core.rundir import RunDir
+from sft_tui.core.eval.generate import WHICH, GenSettings, ModelPair, load_pair
+from sft_tui.core.run.rundir import RunDir
 
 Progress = Callable[[str, float], None]
 
@@ -294,7 +294,7 @@ def evaluate_run(run: RunDir, data_path: str | None = None, limit: int | None = 
 
 def newest_evaluable_run(runs_dir: str | Path | None = None) -> RunDir | None:
     """The most recent run that has something to evaluate (an adapter or a merged model)."""
-    from sft_tui.core.rundir import list_runs
+    from sft_tui.core.run.rundir import list_runs
 
     for run in reversed(list_runs(runs_dir)):
         if (run.adapter_dir / "adapter_config.json").exists() or (run.adapter_dir / "config.json").exists() \

@@ -89,7 +89,7 @@ def _dir_size(path: Path) -> int:
 def _demo_entry() -> ModelEntry:
     path = None
     try:  # the demo module may expose where it keeps the model without building it
-        from sft_tui.core import demo
+        from sft_tui.core.models import demo
 
         for attr in ("demo_model_path", "demo_model_dir"):
             fn = getattr(demo, attr, None)
@@ -204,7 +204,7 @@ def resolve_model(name_or_path: str | Path, allow_download: bool = False, revisi
     if not text:
         raise UserError("No model given.", "use 'demo', a model folder, or a hub id such as Qwen/Qwen2.5-0.5B")
     if text == DEMO_MODEL:
-        from sft_tui.core.demo import ensure_demo_model
+        from sft_tui.core.models.demo import ensure_demo_model
 
         return Path(ensure_demo_model())
     path = Path(text).expanduser()
