@@ -8,7 +8,6 @@ problem the user can fix; heavy libraries are imported only by the commands that
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import sys
 import time
@@ -16,6 +15,7 @@ from typing import Any, Callable
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from sft_tui import __version__
 from sft_tui.core.config import (
@@ -29,6 +29,7 @@ from sft_tui.core.config import (
     preset_names,
 )
 from sft_tui.core.errors import UserError
+from sft_tui.core.format import STATE_STYLES, fixed, human_duration, human_time
 from sft_tui.core.run.events import FINAL_STATES, format_event
 from sft_tui.core.run.rundir import RunDir, find_run, list_runs
 
@@ -186,17 +187,6 @@ def _show_event(progress: Any, task: Any, ev: dict[str, Any], final: dict[str, A
 # --------------------------------------------------------------------------- runs / logs / stop
 
 
-def _fmt_time(ts: float | None) -> str:
-    return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
-
-
-def _fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 def cmd_runs(args: argparse.Namespace) -> int:
     statuses = [run.status() for run in list_runs(args.runs_dir)]
     if args.json:
@@ -209,14 +199,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
         console.print("no runs yet; start one with: sft-tui train CONFIG")
         return 0
     table = Table("run", "status", "model", "method", "step", "loss", "best eval", "started", "duration")
-    colours = {"done": "green", "training": "cyan", "failed": "red", "died": "red", "stopped": "yellow"}
     for st in statuses:
         step = f"{st.step}/{st.max_steps}" if st.max_steps else str(st.step)
         table.add_row(
-            st.name, f"[{colours.get(st.state, 'white')}]{st.state}[/]", st.model, st.method, step,
-            f"{st.last_loss:.4f}" if st.last_loss is not None else "-",
-            f"{st.best_eval_loss:.4f}" if st.best_eval_loss is not None else "-",
-            _fmt_time(st.started), _fmt_duration(st.duration),
+            st.name, Text(st.state, style=STATE_STYLES.get(st.state, "")), st.model, st.method, step,
+            fixed(st.last_loss, ".4f"), fixed(st.best_eval_loss, ".4f"),
+            human_time(st.started), human_duration(st.duration),
         )
     console.print(table)
     return 0

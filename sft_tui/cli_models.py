@@ -11,7 +11,8 @@ import argparse
 import json
 from typing import Any
 
-from sft_tui.core.config import MethodConfig, TrainingConfig, DataConfig
+from sft_tui.core.config import DataConfig, MethodConfig, TrainingConfig
+from sft_tui.core.format import human_bytes, human_count
 
 
 def _console():
@@ -22,12 +23,6 @@ def _console():
 
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
-
-
-def _gib(n: int | float | None) -> str:
-    from sft_tui.core.models.describe import human_bytes
-
-    return human_bytes(n)
 
 
 # --------------------------------------------------------------------------- models
@@ -51,7 +46,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     table.add_column("path", overflow="fold")
     for e in entries:
         path = str(e.path) if e.path else "(built on first use)"
-        table.add_row(e.name, e.source, _gib(e.size_bytes) if e.size_bytes else "", path)
+        table.add_row(e.name, e.source, human_bytes(e.size_bytes) if e.size_bytes else "", path)
     console.print(table)
     settings = load_settings()
     if settings.warning:
@@ -73,7 +68,7 @@ def cmd_models_inspect(args: argparse.Namespace) -> int:
 
     from sft_tui.core.system.gpus import sample_gpus
     from sft_tui.core.models.memory import PARTS, estimate_memory
-    from sft_tui.core.models.describe import describe_model, human_count
+    from sft_tui.core.models.describe import describe_model
 
     info = describe_model(args.model, allow_download=args.download, trust_remote_code=args.trust_remote_code)
     est = estimate_memory(info, **_estimate_args(args))
@@ -97,7 +92,7 @@ def cmd_models_inspect(args: argparse.Namespace) -> int:
         ("hidden size / layers", f"{info.hidden_size} / {info.num_layers}"),
         ("context length", str(info.context_length or "?")),
         ("stored dtype", str(info.dtype or "?")),
-        ("on disk", _gib(info.disk_bytes)),
+        ("on disk", human_bytes(info.disk_bytes)),
         ("tokenizer", "yes" if info.has_tokenizer else "missing"),
         ("chat template", "yes" if info.has_chat_template else "no (a named template will be used)"),
         ("quantized", quant),
@@ -117,8 +112,8 @@ def cmd_models_inspect(args: argparse.Namespace) -> int:
     m.add_column(f"at peak ({est.peak_phase})", justify="right")
     m.add_column("own size", justify="right")
     for part in PARTS:
-        m.add_row(part, _gib(getattr(est, part)), _gib(est.sizes.get(part)))
-    m.add_row("[bold]total[/]", f"[bold]{_gib(est.total)}[/]", "")
+        m.add_row(part, human_bytes(getattr(est, part)), human_bytes(est.sizes.get(part)))
+    m.add_row("[bold]total[/]", f"[bold]{human_bytes(est.total)}[/]", "")
     console.print(m)
     for note in est.notes:
         console.print(f"[dim]note: {note}[/]")
@@ -147,8 +142,8 @@ def cmd_gpus(args: argparse.Namespace) -> int:
     for col in ("#", "name", "memory used", "util", "temp", "power", "processes"):
         t.add_column(col, justify="right" if col not in ("name", "processes") else "left")
     for g in snap.gpus:
-        mem = f"{_gib(g.mem_used)} / {_gib(g.mem_total)}" if g.mem_total else "n/a"
-        procs = ", ".join(f"{pid} ({_gib(used) if used is not None else '?'})" for pid, used in g.processes) or "-"
+        mem = f"{human_bytes(g.mem_used)} / {human_bytes(g.mem_total)}" if g.mem_total else "n/a"
+        procs = ", ".join(f"{pid} ({human_bytes(used) if used is not None else '?'})" for pid, used in g.processes) or "-"
         power = "n/a" if g.power_w is None else f"{g.power_w:.0f} W" + (f" / {g.power_limit_w:.0f}" if g.power_limit_w else "")
         t.add_row(str(g.index), g.name or "?", mem,
                   "n/a" if g.util_percent is None else f"{g.util_percent:.0f}%",

@@ -15,11 +15,11 @@ from sft_tui.core.run.metrics import (
     StepRate,
     downsample,
     ema,
-    fmt_bytes,
-    fmt_duration,
-    fmt_num,
     load_metrics,
 )
+from sft_tui.core.format import compact as fmt_num
+from sft_tui.core.format import human_bytes as fmt_bytes
+from sft_tui.core.format import human_duration as fmt_duration
 from sft_tui.core.run.events import EventTail, parse_bulk
 from sft_tui.core.run.processes import process_tree, tree_rss
 from sft_tui.core.run.index import RunIndex

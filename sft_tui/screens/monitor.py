@@ -22,7 +22,8 @@ from textual.widgets import RichLog, Static
 
 from sft_tui.core.system.gpus import GpuSnapshot, default_sampler
 from sft_tui.core.run.events import EventTail
-from sft_tui.core.run.metrics import RunMetrics, fmt_bytes, fmt_duration, fmt_num
+from sft_tui.core.format import STATE_STYLES, compact, human_bytes, human_duration
+from sft_tui.core.run.metrics import RunMetrics
 from sft_tui.core.run.processes import process_tree, tree_rss
 from sft_tui.core.run.events import ACTIVE_STATES
 from sft_tui.core.run.rundir import RunDir
@@ -32,9 +33,6 @@ from sft_tui.screens.dialogs import ConfirmScreen, ErrorScreen
 from sft_tui.widgets.chart import PALETTE, ChartSeries, LineChart
 from sft_tui.widgets.gauges import GpuPanel, bar
 
-STATE_STYLE = {"training": "bold cyan", "done": "bold green", "stopped": "bold yellow", "failed": "bold red",
-               "died": "bold red", "saving": "bold cyan", "loading": "cyan", "tokenizing": "cyan",
-               "starting": "cyan", "new": "dim"}
 # (key, title, series keys, log-scale by default)
 CHART_VIEWS = [("loss", "loss", ("loss", "eval_loss")), ("lr", "", ("lr",)),
                ("grad_norm", "", ("grad_norm",)), ("tokens_per_s", "", ("tokens_per_s",))]
@@ -270,7 +268,7 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         text = Text(no_wrap=True, overflow="ellipsis")
         text.append(self.run.name, style="bold")
         text.append("  ")
-        text.append(st.state, style=STATE_STYLE.get(st.state, ""))
+        text.append(st.state, style=STATE_STYLES.get(st.state, ""))
         if self.stop_sent and st.state in ACTIVE_STATES:
             text.append(" · stopping: saving a checkpoint and the adapter…", style="yellow")
         if st.state == "tokenizing" and self.metrics.last_progress:
@@ -298,10 +296,10 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         eta = m.eta()
         if eta is not None and self.live_status().state in ACTIVE_STATES:
             text.append("  ETA ", style="dim")
-            text.append(fmt_duration(eta), style="bold")
+            text.append(human_duration(eta), style="bold")
         if m.elapsed() is not None:
             text.append("  elapsed ", style="dim")
-            text.append(fmt_duration(m.elapsed()))
+            text.append(human_duration(m.elapsed()))
         return text
 
     def _stats(self) -> Group:
@@ -312,21 +310,21 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
             rows.append(Text.assemble((f"{label:<11}", "dim"), (value, style), no_wrap=True, overflow="ellipsis"))
 
         last = m.last_train or {}
-        row("loss", fmt_num(last.get("loss")), "bold")
-        row("eval loss", fmt_num(m.last_eval.get("eval_loss")) if m.last_eval else "-")
+        row("loss", compact(last.get("loss")), "bold")
+        row("eval loss", compact(m.last_eval.get("eval_loss")) if m.last_eval else "-")
         best_step, best = m.best_eval()
         if best is not None:
-            row("best eval", f"{fmt_num(best)} (step {int(best_step or 0)})", "green")
-        row("lr", fmt_num(last.get("lr"), 3))
-        row("grad norm", fmt_num(last.get("grad_norm"), 4))
+            row("best eval", f"{compact(best)} (step {int(best_step or 0)})", "green")
+        row("lr", compact(last.get("lr"), 3))
+        row("grad norm", compact(last.get("grad_norm"), 4))
         tps = last.get("tokens_per_s")
         row("tokens/s", (f"{tps:,.0f}" if tps is not None else "-") +
-            (f" · {fmt_num(last.get('tokens_seen'), 3)} seen" if last.get("tokens_seen") else ""))
+            (f" · {compact(last.get('tokens_seen'), 3)} seen" if last.get("tokens_seen") else ""))
         ckpt = m.last_checkpoint
         row("checkpoint", f"step {ckpt.get('step')}" if ckpt else "none yet")
         mem = m.last_memory
         if mem is not None and str(mem.get("device", "")).startswith("cuda"):
-            row("torch mem", f"{fmt_bytes(mem.get('allocated'))} · peak {fmt_bytes(mem.get('peak'))}")
+            row("torch mem", f"{human_bytes(mem.get('allocated'))} · peak {human_bytes(mem.get('peak'))}")
         if m.errors:
             row("error", str(m.errors[-1].get("message", "")), "bold red")
         return Group(*rows)

@@ -6,8 +6,6 @@ lives, so a crashed worker shows ``died``), refreshed every two seconds in a thr
 
 from __future__ import annotations
 
-import datetime as _dt
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,43 +17,34 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Static
 
-from sft_tui.core.run.metrics import fmt_duration, fmt_num, load_metrics
+from sft_tui.core.format import STATE_STYLES, compact, human_duration, human_time
+from sft_tui.core.run.metrics import load_metrics
 from sft_tui.core.run.rundir import RunDir, RunStatus
 from sft_tui.core.run.index import RunIndex
 from sft_tui.screens.base import StepScreen
 from sft_tui.screens.dialogs import ConfirmScreen
 from sft_tui.widgets.chart import PALETTE, ChartSeries, LineChart
 
-STATE_STYLE = {"done": "green", "training": "bold cyan", "saving": "cyan", "loading": "cyan", "tokenizing": "cyan",
-               "starting": "cyan", "failed": "bold red", "died": "bold red", "stopped": "yellow", "new": "dim"}
 # The columns that matter most come first: at 80 columns the rest scroll (and the detail line repeats them).
 COLUMNS = [("mark", " "), ("run", "run"), ("status", "status"), ("step", "step"), ("best_eval", "best eval"),
            ("duration", "duration"), ("model", "model"), ("method", "method"), ("loss", "loss"),
            ("started", "started")]
 
 
-def fmt_started(ts: float | None) -> str:
-    return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
-
-
 def row_cells(st: RunStatus, marked: bool, now: float | None = None) -> dict[str, Any]:
     step = f"{st.step}/{st.max_steps}" if st.max_steps else str(st.step or "-")
-    if st.started is None:
-        duration = None
-    else:
-        duration = (st.ended if st.ended is not None else (now or time.time())) - st.started
     model = st.model if len(st.model) <= 24 else "…" + st.model[-23:]
     return {
         "mark": Text("●", style="bold magenta") if marked else Text(" "),
         "run": Text(st.name, style="bold"),
-        "status": Text(st.state, style=STATE_STYLE.get(st.state, "")),
+        "status": Text(st.state, style=STATE_STYLES.get(st.state, "")),
         "model": model,
         "method": st.method,
         "step": step,
-        "loss": fmt_num(st.last_loss),
-        "best_eval": fmt_num(st.best_eval_loss),
-        "started": fmt_started(st.started),
-        "duration": fmt_duration(duration),
+        "loss": compact(st.last_loss),
+        "best_eval": compact(st.best_eval_loss),
+        "started": human_time(st.started),
+        "duration": human_duration(st.elapsed(now)),
     }
 
 
@@ -188,7 +177,7 @@ worker process is alive: a worker that crashed or was killed shows **died**, not
         if sel is not None:
             run, st = sel
             text.append(run.name, style="bold")
-            text.append(f"  {st.state}", style=STATE_STYLE.get(st.state, ""))
+            text.append(f"  {st.state}", style=STATE_STYLES.get(st.state, ""))
             text.append(f" · {st.model} · {st.method}", style="dim")
             if st.last_checkpoint:
                 text.append(f" · last checkpoint {Path(st.last_checkpoint).name}")
@@ -375,7 +364,7 @@ class CompareScreen(ModalScreen[None]):
         for i, m in enumerate(self.metrics):
             _, best = m.best_eval()
             table.append("━ ", style=PALETTE[i % len(PALETTE)])
-            table.append(f"{m.status.name[:26]:<26} {m.step:>9} {fmt_num(m.train_loss.last):>11} {fmt_num(best):>10}\n")
+            table.append(f"{m.status.name[:26]:<26} {m.step:>9} {compact(m.train_loss.last):>11} {compact(best):>10}\n")
         self.query_one("#compare-table", Static).update(table)
 
     def action_toggle_series(self) -> None:

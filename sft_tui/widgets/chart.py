@@ -16,7 +16,8 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from sft_tui.core.run.metrics import SeriesReducer, downsample, fmt_num
+from sft_tui.core.format import compact
+from sft_tui.core.run.metrics import SeriesReducer, downsample
 
 # Braille dot bits, indexed [row 0..3][column 0..1] inside one cell.
 _DOTS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))
@@ -195,7 +196,7 @@ class LineChart(Widget):
         for value, align in ((x_lo, "left"), (x_hi, "right"), ((x_lo + x_hi) / 2, "centre")):
             if x_lo == int(x_lo) and x_hi == int(x_hi):
                 value = round(value)  # steps are whole numbers
-            s = str(int(value)) if value == int(value) else fmt_num(value, 4)
+            s = str(int(value)) if value == int(value) else compact(value, 4)
             start = {"left": label_w + 1, "right": width - len(s), "centre": mid - len(s) // 2}[align]
             start = min(max(start, 0), width - len(s))
             if all(ch == " " for ch in axis[max(start - 1, 0):start + len(s) + 1]):
@@ -204,7 +205,7 @@ class LineChart(Widget):
         return out
 
     def _label(self, value: float) -> str:
-        return fmt_num(10**value if self.log_y else value, 3)
+        return compact(10**value if self.log_y else value, 3)
 
     def _prepare(self) -> list[tuple[list[float], list[float], ChartSeries]]:
         """Each series as (xs, ys) after log/smoothing, reduced to block means incrementally."""

@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from sft_tui.core.system.gpus import GpuSnapshot
-from sft_tui.core.run.metrics import fmt_bytes
+from sft_tui.core.format import human_bytes
 
 _EIGHTHS = " ▏▎▍▌▋▊▉█"
 
@@ -51,7 +51,7 @@ def gpu_lines(snapshot: GpuSnapshot | None, our_pids: list[int], width: int,
         if sep:
             lines.append(Text("(" + detail, style="dim", no_wrap=True, overflow="ellipsis"))
         if worker_rss is not None:
-            lines.append(Text.assemble(("worker RSS ", "dim"), fmt_bytes(worker_rss), " (CPU)"))
+            lines.append(Text.assemble(("worker RSS ", "dim"), human_bytes(worker_rss), " (CPU)"))
         else:
             lines.append(Text("worker not running" if not worker_alive else "worker RSS n/a", style="dim"))
         return lines

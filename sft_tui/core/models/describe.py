@@ -402,23 +402,3 @@ def describe_model(path_or_id: str | Path, *, require_causal: bool = True, allow
         not_causal_reason=why_not,
         warnings=warnings,
     )
-
-
-def human_count(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(n)
-
-
-def human_bytes(n: float | int | None) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"  # pragma: no cover

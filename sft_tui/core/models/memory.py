@@ -59,6 +59,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
 from sft_tui.core.errors import UserError
+from sft_tui.core.format import human_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from sft_tui.core.config import Config
@@ -275,10 +276,6 @@ def estimate_for_config(config: "Config", info: "ModelInfo") -> MemoryEstimate:
 # --------------------------------------------------------------------------- verdict
 
 
-def _gib(n: float) -> str:
-    return f"{n / GiB:.1f} GiB" if n < 10 * GiB else f"{n / GiB:.0f} GiB"
-
-
 def _gpu_list(gpus: Any) -> list[Any]:
     if gpus is None:
         return []
@@ -353,17 +350,17 @@ def verdict(est: MemoryEstimate, gpus: Any) -> Verdict:
     need = est.total
     listed = [g for g in _gpu_list(gpus) if _free(g) is not None]
     if not listed:
-        return Verdict("no-gpu", f"no NVIDIA GPU found: training needs ~{_gib(need)} of GPU memory "
+        return Verdict("no-gpu", f"no NVIDIA GPU found: training needs ~{human_bytes(need)} of GPU memory "
                                  "(on CPU it uses system RAM and is much slower)")
     best = max(listed, key=lambda g: _free(g) or 0)
     free = _free(best) or 0
     idx = getattr(best, "index", 0)
     spare = free - need
     if need <= free * 0.9:
-        return Verdict("fits", f"fits on GPU {idx} with {_gib(spare)} to spare (needs ~{_gib(need)})", idx, spare)
+        return Verdict("fits", f"fits on GPU {idx} with {human_bytes(spare)} to spare (needs ~{human_bytes(need)})", idx, spare)
     if need <= free:
-        return Verdict("tight", f"tight on GPU {idx}: needs ~{_gib(need)} of {_gib(free)} free; the estimate is "
+        return Verdict("tight", f"tight on GPU {idx}: needs ~{human_bytes(need)} of {human_bytes(free)} free; the estimate is "
                                 f"±20%, so consider gradient checkpointing or a smaller batch", idx, spare)
     advice = suggest(est, int(free * 0.9))
     tail = f"; try {advice}" if advice else "; it does not fit even with qlora at batch 1 — use a smaller model"
-    return Verdict("does-not-fit", f"needs ~{_gib(need)} but GPU {idx} has {_gib(free)} free{tail}", idx, spare)
+    return Verdict("does-not-fit", f"needs ~{human_bytes(need)} but GPU {idx} has {human_bytes(free)} free{tail}", idx, spare)

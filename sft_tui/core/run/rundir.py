@@ -42,11 +42,16 @@ class RunStatus:
     last_checkpoint: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def duration(self) -> float | None:
+    def elapsed(self, now: float | None = None) -> float | None:
+        """Seconds from the first status to the end (or to ``now`` while the run is going)."""
         if self.started is None:
             return None
-        return (self.ended or time.time()) - self.started
+        end = self.ended if self.ended is not None else (now if now is not None else time.time())
+        return end - self.started
+
+    @property
+    def duration(self) -> float | None:
+        return self.elapsed()
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

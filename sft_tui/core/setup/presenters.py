@@ -11,41 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from sft_tui.core.config import Config, DataConfig
+from sft_tui.core.format import human_bytes, human_context, human_count
 
 # The data package pulls in numpy and friends; the model screen must not pay for it at start-up.
 FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "text")
 
 GiB = 1024**3
-
-
-# --------------------------------------------------------------------------- numbers
-
-
-def human_params(n: int | None) -> str:
-    if not n:
-        return "?"
-    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            value = n / size
-            return f"{value:.1f}{unit}" if value < 100 else f"{value:.0f}{unit}"
-    return str(n)
-
-
-def human_bytes(n: int | float | None) -> str:
-    if n is None:
-        return "?"
-    n = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" or n >= 100 else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"  # pragma: no cover
-
-
-def human_context(n: int | None) -> str:
-    if not n:
-        return "?"
-    return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
 
 
 # --------------------------------------------------------------------------- models
@@ -70,7 +41,7 @@ def model_cells(entry: Any, info: Any | None, failed: str | None = None) -> tupl
         return (entry.name, pending, "", "", size, "")
     arch = (info.architecture or info.model_type or "?").removesuffix("ForCausalLM")
     size = size or human_bytes(info.disk_bytes)
-    return (entry.name, arch, human_params(info.param_count), human_context(info.context_length), size,
+    return (entry.name, arch, human_count(info.param_count), human_context(info.context_length), size,
             "✓" if info.has_chat_template else "✗")
 
 
@@ -84,7 +55,7 @@ def model_details(entry: Any | None, info: Any | None) -> list[tuple[str, str]]:
         ("model", info.name),
         ("where", where),
         ("architecture", info.architecture or info.model_type or "?"),
-        ("parameters", f"{human_params(info.param_count)} ({info.param_count_source})"),
+        ("parameters", f"{human_count(info.param_count)} ({info.param_count_source})"),
         ("layers×hidden", f"{info.num_layers or '?'} × {info.hidden_size or '?'}"),
         ("context", str(info.context_length or "?")),
         ("vocabulary", str(info.vocab_size or "?")),
@@ -125,7 +96,7 @@ def memory_view(config: Config, info: Any, gpus: Any) -> MemoryView:
         f"{method}, batch {config.training.batch_size} × {config.data.max_length} tokens"
         + (", grad ckpt" if config.training.gradient_checkpointing else ""),
         "  ".join(f"{name} {human_bytes(value)}" for name, value in est.parts.items() if value),
-        f"trainable {human_params(est.trainable_params)} params; peak at {est.peak_phase}",
+        f"trainable {human_count(est.trainable_params)} params; peak at {est.peak_phase}",
     ]
     if v.level in ("tight", "does-not-fit") and v.gpu_index is not None:
         free = (v.spare_bytes or 0) + est.total
@@ -321,7 +292,7 @@ def problem_lines(report: Any, limit: int = 20) -> list[str]:
 
 __all__ = [
     "MemoryView", "RowPreview", "SAMPLE_FILES", "cell_text", "current_mapping", "format_choices",
-    "histogram_lines", "human_bytes", "human_context", "human_params", "mapping_fields", "memory_view",
+    "histogram_lines", "mapping_fields", "memory_view",
     "model_cells", "model_choice_name", "model_details", "parse_path_text", "path_text", "preview_row",
     "problem_lines", "report_lines", "row_cells", "sample_choices", "set_mapping", "visible_columns",
 ]

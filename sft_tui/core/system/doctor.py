@@ -72,7 +72,7 @@ def check_cuda() -> Check:
 
 def check_gpus() -> Check:
     from sft_tui.core.system.gpus import sample_gpus
-    from sft_tui.core.models.describe import human_bytes
+    from sft_tui.core.format import human_bytes
 
     snap = sample_gpus()
     if not snap.available:
@@ -114,7 +114,7 @@ def check_flash_attention() -> Check:
 
 
 def check_disk(runs_dir: str | Path | None = None) -> Check:
-    from sft_tui.core.models.describe import human_bytes
+    from sft_tui.core.format import human_bytes
     from sft_tui.core.paths import default_runs_dir
 
     target = Path(runs_dir) if runs_dir is not None else default_runs_dir()
