@@ -22,8 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sft_tui.core import synthetic  # noqa: E402
-from sft_tui.core.run.metrics import FastTail, RunMetrics  # noqa: E402
+from sft_tui.testing import synthetic  # noqa: E402
+from sft_tui.core.run.events import EventTail  # noqa: E402
+from sft_tui.core.run.metrics import RunMetrics  # noqa: E402
 from sft_tui.core.run.rundir import RunDir  # noqa: E402
 
 
@@ -50,7 +51,7 @@ def main() -> int:
 
         def ours() -> RunMetrics:
             m = RunMetrics()
-            tail = FastTail(run.events_path, thin=True)  # as the monitor reads
+            tail = EventTail(run.events_path, thin=True)  # as the monitor reads
             while chunk := tail.read_new(max_bytes=4 << 20):
                 m.feed(chunk)
             return m
@@ -62,7 +63,7 @@ def main() -> int:
         from sft_tui.widgets.chart import ChartSeries, LineChart
 
         metrics = ours()
-        tail = FastTail(run.events_path, offset=run.events_path.stat().st_size)
+        tail = EventTail(run.events_path, offset=run.events_path.stat().st_size)
         chart = LineChart("loss")
         chart.smoothing = 0.6
         chart.series = [ChartSeries("train", metrics.train_loss.xs, metrics.train_loss.ys),

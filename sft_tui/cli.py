@@ -41,6 +41,7 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
+    """The schema, then the pre-flight (files, model, data, disk, memory) unless --no-env."""
     env = None if args.no_env else Environment.detect()
     try:
         config = load_config(args.file, env=env)
@@ -52,11 +53,46 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
             for prob in exc.problems:
                 err_console.print(f"  ✗ {prob}", markup=False)
         return 2
+    report = None
+    if not args.no_env:
+        from sft_tui.core.train.preflight import preflight
+
+        report = preflight(config, env, deep=not args.quick, runs_dir=args.runs_dir, gpus=_gpus())
+    valid = report is None or report.ok
     if args.json:
-        print(json.dumps({"valid": True, "config": config.to_dict()}, indent=2))
-    else:
-        console.print(f"[green]✓[/] {args.file} is valid ({config.method.type} on {config.model.path})")
-    return 0
+        print(json.dumps({"valid": valid, "config": config.to_dict(),
+                          "problems": [f.to_dict() for f in report.errors] if report else [],
+                          "warnings": [f.to_dict() for f in report.warnings] if report else [],
+                          "preflight": report.to_dict() if report else None}, indent=2, default=str))
+        return 0 if valid else 2
+    if report is not None:
+        _print_findings(report, args.file)
+    if valid:
+        console.print(f"[green]✓[/] {args.file} is valid ({config.method.type} on {config.model.path})"
+                      + ("" if report is None else " and ready to start"))
+        return 0
+    return 2
+
+
+def _gpus() -> Any:
+    """The GPUs now, for the memory check (none found is an empty snapshot, never an error)."""
+    try:
+        from sft_tui.core.system.gpus import sample_gpus
+
+        return sample_gpus()
+    except Exception:  # noqa: BLE001 - no NVML, no GPU: the memory check is skipped
+        return None
+
+
+def _print_findings(report: Any, source: str) -> None:
+    errors, warnings = report.errors, report.warnings
+    if errors:
+        err_console.print(f"[bold red]{source}: {len(errors)} problem(s) would stop the run[/]")
+        for f in errors:
+            err_console.print(f"  ✗ {f}" + ("  (can be overridden with --force)" if f.forceable else ""),
+                              markup=False)
+    for f in warnings:
+        err_console.print(f"  ! {f}", markup=False)
 
 
 def cmd_config_new(args: argparse.Namespace) -> int:
@@ -86,20 +122,33 @@ def cmd_config_presets(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from sft_tui.core.run.launch import start_worker
 
+    from sft_tui.core.run.rundir import check_run_name
+    from sft_tui.core.train.preflight import preflight
+
+    env = Environment.detect()
     if args.resume:
+        from sft_tui.core.train.resume import plan_resume
+
         run = find_run(args.resume, args.runs_dir)
         if run.is_alive():
             raise UserError(f"run {run.name} is already running", f"follow it with: sft-tui logs {run.name} --follow")
-        if run.latest_checkpoint() is None:
-            raise UserError(f"run {run.name} has no checkpoint to resume from",
-                            "start a new run with `sft-tui train CONFIG`")
+        plan = plan_resume(run)  # refuses a finished run, or one without a complete checkpoint
+        report = preflight(run.load_config(), env, deep=False, runs_dir=run.path.parent, gpus=_gpus())
+        report.raise_if_blocked(args.force, str(run.config_path))
+        for note in plan.notes():
+            err_console.print(note, markup=False)
         run.writer().status("starting", resume=True)
     else:
         if not args.config:
             raise UserError("give a config file or --resume RUN", "create a config with: sft-tui config new > run.yaml")
-        config = load_config(args.config, env=Environment.detect())
+        config = load_config(args.config, env=env)
         if args.name:
+            check_run_name(args.name)
             config.output.run_name = args.name
+        report = preflight(config, env, deep=True, runs_dir=args.runs_dir, gpus=_gpus())
+        for f in report.warnings:
+            err_console.print(f"  ! {f}", markup=False)
+        report.raise_if_blocked(args.force, args.config)  # refused before any run folder exists
         run = RunDir.create(config, runs_dir=args.runs_dir)
     proc = start_worker(run, resume=bool(args.resume))
     if args.detach:
@@ -166,14 +215,14 @@ def _show_event(progress: Any, task: Any, ev: dict[str, Any], final: dict[str, A
         if ev["state"] in FINAL_STATES:
             final.update(ev)
     elif kind == "train":
-        metrics = f"loss {ev['loss']:.4f}" if ev.get("loss") is not None else ""
+        metrics = f"loss {fixed(ev.get('loss'), '.4f')}" if ev.get("loss") is not None else ""
         if ev.get("tokens_per_s"):
-            metrics += f"  {ev['tokens_per_s']:.0f} tok/s"
+            metrics += f"  {fixed(ev['tokens_per_s'], '.0f')} tok/s"
         step, total = ev.get("step", 0), ev.get("max_steps")
         progress.update(task, total=total, completed=step, metrics=metrics,
                         steps=f"{step}/{total}" if total else str(step))
     elif kind == "eval":
-        progress.console.print(f"step {ev.get('step')}: eval loss {ev.get('eval_loss', float('nan')):.4f}")
+        progress.console.print(f"step {ev.get('step')}: eval loss {fixed(ev.get('eval_loss'), '.4f')}")
     elif kind == "checkpoint":
         progress.console.print(f"checkpoint saved: {ev.get('path')}")
     elif kind == "error":
@@ -187,11 +236,22 @@ def _show_event(progress: Any, task: Any, ev: dict[str, Any], final: dict[str, A
 # --------------------------------------------------------------------------- runs / logs / stop
 
 
+def _status(run: RunDir) -> Any:
+    """A run's status; one that cannot be read at all is listed as ``unreadable``, never fatal."""
+    from sft_tui.core.run.rundir import RunStatus
+
+    try:
+        return run.status()
+    except Exception:  # noqa: BLE001 - one damaged run must not hide the others
+        return RunStatus(name=run.name, state="unreadable")
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
-    statuses = [run.status() for run in list_runs(args.runs_dir)]
+    runs = list_runs(args.runs_dir)
+    statuses = [_status(run) for run in runs]
     if args.json:
         rows = []
-        for st, run in zip(statuses, list_runs(args.runs_dir)):
+        for st, run in zip(statuses, runs):
             rows.append({**st.to_dict(), "path": str(run.path)})
         print(json.dumps(rows, indent=2))
         return 0
@@ -199,6 +259,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         console.print("no runs yet; start one with: sft-tui train CONFIG")
         return 0
     table = Table("run", "status", "model", "method", "step", "loss", "best eval", "started", "duration")
+    unreadable = [st for st in statuses if st.unreadable]
     for st in statuses:
         step = f"{st.step}/{st.max_steps}" if st.max_steps else str(st.step)
         table.add_row(
@@ -207,6 +268,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
             human_time(st.started), human_duration(st.duration),
         )
     console.print(table)
+    for st in unreadable:
+        err_console.print(f"note: {st.name}: {st.unreadable} line(s) of events.jsonl could not be read and were "
+                          "skipped", markup=False)
     return 0
 
 
@@ -285,7 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = cfg_sub.add_parser("validate", help="report every problem in a config file (exit 2 if any)")
     p.add_argument("file")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--no-env", action="store_true", help="skip checks against this machine (CUDA, bf16)")
+    p.add_argument("--no-env", action="store_true",
+                   help="check the schema only: skip the pre-flight against this machine (files, model, GPU)")
+    p.add_argument("--quick", action="store_true", help="pre-flight without reading the data or the tokenizer")
     p.set_defaults(func=cmd_config_validate)
     p = cfg_sub.add_parser("new", help="print a commented starting config")
     p.add_argument("--preset", choices=preset_names())
@@ -300,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detach", action="store_true", help="start the worker in the background and return")
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its newest checkpoint")
     p.add_argument("--name", help="run name (default: model, method and time)")
+    p.add_argument("--force", action="store_true",
+                   help="start even if the pre-flight's estimates (memory, disk, batch vs rows) say it will fail")
 
     p = add("runs", cmd_runs, "list runs with status, step and loss")
     p.add_argument("--json", action="store_true")
@@ -354,6 +422,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        from sft_tui.core.errors import explain
+
+        info = explain(exc)
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        err_console.print(f"error: {exc.strerror or info.message}{where}", markup=False)
+        err_console.print("  hint: " + (info.hint if info.kind == "disk_full" else
+                                        "check that the path exists and that you may read and write it"),
+                          markup=False)
+        return 2
 
 
 if __name__ == "__main__":

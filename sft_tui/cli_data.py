@@ -10,6 +10,7 @@ import json
 import sys
 from typing import Any
 
+from sft_tui.core.config import choices
 from sft_tui.core.errors import UserError
 
 
@@ -20,8 +21,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     ins = sub.add_parser("inspect", help="detect the format, count problems, show statistics and rendered rows")
     ins.add_argument("path", nargs="+", help="data file(s), a saved dataset folder, or sample:NAME")
     ins.add_argument("--model", help="'demo' or a local model folder (its tokenizer gives token statistics)")
-    ins.add_argument("--format", choices=["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text"])
-    ins.add_argument("--template", choices=["auto", "alpaca", "chatml", "llama3"])
+    ins.add_argument("--format", choices=choices("data.format"))
+    ins.add_argument("--template", choices=choices("data.template"))
+    ins.add_argument("--trust-remote-code", action="store_true", dest="trust_remote_code",
+                     help="let the model's tokenizer run its own Python code (model.trust_remote_code)")
     ins.add_argument("--max-length", type=int, dest="max_length")
     ins.add_argument("--batch-size", type=int, dest="batch_size", help="batch size for the padding estimate")
     ins.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN",
@@ -32,22 +35,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return data
 
 
-def load_tokenizer(model: str) -> Any:
-    from pathlib import Path
+def load_tokenizer(model: str, trust_remote_code: bool = False) -> Any:
+    """The tokenizer of ``model`` exactly as training would load it (same folder rule, pad token)."""
+    from sft_tui.core.config import Config
+    from sft_tui.core.models.load import tokenizer_for
 
-    from transformers import AutoTokenizer
-
-    if model == "demo":
-        from sft_tui.core.models.demo import ensure_demo_model
-
-        path = str(ensure_demo_model())
-    else:
-        path = str(Path(model).expanduser())
-    try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except Exception as exc:
-        raise UserError(f"could not load a tokenizer from '{model}': {str(exc).splitlines()[0]}",
-                        "give 'demo' or a local model folder that has tokenizer files") from None
+    config = Config()
+    config.model.path, config.model.trust_remote_code = model, trust_remote_code
+    return tokenizer_for(config)
 
 
 def handle_inspect(args: argparse.Namespace) -> int:
@@ -59,7 +54,7 @@ def handle_inspect(args: argparse.Namespace) -> int:
             raise UserError(f"--column {item}: expected FIELD=COLUMN", "e.g. --column instruction=question")
         field, col = item.split("=", 1)
         columns[field.strip()] = col.strip()
-    tokenizer = load_tokenizer(args.model) if args.model else None
+    tokenizer = load_tokenizer(args.model, args.trust_remote_code) if args.model else None
     path = args.path[0] if len(args.path) == 1 else list(args.path)
     progress = None if args.json or not sys.stderr.isatty() else _progress()
     report = inspect_data(path, tokenizer, format=args.format, max_length=args.max_length,

@@ -12,6 +12,9 @@ import json
 import sys
 from typing import Any
 
+from sft_tui.core.eval.export import GGUF_TYPES
+from sft_tui.core.eval.generate import SOURCES
+
 
 def _err(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
@@ -139,7 +142,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if res.note:
             print(f"note: {res.note}")
     if args.gguf is not None:
-        source = merged_dir or (run.merged_dir if (run.merged_dir / "config.json").exists() else None)
+        source = merged_dir or (run.merged_dir if run.has_merged else None)
         if source is None:
             from sft_tui.core.errors import UserError
 
@@ -163,7 +166,7 @@ def _add_gen_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=f"answer length cap (default {max_new_tokens})")
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling share when temperature > 0")
-    p.add_argument("--source", choices=("auto", "adapter", "merged"), default="auto",
+    p.add_argument("--source", choices=SOURCES, default="auto",
                    help="tuned model to use: the adapter (default when present) or the merged export")
 
 
@@ -203,6 +206,6 @@ def register(sub: Any) -> None:
     p.add_argument("--public", action="store_true", help="create the hub repo public (default private)")
     p.add_argument("--gguf", nargs="?", const="", metavar="OUT_FILE",
                    help=f"convert the merged model to GGUF with llama.cpp (${'SFT_TUI_LLAMA_CPP'})")
-    p.add_argument("--gguf-type", default="f16", choices=("f32", "f16", "bf16", "q8_0", "auto"))
+    p.add_argument("--gguf-type", default="f16", choices=GGUF_TYPES)
     p.add_argument("--llama-cpp", help="llama.cpp checkout (default $SFT_TUI_LLAMA_CPP)")
     p.add_argument("--quiet", "-q", action="store_true")

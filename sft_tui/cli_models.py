@@ -11,7 +11,7 @@ import argparse
 import json
 from typing import Any
 
-from sft_tui.core.config import DataConfig, MethodConfig, TrainingConfig
+from sft_tui.core.config import DataConfig, MethodConfig, TrainingConfig, choices
 from sft_tui.core.format import human_bytes, human_count
 
 
@@ -31,7 +31,8 @@ def _print_json(data: Any) -> None:
 def cmd_models(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from sft_tui.core.models.discovery import discover_models, hf_cache_dir
+    from sft_tui.core.models.discovery import discover_models
+    from sft_tui.core.models.load import hf_cache_dir
     from sft_tui.core.settings import load_settings
 
     entries = discover_models(extra_dirs=args.dir or None)
@@ -172,17 +173,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def _add_estimate_options(p: argparse.ArgumentParser) -> None:
     d_method, d_train, d_data = MethodConfig(), TrainingConfig(), DataConfig()
-    p.add_argument("--method", choices=["full", "lora", "qlora"], default=d_method.type,
+    p.add_argument("--method", choices=choices("method.type"), default=d_method.type,
                    help=f"training method for the memory estimate (default {d_method.type})")
-    p.add_argument("--bits", type=int, choices=[4, 8], default=None, help="qlora quantization (default 4)")
+    p.add_argument("--bits", type=int, choices=choices("method.quantization_bits"), default=None, help="qlora quantization (default 4)")
     p.add_argument("--batch-size", type=int, default=d_train.batch_size, help=f"rows per step (default {d_train.batch_size})")
     p.add_argument("--max-length", type=int, default=d_data.max_length,
                    help=f"sequence length in tokens (default {d_data.max_length})")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
+    p.add_argument("--precision", choices=choices("training.precision"), default="auto",
                    help="compute precision; auto counts as bf16")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     p.add_argument("--optimizer", default=d_train.optimizer,
-                   choices=["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "sgd", "adafactor"])
+                   choices=choices("training.optimizer"))
     p.add_argument("--lora-r", type=int, default=d_method.lora_r, help=f"LoRA rank (default {d_method.lora_r})")
 
 

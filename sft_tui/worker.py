@@ -20,7 +20,9 @@ from sft_tui.core.run.rundir import RunDir, write_pid
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sft_tui.worker", description=__doc__)
     parser.add_argument("run_dir")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    parser.add_argument("--control-seq", type=int, default=None,
+                        help="seq of control.json when the worker was launched (later commands are for it)")
     args = parser.parse_args(argv)
 
     run = RunDir(args.run_dir)
@@ -31,36 +33,48 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     writer = run.writer()
 
-    callbacks: list = []
+    # Commands are read from here on, before anything slow: a stop sent while the model loads counts.
+    from sft_tui.core.train.control import ControlWatcher, StopHandle
+
+    seq = args.control_seq if args.control_seq is not None else run.control_seq()
+    watcher = ControlWatcher(run, writer, StopHandle(), seq_done=seq)
 
     def on_stop_signal(signum, frame):  # noqa: ARG001 - signal handler signature
-        if callbacks:
-            callbacks[0].request_stop()
-            writer.write("log", level="info", msg=f"signal {signum}: stopping after this step")
-        else:
-            raise KeyboardInterrupt
+        writer.write("log", level="info", msg=f"signal {signum}: " + (
+            "stopping after this step" if watcher.training else "stopping before training starts"))
+        watcher.request_stop(f"signal {signum}")
 
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, on_stop_signal)
     signal.signal(signal.SIGINT, on_stop_signal)
 
-    from sft_tui.core.errors import explain
-    from sft_tui.core.train.recipe import run_training
-
     try:
-        state = run_training(run, resume=args.resume, stop_flag=callbacks)
+        watcher.start()
+        from sft_tui.core.train.recipe import run_training
+
+        state = run_training(run, resume=args.resume, watcher=watcher)
     except BaseException as exc:  # noqa: BLE001 - every failure must become an event
-        traceback.print_exc()  # the full trace goes to worker.log for whoever debugs it
-        info = explain(exc)
-        if info.kind == "interrupted":
-            writer.status("stopped", reason="interrupted before training started")
-            return 130
-        writer.write("error", kind=info.kind, message=info.message, hint=info.hint)
-        writer.status("failed")
-        return 1
+        return _failed(run, writer, exc, watcher)
+    finally:
+        watcher.close()
     writer.status(state)
     return 0
+
+
+def _failed(run: RunDir, writer, exc: BaseException, watcher) -> int:
+    """Every way a worker can fail ends as events: stopped before training, or error + failed."""
+    from sft_tui.core.errors import explain
+
+    if isinstance(exc, KeyboardInterrupt) or (watcher.stop.requested and not watcher.training):
+        writer.status("stopped", reason="stopped before training started: nothing to resume from; "
+                                        "start the run again when you are ready")
+        return 130
+    traceback.print_exc()  # the full trace goes to worker.log for whoever debugs it
+    info = explain(exc, disk=run.path)
+    writer.write("error", kind=info.kind, message=info.message, hint=info.hint)
+    writer.status("failed")
+    return 1
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import pkgutil
 import subprocess
 import sys
@@ -30,6 +31,44 @@ def test_core_never_imports_textual():
     assert "TEXTUAL []" in out.stdout
 
 
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """Every module a file imports, at the top or inside functions (lazy imports count too)."""
+    out: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out += [(node.lineno, node.module)] + [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+    return out
+
+
+def _violations(folder: str, forbidden: tuple[str, ...]) -> list[str]:
+    bad = []
+    for path in sorted((ROOT / "sft_tui" / folder).rglob("*.py")):
+        for line, name in _imports(path):
+            if any(name == f or name.startswith(f + ".") or (f.endswith("*") and name.startswith(f[:-1]))
+                   for f in forbidden):
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
+    return bad
+
+
+def test_import_rules_core_has_no_ui_and_screens_do_not_use_the_cli():
+    """The layering DESIGN.md draws: core ← (cli, worker, app/screens/widgets); screens never reach the CLI."""
+    core = _violations("core", ("textual", "rich", "sft_tui.app", "sft_tui.screens", "sft_tui.widgets",
+                                "sft_tui.cli*", "sft_tui.worker", "sft_tui.testing"))
+    ui = _violations("screens", ("sft_tui.cli*", "sft_tui.worker")) + _violations("widgets", ("sft_tui.cli*",
+                                                                                                "sft_tui.worker"))
+    assert core == [] and ui == []
+
+
+def test_import_rules_catch_a_violation(tmp_path):
+    """The checker above can fail: a lazy textual import inside a function is found."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from textual.app import App\n    import rich.text\n")
+    names = [name for _, name in _imports(bad)]
+    assert "textual.app" in names and "rich.text" in names
+
+
 def test_cli_and_app_import_without_torch():
     code = ("import sys, sft_tui.cli, sft_tui.app\n"
             "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'peft') if m in sys.modules))")
@@ -52,6 +91,7 @@ def test_installed_wheel_finds_sample_data_and_themes(tmp_path):
     assert "sft_tui/_bundled/sample_data/reviews_alpaca.jsonl" in names
     assert "sft_tui/_bundled/themes/sft-dark.yaml" in names
     assert "sft_tui/app.tcss" in names
+    assert not [n for n in names if n.startswith("sft_tui/testing/")], "test fixtures must not ship in the wheel"
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
     code = ("import sft_tui.core.paths as p; print(p.sample_data_dir()); print(p.themes_dir())")

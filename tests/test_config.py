@@ -150,3 +150,29 @@ def test_environment_probe_is_lazy():
     parse_config({"method": {"type": "lora"}}, env=env)
     assert env._cuda is None  # nothing needed the probe, so torch was not consulted
     assert yaml.safe_load(Config().to_yaml())["method"]["type"] == "lora"
+
+
+def test_every_schema_field_is_on_the_form_or_owned_by_a_screen():
+    """A new config field must get a place in the TUI: the training form, or the screen that owns it."""
+    from sft_tui.core.config import SECTIONS
+    from sft_tui.core.setup.forms import ELSEWHERE, FIELDS
+
+    every = [f"{s}.{n}" for s, cls in SECTIONS.items() for n in cls.model_fields]
+    assert [k for k in every if k not in FIELDS and k not in ELSEWHERE] == []
+    assert not set(FIELDS) & set(ELSEWHERE)
+
+
+def test_choice_lists_come_from_the_schema():
+    """Formats and templates are listed once (the schema's Literal); every consumer derives them."""
+    from sft_tui.cli import build_parser
+    from sft_tui.core.config import choices
+    from sft_tui.core.data.formats import FIELDS, FORMATS
+
+    assert choices("data.format") == ("auto", *FORMATS) and set(FIELDS) == set(FORMATS)
+    assert choices("method.quantization_bits") == (4, 8)
+    parser = build_parser()
+    data = next(a for a in parser._subparsers._group_actions[0].choices["data"]._actions if a.dest == "data_command")
+    inspect = data.choices["inspect"]
+    flags = {a.dest: a.choices for a in inspect._actions if a.choices}
+    assert tuple(flags["format"]) == choices("data.format") and tuple(flags["template"]) == choices("data.template")
+

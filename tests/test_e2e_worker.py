@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sft_tui.core.errors import UserError
 from sft_tui.core.run.rundir import RunDir, find_run
 
 pytestmark = pytest.mark.slow
@@ -151,27 +152,42 @@ def test_stop_via_control_then_resume(tmp_path, demo_model_dir):
     assert run.status().state == "done"
 
 
-def test_missing_data_file_fails_with_event(tmp_path, demo_model_dir):
+def test_missing_data_file_is_refused_before_a_run_folder_exists(tmp_path, demo_model_dir):
+    """A doomed run is refused up front (pre-flight), not started and failed 15-60 s later."""
     cfg = {"model": "demo", "data": {"path": str(tmp_path / "nope.jsonl")}, "training": {"max_steps": 2}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     proc = cli("train", str(tmp_path / "c.yaml"), "--name", "broken")
-    assert proc.returncode == 1
-    run = find_run("broken")
-    errors = [e for e in run.events() if e["type"] == "error"]
-    assert errors and "nope.jsonl" in errors[0]["message"] and errors[0]["hint"]
-    assert run.status().state == "failed"
+    assert proc.returncode == 2 and "nope.jsonl" in proc.stderr and "data.path" in proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
+    with pytest.raises(UserError):
+        find_run("broken")  # no run folder was created
+
+
+def test_data_file_gone_when_the_worker_starts_fails_with_event(tmp_path, demo_model_dir):
+    """If the data vanishes between `train` and the worker, the worker's own pre-flight says so."""
+    from sft_tui.core.config import Config
+    from sft_tui.core.run.launch import start_worker
+
+    data = tmp_path / "gone.jsonl"
+    config = Config.model_validate({"model": "demo", "data": {"path": str(data)}, "training": {"max_steps": 2},
+                                    "output": {"run_name": "broken"}})
+    run = RunDir.create(config)
+    proc = start_worker(run)
+    assert proc.wait(timeout=120) == 1
+    errors = [e for e in run.events() if e["type"] == "error"]
+    assert errors and "gone.jsonl" in errors[0]["message"] and errors[0]["hint"]
+    assert run.status().state == "failed"
     assert "Traceback" in run.log_path.read_text()  # the trace is kept for whoever debugs it
 
 
-def test_unknown_model_fails_with_hint(tmp_path):
+def test_unknown_model_is_refused_with_hint(tmp_path):
     cfg = {"model": str(tmp_path / "no-such-model"), "training": {"max_steps": 2}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     proc = cli("train", str(tmp_path / "c.yaml"), "--name", "nomodel")
-    assert proc.returncode == 1
-    error = [e for e in find_run("nomodel").events() if e["type"] == "error"][0]
-    assert error["kind"] in ("model_not_found", "error") and "no-such-model" in error["message"]
-    assert "hub id" in error["hint"] or "model" in error["hint"]
+    assert proc.returncode == 2 and "no-such-model" in proc.stderr and "model.path" in proc.stderr
+    assert "not found" in proc.stderr and "Repo id" not in proc.stderr
+    with pytest.raises(UserError):
+        find_run("nomodel")
 
 
 def test_worker_refuses_non_run_dir(tmp_path):

@@ -39,10 +39,11 @@ def test_callback_raises_on_nan_loss(tmp_path):
     """A NaN loss stops training with the NaN hint rather than training on garbage."""
     from sft_tui.core.config import Config
     from sft_tui.core.run.rundir import RunDir
-    from sft_tui.core.train.recipe import Device, make_callback
+    from sft_tui.core.train.callback import EventCallback
+    from sft_tui.core.train.control import StopHandle
 
     run = RunDir.create(Config(), runs_dir=tmp_path)
-    callback = make_callback(run, run.writer(), Device("cpu", False, False))
+    callback = EventCallback(run, run.writer(), "cpu", StopHandle())
 
     class State:
         global_step, max_steps, epoch, num_input_tokens_seen = 3, 10, 0.1, 100
@@ -58,11 +59,12 @@ def test_callback_raises_on_nan_loss(tmp_path):
 def test_callback_obeys_control_commands(tmp_path):
     from sft_tui.core.config import Config
     from sft_tui.core.run.rundir import RunDir
-    from sft_tui.core.train.recipe import Device, make_callback
+    from sft_tui.core.train.callback import EventCallback
+    from sft_tui.core.train.control import StopHandle
 
     run = RunDir.create(Config(), runs_dir=tmp_path)
     run.send("save")  # sent before the worker started: already handled, must not replay
-    callback = make_callback(run, run.writer(), Device("cpu", False, False))
+    callback = EventCallback(run, run.writer(), "cpu", StopHandle())
 
     class Control:
         should_save = False

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sft_tui.core.models import discovery
-from sft_tui.core.models.discovery import discover_models, hf_cache_dir, resolve_model
+from sft_tui.core.models import load
+from sft_tui.core.models.discovery import discover_models
+from sft_tui.core.models.load import hf_cache_dir, resolve_model
 from sft_tui.core.errors import UserError
 from sft_tui.core.settings import Settings, save_settings
 
@@ -121,10 +122,10 @@ def test_hub_id_from_cache_and_offline_message(hf_cache):
 
 
 def test_hub_id_online_needs_permission(hf_cache, monkeypatch):
-    monkeypatch.setattr(discovery, "hub_offline", lambda: False)
+    monkeypatch.setattr(load, "hub_offline", lambda: False)
     with pytest.raises(UserError, match="not downloaded yet"):
         resolve_model("org/not-cached")
     calls = []
-    monkeypatch.setattr(discovery, "_download", lambda *a: calls.append(a) or Path("/x"))
+    monkeypatch.setattr(load, "_download", lambda *a: calls.append(a) or Path("/x"))
     assert resolve_model("org/not-cached", allow_download=True, metadata_only=True) == Path("/x")
     assert calls == [("org/not-cached", None, True)]

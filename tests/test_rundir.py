@@ -127,8 +127,16 @@ def test_delete_refuses_running(tmp_path):
 def test_checkpoints_sorted_numerically(tmp_path):
     run = make_run(tmp_path)
     for step in (5, 40, 100):
-        (run.checkpoints_dir / f"checkpoint-{step}").mkdir(parents=True)
+        complete_checkpoint(run.checkpoints_dir / f"checkpoint-{step}", step)
     assert run.latest_checkpoint().name == "checkpoint-100"
+
+
+def complete_checkpoint(folder, step: int) -> None:
+    """What the trainer leaves in a finished checkpoint of a LoRA run (contents are placeholders)."""
+    folder.mkdir(parents=True)
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "adapter_model.safetensors"):
+        (folder / name).write_bytes(b"x")
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": 100}))
 
 
 def test_pid_alive():

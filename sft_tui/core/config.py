@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import io
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -141,15 +141,12 @@ class TrainingConfig(_Section):
         None, ge=1, description="Stop when eval loss has not improved for N evaluations (needs validation data)."
     )
 
-    @property
-    def effective_batch_size(self) -> int:
-        return self.batch_size * self.gradient_accumulation
-
 
 class OutputConfig(_Section):
     runs_dir: str | None = Field(None, description="Folder that holds run directories; empty uses sft-tui's data dir.")
     run_name: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run folder name; empty picks one from model and time."
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100,
+        description="Run folder name; empty picks one from model and time.",
     )
 
 
@@ -186,6 +183,23 @@ SECTIONS: dict[str, type[_Section]] = {
     "training": TrainingConfig,
     "output": OutputConfig,
 }
+
+
+def choices(key: str, auto: bool = True) -> tuple[Any, ...]:
+    """The allowed values of a choice field (``"data.format"``), read from the schema itself.
+
+    Every list of choices (CLI flags, the Data screen's selects, the format table) comes from here,
+    so adding a value to a ``Literal`` adds it everywhere. ``auto=False`` leaves out ``"auto"``.
+    """
+    section, name = key.split(".")
+    pending, found = [SECTIONS[section].model_fields[name].annotation], []
+    while pending:
+        annotation = pending.pop(0)
+        if get_origin(annotation) is Literal:
+            found += [v for v in get_args(annotation) if v not in found]
+        else:
+            pending += list(get_args(annotation))
+    return tuple(v for v in found if auto or v != "auto")
 
 
 # --------------------------------------------------------------------------- presets
@@ -489,9 +503,3 @@ def dump_yaml(config: Config, comments: bool = False) -> str:
                 dumped = dumped[1:-1]
             out.write(f"  {dumped}\n")
     return out.getvalue()
-
-
-def field_help(section: str, name: str) -> str:
-    """One-line explanation for the form and the docs."""
-    info = SECTIONS[section].model_fields[name]
-    return info.description or ""

@@ -6,7 +6,10 @@ The CLI prints a UserError as "error: message / hint" with no traceback; the wor
 
 from __future__ import annotations
 
+import errno
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -29,17 +32,49 @@ class Explained:
     hint: str
 
 
-def explain(exc: BaseException) -> Explained:
-    """Turn any exception into (kind, message, hint) for people; unknown ones keep their text."""
+LOW_DISK_BYTES = 64 * 2**20
+
+
+def disk_full(exc: BaseException, disk: str | Path | None = None) -> bool:
+    """ENOSPC, however the library reported it (torch and safetensors wrap it in RuntimeError)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    low = str(exc).lower()
+    if "no space left" in low or "enospc" in low:
+        return True
+    if disk is not None and ("write failed" in low or "failed writing" in low or isinstance(exc, OSError)):
+        try:
+            return shutil.disk_usage(disk).free < LOW_DISK_BYTES
+        except OSError:
+            return False
+    return False
+
+
+def explain(exc: BaseException, disk: str | Path | None = None) -> Explained:
+    """Turn any exception into (kind, message, hint) for people; unknown ones keep their text.
+
+    ``disk`` is the folder being written (a run directory): a write error there while its disk is
+    nearly full is reported as a full disk.
+    """
     from sft_tui.core.config import ConfigError  # local: config imports nothing from here
 
     if isinstance(exc, UserError):
         return Explained(exc.kind, exc.message, exc.hint)
     if isinstance(exc, ConfigError):
         return Explained("config", str(exc), "fix the fields above; `sft-tui config validate FILE` checks a file")
+    if disk_full(exc, disk):
+        where = getattr(exc, "filename", None) or disk or "the run directory"
+        return Explained("disk_full", f"The disk is full: writing {where} failed (no space left on device).",
+                         "free disk space, or lower training.save_total_limit (fewer checkpoints kept) or put "
+                         "runs on a bigger disk (output.runs_dir); then resume the run — every complete "
+                         "checkpoint is kept")
     text = str(exc) or exc.__class__.__name__
     low = text.lower()
     name = exc.__class__.__name__
+    if "trust_remote_code" in low or "contains custom code" in low:
+        return Explained("remote_code", text.splitlines()[0],
+                         "this model ships its own Python code; set model.trust_remote_code: true only if you "
+                         "trust its authors (the code runs with your permissions)")
     if "out of memory" in low or name == "OutOfMemoryError":
         return Explained(
             "oom",

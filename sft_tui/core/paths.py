@@ -63,6 +63,27 @@ def themes_dir() -> Path:
     return _bundled("themes")
 
 
+def folder_size(path: str | Path) -> int:
+    """Bytes of every file under a folder, each blob counted once (the HF cache links files to blobs)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    try:
+        items = list(Path(path).rglob("*"))
+    except OSError:
+        return 0
+    for item in items:
+        try:
+            if not item.is_file():
+                continue
+            st = item.stat()
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total
+
+
 def resolve_sample(path: str) -> Path:
     """Map ``sample:NAME`` to a bundled sample file so configs stay portable between machines."""
     if path.startswith("sample:"):

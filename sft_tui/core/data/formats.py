@@ -11,11 +11,13 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from sft_tui.core.config import choices
 from sft_tui.core.errors import UserError
 
 from .conversation import BadRow, Conversation
 
-FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "text")
+# The row formats the schema allows (data.format without "auto"); FIELDS must cover each one.
+FORMATS: tuple[str, ...] = choices("data.format", auto=False)
 
 # The names each format reads; the first group is required.
 FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -82,6 +84,32 @@ def resolve_columns(column_names: Iterable[str], mapping: dict[str, str] | None)
                 kind="config",
             )
     return out
+
+
+def detect_for(dataset: Any, format: str, columns: dict[str, str] | None = None) -> Detection:
+    """The detection to train with: auto-detected for ``"auto"``, else the chosen format checked.
+
+    A chosen format must still find its required columns (after the mapping), so the Data screen,
+    ``data inspect`` and training refuse the same files with the same words.
+    """
+    if format == "auto":
+        det = detect_format(dataset, columns)
+        if det.format == "unknown":
+            raise UserError(f"could not tell the data format: {det.reason}",
+                            "set data.format and/or data.columns in the config", kind="config")
+        return det
+    if format not in FIELDS:
+        raise UserError(f"unknown data format '{format}'", f"use one of: {', '.join(FORMATS)}", kind="config")
+    names = list(dataset.column_names)
+    resolved = resolve_columns(names, columns)
+    missing = [r for r in FIELDS[format][0] if r not in resolved]
+    if missing:
+        have = [c for c in names if not c.startswith("__")]
+        raise UserError(f"data.format is {format}, which needs column(s) {', '.join(missing)}; "
+                        f"the data has {', '.join(have)}",
+                        f"map them with data.columns, e.g. {{{missing[0]}: {have[0] if have else 'COLUMN'}}}",
+                        kind="config")
+    return Detection(format, 1.0, "chosen by you", resolved)
 
 
 def _assign(out: dict[str, str], canonical: str, column: str) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from sft_tui.core.errors import UserError
+from sft_tui.core.models.load import datasets_offline, looks_like_hub_id
 from sft_tui.core.paths import cache_dir, resolve_sample
 
 from .conversation import ProblemLog
@@ -54,8 +55,8 @@ def resolve_paths(path: str | list[str]) -> list[Path | str]:
 
 
 def _looks_like_hub_id(text: str) -> bool:
-    parts = text.split("/")
-    return len(parts) <= 2 and all(parts) and not Path(text).suffix.lower() in SUFFIXES and not text.startswith((".", "~"))
+    """A hub dataset id, unless it ends like a data file (then it is a missing file, said so)."""
+    return looks_like_hub_id(text) and Path(text).suffix.lower() not in SUFFIXES
 
 
 def _is_saved_dataset(p: Path) -> bool:
@@ -76,15 +77,10 @@ def file_identity(paths: Iterable[Path | str]) -> list[list[Any]]:
     return out
 
 
-def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
 def _load_hub(name: str):
     import datasets
 
-    if _offline():
+    if datasets_offline():
         raise UserError(f"'{name}' is not a local file, and Hugging Face hub access is off (offline mode)",
                         "give a local file or folder, or go online (unset HF_HUB_OFFLINE) to use a hub dataset",
                         kind="missing_file")

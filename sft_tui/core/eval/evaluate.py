@@ -290,14 +290,3 @@ def evaluate_run(run: RunDir, data_path: str | None = None, limit: int | None = 
         save_result(run, result, name)
     say("done", 1.0)
     return result
-
-
-def newest_evaluable_run(runs_dir: str | Path | None = None) -> RunDir | None:
-    """The most recent run that has something to evaluate (an adapter or a merged model)."""
-    from sft_tui.core.run.rundir import list_runs
-
-    for run in reversed(list_runs(runs_dir)):
-        if (run.adapter_dir / "adapter_config.json").exists() or (run.adapter_dir / "config.json").exists() \
-                or (run.merged_dir / "config.json").exists():
-            return run
-    return None

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sft_tui.core.errors import UserError
+from sft_tui.core.models.load import hub_offline, looks_like_hub_id
 from sft_tui.core.run.rundir import RunDir
 
 Say = Callable[[str], None]
@@ -38,9 +38,10 @@ GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "auto")
 
 
 def _hub_id(path: str) -> str | None:
-    if path == "demo" or Path(path).expanduser().exists() or path.startswith(("/", ".", "~")):
+    """The base model's hub id for the card's ``base_model`` (none for demo or a local folder)."""
+    if path == "demo" or Path(path).expanduser().exists():
         return None
-    return path if re.fullmatch(r"[\w.-]+/[\w.-]+", path) else None
+    return path if looks_like_hub_id(path, namespace=True) else None
 
 
 def _data_event(run: RunDir) -> dict[str, Any]:
@@ -153,7 +154,6 @@ def merge(run: RunDir, out_dir: str | Path | None = None, overwrite: bool = Fals
     import torch
 
     from sft_tui.core.eval.generate import base_model_path, load_tokenizer, tuned_source
-    from sft_tui.core.train.recipe import _local_only
 
     say = progress or (lambda msg: None)
     start = time.perf_counter()
@@ -166,7 +166,7 @@ def merge(run: RunDir, out_dir: str | Path | None = None, overwrite: bool = Fals
         raise UserError(f"{out} already exists and is not empty", "choose a new folder, or pass --force to replace it")
     method = config.method.type
     note = None
-    kwargs: dict[str, Any] = dict(trust_remote_code=config.model.trust_remote_code, local_files_only=_local_only())
+    kwargs: dict[str, Any] = dict(trust_remote_code=config.model.trust_remote_code, local_files_only=hub_offline())
     from transformers import AutoModelForCausalLM
 
     if method == "full":
@@ -223,11 +223,6 @@ def merge(run: RunDir, out_dir: str | Path | None = None, overwrite: bool = Fals
 # --------------------------------------------------------------------------- hub
 
 
-def _offline() -> bool:
-    return any(os.environ.get(v, "0").strip().lower() not in ("0", "", "false", "no")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def hub_token() -> str | None:
     """The token huggingface_hub would use (HF_TOKEN or a saved login); never stored by sft-tui."""
     try:
@@ -240,7 +235,7 @@ def hub_token() -> str | None:
 
 def hub_readiness() -> tuple[bool, str]:
     """(ready, message) without touching the network: for showing before anyone presses push."""
-    if _offline():
+    if hub_offline():
         return False, ("offline: HF_HUB_OFFLINE is set, so pushing to the hub is switched off. "
                        "Unset it on a machine with internet access to push.")
     if not hub_token():
@@ -253,11 +248,11 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool = True, progress
     """Upload ``folder`` to ``repo_id`` (created if missing); returns the repo URL."""
     say = progress or (lambda msg: None)
     folder = Path(folder)
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id or ""):
+    if not looks_like_hub_id(repo_id or "", namespace=True):
         raise UserError(f"{repo_id!r} is not a hub repo id", "write it as USER/NAME or ORG/NAME")
     if not folder.is_dir() or not any(folder.iterdir()):
         raise UserError(f"nothing to push: {folder} is missing or empty", "export the adapter or merge first")
-    if _offline():
+    if hub_offline():
         raise UserError("cannot push to the Hugging Face hub while offline (HF_HUB_OFFLINE is set)",
                         f"unset HF_HUB_OFFLINE on a machine with internet, or copy {folder} there and run "
                         f"`hf upload {repo_id} {folder}`")

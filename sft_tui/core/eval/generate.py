@@ -78,36 +78,16 @@ def _device_and_dtype(config) -> tuple[str, Any]:
 
 def load_causal_lm(path: str | Path, config, device: str, dtype: Any, quantize: bool = False):
     """A causal LM for inference on ``device``; ``quantize`` loads it as qlora trained it (CUDA)."""
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
+    from sft_tui.core.models.load import load_causal_lm as load
 
-    from sft_tui.core.train.recipe import _local_only
-
-    hf_logging.disable_progress_bar()  # a tqdm bar on stderr would scribble over the TUI
-    kwargs: dict[str, Any] = dict(dtype=dtype, trust_remote_code=config.model.trust_remote_code,
-                                  local_files_only=_local_only())
-    if config.model.attn_implementation not in ("auto", "flash_attention_2") or (
-            config.model.attn_implementation == "flash_attention_2" and device == "cuda"):
-        kwargs["attn_implementation"] = config.model.attn_implementation
-    if quantize:
-        if device != "cuda":
-            raise UserError("this is a qlora run: its base model loads 4/8-bit and needs an NVIDIA GPU",
-                            "evaluate it on a CUDA machine, or export a 16-bit merge there first")
-        import torch
-        from transformers import BitsAndBytesConfig
-
-        bits = config.method.bits or 4
-        kwargs["quantization_config"] = (
-            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=dtype if dtype != torch.float32 else torch.bfloat16)
-            if bits == 4 else BitsAndBytesConfig(load_in_8bit=True))
-        kwargs["device_map"] = {"": 0}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    except OSError as exc:
-        raise UserError(f"could not load the model in {path}: {str(exc).splitlines()[0]}",
-                        "check that the folder holds config.json and the weights (or that the base model is "
-                        "still where the run found it)") from None
+    if quantize and device != "cuda":
+        raise UserError("this is a qlora run: its base model loads 4/8-bit and needs an NVIDIA GPU",
+                        "evaluate it on a CUDA machine, or export a 16-bit merge there first")
+    attn = config.model.attn_implementation
+    if attn == "flash_attention_2" and device != "cuda":
+        attn = "auto"  # flash-attention is CUDA-only; inference on CPU falls back to the default kernel
+    model = load(path, config, dtype, bits=(config.method.bits or 4) if quantize else None, attn_implementation=attn,
+                 what=f"in {path} (or the base model is no longer where the run found it)")
     if not quantize:
         model.to(device)
     model.config.use_cache = True
@@ -117,17 +97,16 @@ def load_causal_lm(path: str | Path, config, device: str, dtype: Any, quantize: 
 
 def load_tokenizer(path: str | Path, config):
     """The tokenizer saved with a run (same loader as training, run-folder wording)."""
-    from sft_tui.core.train.recipe import build_tokenizer
+    from sft_tui.core.models.load import tokenizer_for
 
-    return build_tokenizer(config, str(path), from_run=True)
+    return tokenizer_for(config, folder=path)
 
 
 def tuned_source(run: RunDir, source: str = "auto") -> tuple[str, Path]:
     """('adapter'|'merged', folder) for the tuned model; 'auto' prefers the adapter, then a merge."""
     if source not in SOURCES:
         raise UserError(f"unknown model source {source!r}", "use adapter, merged or auto")
-    has_adapter = (run.adapter_dir / "config.json").exists() or (run.adapter_dir / "adapter_config.json").exists()
-    has_merged = (run.merged_dir / "config.json").exists()
+    has_adapter, has_merged = run.has_adapter, run.has_merged
     if source == "adapter" or (source == "auto" and has_adapter):
         if not has_adapter:
             raise UserError(f"run {run.name} has no trained adapter in {run.adapter_dir}",
@@ -149,11 +128,11 @@ def base_model_path(run: RunDir, config=None) -> str:
     makes a new folder, so the adapter's own record (``base_model_name_or_path``) wins while that
     folder exists; an adapter applied to different base weights would give nonsense silently.
     """
-    from sft_tui.core.train.recipe import model_path
+    from sft_tui.core.models.load import model_folder
 
     config = config or run.load_config()
     if config.model.path != "demo":
-        return model_path(config)
+        return model_folder(config)
     recorded = None
     try:
         recorded = json.loads((run.adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
@@ -162,7 +141,7 @@ def base_model_path(run: RunDir, config=None) -> str:
     from sft_tui.core.models.demo import demo_model_dir
 
     if not recorded or Path(recorded).name == demo_model_dir().name:
-        return model_path(config)
+        return model_folder(config)
     if (Path(recorded) / "config.json").exists():
         return recorded
     raise UserError(f"run {run.name} was trained on an older build of the demo model ({Path(recorded).name}), "
@@ -228,7 +207,6 @@ class ModelPair:
             say(f"loading the base model {self.config.model.path}")
             self._base = load_causal_lm(self.base_path, self.config, self.device, self.dtype, quantize=quantize)
         self.stop_ids = _stop_ids(self.tokenizer, self._tuned)
-        self.loaded_at = time.time()
 
     @contextlib.contextmanager
     def use(self, which: str) -> Iterator[Any]:
@@ -377,11 +355,6 @@ def load_pair(run: RunDir, source: str = "auto", progress: Callable[[str], None]
             pair = ModelPair(run, kind, progress=progress)
             _CACHE[key] = pair
         return pair
-
-
-def clear_cache() -> None:
-    with _CACHE_LOCK:
-        _CACHE.clear()
 
 
 # --------------------------------------------------------------------------- chat history

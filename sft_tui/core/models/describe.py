@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sft_tui.core.errors import UserError
+from sft_tui.core.paths import folder_size
 
 # Bytes per element of the safetensors dtype codes.
 _ST_DTYPES: dict[str, tuple[str, float]] = {
@@ -138,24 +139,6 @@ def _first(cfg: dict[str, Any], *keys: str) -> Any:
         if cfg.get(key) is not None:
             return cfg[key]
     return None
-
-
-def _disk_bytes(path: Path) -> int:
-    """Bytes of every file under the folder, each blob once (the HF cache links files to blobs)."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for item in path.rglob("*"):
-        try:
-            if not item.is_file():
-                continue
-            st = item.stat()
-        except OSError:
-            continue
-        key = (st.st_dev, st.st_ino)
-        if key not in seen:
-            seen.add(key)
-            total += st.st_size
-    return total
 
 
 def _has_chat_template(path: Path) -> bool:
@@ -332,7 +315,7 @@ def describe_model(path_or_id: str | Path, *, require_causal: bool = True, allow
     Raises ``UserError`` when the model cannot be found or read, and (with ``require_causal``)
     when it is not a causal language model, naming what it is instead.
     """
-    from sft_tui.core.models.discovery import resolve_model
+    from sft_tui.core.models.load import resolve_model
 
     path = resolve_model(path_or_id, allow_download=allow_download, metadata_only=True)
     cfg_file = path / "config.json"
@@ -387,7 +370,7 @@ def describe_model(path_or_id: str | Path, *, require_causal: bool = True, allow
         num_layers=_first(cfg, "num_hidden_layers", "n_layer", "num_layers"),
         context_length=int(ctx) if isinstance(ctx, (int, float)) else None,
         dtype=str(dtype) if dtype else None,
-        disk_bytes=_disk_bytes(path),
+        disk_bytes=folder_size(path),
         has_tokenizer=has_tok,
         has_chat_template=_has_chat_template(path),
         quantization=quant,

@@ -65,8 +65,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from sft_tui.core.config import Config
     from sft_tui.core.models.describe import ModelInfo
 
-GiB = 1024**3
 MiB = 1024**2
+GiB = 1024**3
 CUDA_CONTEXT = 500 * MiB
 ALLOCATOR_SLACK = 0.08
 ALLOCATOR_FIXED = 64 * MiB

@@ -17,8 +17,33 @@ ACTIVE_STATES = ("starting", "loading", "tokenizing", "training", "saving")
 FINAL_STATES = ("done", "failed", "stopped")
 
 
+# Bounds for a line a reader will parse: a worker's own lines are well under a kilobyte (a data
+# report can reach a few hundred); anything longer or deeper is damage or hostility, not an event.
+MAX_LINE_BYTES = 1 << 20
+MAX_DEPTH = 24
+
+# The fields readers do arithmetic on, and the type each must have. A line whose field has another
+# type (a string where a number belongs, a 5000-digit integer) is unreadable as a whole: half an
+# event would fold into a wrong run status.
+_NUMBER = "number"
+FIELD_TYPES: dict[str, Any] = {
+    "time": _NUMBER, "step": _NUMBER, "max_steps": _NUMBER, "epoch": _NUMBER, "loss": _NUMBER,
+    "lr": _NUMBER, "grad_norm": _NUMBER, "tokens_per_s": _NUMBER, "tokens_seen": _NUMBER,
+    "elapsed_s": _NUMBER, "eval_loss": _NUMBER, "allocated": _NUMBER, "reserved": _NUMBER,
+    "peak": _NUMBER, "fraction": _NUMBER, "train_rows": _NUMBER, "eval_rows": _NUMBER,
+    "trainable_params": _NUMBER, "total_params": _NUMBER,
+    "type": str, "state": str, "kind": str, "message": str, "hint": str, "msg": str, "level": str,
+    "path": str, "device": str, "stage": str, "method": str, "model_path": str, "precision": str,
+}
+_LIMIT = 1e300  # finite, and far inside float range: arithmetic on it cannot overflow to inf
+
+
 class EventWriter:
-    """Append-only JSONL writer; one ``write`` is one whole line, flushed at once."""
+    """Append-only JSONL writer; one ``write`` is one whole line, flushed at once.
+
+    If the file does not end in a newline (a writer was killed mid-line), the next event starts a
+    fresh line, so the torn fragment stays one unreadable line instead of swallowing this event.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -26,11 +51,14 @@ class EventWriter:
 
     def write(self, type: str, **fields: Any) -> dict[str, Any]:
         event = {"time": time.time(), "type": type, **fields}
-        line = json.dumps(_finite(event), default=_jsonable, allow_nan=False) + "\n"
+        line = (json.dumps(_finite(event), default=_jsonable, allow_nan=False) + "\n").encode("utf-8")
         # O_APPEND makes each write land whole at the end even if two processes write.
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line.encode("utf-8"))
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line
+            os.write(fd, line)
         finally:
             os.close(fd)
         return event
@@ -58,8 +86,51 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _depth(value: Any, limit: int = MAX_DEPTH) -> int:
+    """Nesting depth, giving up (returning ``limit + 1``) as soon as it passes ``limit``."""
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, level = stack.pop()
+        if level > limit:
+            return limit + 1
+        deepest = max(deepest, level)
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
+def valid_event(obj: Any) -> bool:
+    """An object every reader can use without a check: a dict with a string type and sane fields.
+
+    Written for speed (a monitor checks every line of a long history): one pass over the event's
+    own keys, recursing only into nested values.
+    """
+    if type(obj) is not dict or type(obj.get("type")) is not str:
+        return False
+    for key, value in obj.items():
+        if value is None:
+            continue
+        cls = type(value)
+        want = FIELD_TYPES.get(key)
+        if want is _NUMBER:
+            if (cls is not float and cls is not int) or not -_LIMIT < value < _LIMIT:  # NaN fails too
+                return False
+        elif want is not None and cls is not want:
+            return False
+        if (cls is dict or cls is list) and _depth(value, MAX_DEPTH - 1) > MAX_DEPTH - 1:
+            return False
+    return True
+
+
 class EventTail:
     """Incremental reader: each ``read_new`` parses only bytes appended since the last call.
+
+    Nothing in a run directory can make it raise: a malformed, oversized (over ``MAX_LINE_BYTES``),
+    too deeply nested or out-of-type line is skipped and counted in ``unreadable``. A last line
+    without its newline waits for it (the writer may be mid-write).
 
     ``thin=True`` drops all but the last ``memory`` line of each read before parsing: the worker
     writes one per logged step, a monitor shows only the latest, and skipping them halves the cost
@@ -73,15 +144,19 @@ class EventTail:
         self.path = Path(path)
         self.offset = offset
         self.thin = thin
+        self.unreadable = 0
 
     def read_new(self, max_bytes: int | None = None) -> list[dict[str, Any]]:
         try:
             with open(self.path, "rb") as fh:
                 fh.seek(self.offset)
-                chunk = fh.read() if max_bytes is None else fh.read(max_bytes)
-        except FileNotFoundError:
-            return []
-        end = chunk.rfind(b"\n")
+                chunk = fh.read() if max_bytes is None else fh.read(max(max_bytes, 1))
+                end = chunk.rfind(b"\n")
+                if end < 0 and len(chunk) >= min(max_bytes or MAX_LINE_BYTES, MAX_LINE_BYTES):
+                    self._skip_long_line(fh)  # one line longer than a read: skip it, never stall on it
+                    return []
+        except OSError:
+            return []  # missing or unreadable now: the next read tries again
         if end < 0:
             return []  # nothing complete yet; a torn line waits for its newline
         self.offset += end + 1
@@ -90,53 +165,88 @@ class EventTail:
             at = chunk.rfind(self.MEMORY)
             last = chunk[chunk.rfind(b"\n", 0, at) + 1: chunk.find(b"\n", at) + 1]
             chunk = b"\n".join(line for line in chunk.split(b"\n") if self.MEMORY not in line) + last
-        return parse_bulk(chunk)
+        events, bad = parse_chunk(chunk)
+        self.unreadable += bad
+        return events
+
+    def _skip_long_line(self, fh: Any) -> None:
+        fh.seek(self.offset)
+        skipped = 0
+        while block := fh.read(1 << 20):
+            at = block.find(b"\n")
+            if at >= 0:
+                self.offset += skipped + at + 1
+                self.unreadable += 1
+                return
+            skipped += len(block)
+        # No newline yet: the line may still be being written; look again next time.
 
 
-def parse_bulk(data: bytes) -> list[dict[str, Any]]:
-    """Parse many complete JSONL lines at once (about twice as fast as line by line).
+def parse_chunk(data: bytes) -> tuple[list[dict[str, Any]], int]:
+    """(events, unreadable line count) of complete JSONL lines, fast when nothing is damaged.
 
-    The chunk is decoded as one JSON array; if any line is damaged, fall back to parsing line by
-    line so one bad line never hides the rest.
+    The chunk is decoded as one JSON array (about twice as fast as line by line); if anything in it
+    is damaged, it is parsed line by line so one bad line never hides the rest.
     """
     text = data.decode("utf-8", errors="replace").strip()
     if not text:
-        return []
-    try:
-        items = json.loads("[" + text.replace("\n", ",") + "]")
-    except json.JSONDecodeError:
-        return parse_lines(text.splitlines())
-    return [obj for obj in items if isinstance(obj, dict) and "type" in obj]
+        return [], 0
+    if len(data) <= 64 * MAX_LINE_BYTES:
+        try:
+            items = json.loads("[" + text.replace("\n", ",") + "]")
+        except (ValueError, RecursionError):
+            items = None
+        if items is not None and len(items) == text.count("\n") + 1:
+            good = [obj for obj in items if valid_event(obj)]
+            if len(good) == len(items) and all(len(line) <= MAX_LINE_BYTES for line in data.split(b"\n")):
+                return good, 0
+    return parse_lines(text.splitlines())
 
 
-def parse_lines(lines: list[str]) -> list[dict[str, Any]]:
-    events = []
+def parse_bulk(data: bytes) -> list[dict[str, Any]]:
+    """The events of a chunk of complete lines (unreadable ones left out)."""
+    return parse_chunk(data)[0]
+
+
+def parse_lines(lines: list[str]) -> tuple[list[dict[str, Any]], int]:
+    events, bad = [], 0
     for line in lines:
         line = line.strip()
         if not line:
             continue
+        if len(line) > MAX_LINE_BYTES:
+            bad += 1
+            continue
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line damaged by a crash mid-write must not hide the rest
-        if isinstance(obj, dict) and "type" in obj:
+        except (ValueError, RecursionError):
+            bad += 1  # a line damaged by a crash mid-write, or hostile: counted, never fatal
+            continue
+        if valid_event(obj):
             events.append(obj)
-    return events
+        else:
+            bad += 1
+    return events, bad
 
 
 def format_event(ev: dict[str, Any]) -> str:
-    """One human line per event, shared by `logs` and the TUI's log pane."""
-    when = time.strftime("%H:%M:%S", time.localtime(ev.get("time", 0)))
+    """One human line per event, shared by `logs` and the TUI's log pane (None and NaN print as '-')."""
+    from sft_tui.core.format import fixed, human_bytes
+
+    try:
+        when = time.strftime("%H:%M:%S", time.localtime(float(ev.get("time") or 0)))
+    except (OverflowError, OSError, ValueError, TypeError):
+        when = "--:--:--"
     kind = ev.get("type")
     if kind == "train":
         parts = [f"step {ev.get('step')}" + (f"/{ev['max_steps']}" if ev.get("max_steps") else "")]
         for key, label, fmt in (("loss", "loss", ".4f"), ("lr", "lr", ".2e"), ("grad_norm", "grad", ".3f"),
                                 ("tokens_per_s", "tok/s", ".0f"), ("epoch", "epoch", ".2f")):
             if ev.get(key) is not None:
-                parts.append(f"{label} {format(ev[key], fmt)}")
+                parts.append(f"{label} {fixed(ev[key], fmt)}")
         return f"{when} train  " + "  ".join(parts)
     if kind == "eval":
-        return f"{when} eval   step {ev.get('step')}  eval_loss {ev.get('eval_loss', float('nan')):.4f}"
+        return f"{when} eval   step {ev.get('step')}  eval_loss {fixed(ev.get('eval_loss'), '.4f')}"
     if kind == "status":
         return f"{when} status {ev.get('state')}"
     if kind == "error":
@@ -147,9 +257,10 @@ def format_event(ev: dict[str, Any]) -> str:
     if kind == "checkpoint":
         return f"{when} saved  checkpoint at step {ev.get('step')}: {ev.get('path')}"
     if kind == "memory":
-        return f"{when} memory {ev.get('device')}: {ev.get('allocated', 0) / 2**20:.0f} MiB allocated, peak {ev.get('peak', 0) / 2**20:.0f} MiB"
+        return (f"{when} memory {ev.get('device')}: {human_bytes(ev.get('allocated'))} allocated, "
+                f"peak {human_bytes(ev.get('peak'))}")
     if kind == "progress":
-        return f"{when} {ev.get('stage')}: {100 * ev.get('fraction', 0):.0f}%"
+        return f"{when} {ev.get('stage')}: {fixed(100 * (ev.get('fraction') or 0), '.0f')}%"
     if kind == "saved":
         return f"{when} saved  {ev.get('method', 'model')} weights in {ev.get('path')}"
     if kind == "data":

@@ -2,8 +2,7 @@
 
 ``RunDir.status()`` re-reads a run's whole events.jsonl; the runs screen refreshes every couple of
 seconds, so it keeps one tail per run instead and folds only the lines appended since the last
-refresh. The derived state follows the same rule as ``RunDir.status``: a run in an active state
-whose worker pid is gone shows ``died``.
+refresh. The derived state goes through the same ``with_liveness`` rule as ``RunDir.status``.
 """
 
 from __future__ import annotations
@@ -11,8 +10,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from sft_tui.core.run.events import ACTIVE_STATES, EventTail
-from sft_tui.core.run.rundir import RunDir, RunStatus, fold_event, list_runs, pid_alive
+from sft_tui.core.run.events import EventTail
+from sft_tui.core.run.rundir import RunDir, RunStatus, fold_event, list_runs, with_checkpoint, with_liveness
 
 
 class TrackedRun:
@@ -25,16 +24,9 @@ class TrackedRun:
     def refresh(self) -> RunStatus:
         for ev in self.tail.read_new():
             fold_event(self.folded, ev)
-        return with_liveness(copy.copy(self.folded), self.run.pid())
-
-
-def with_liveness(st: RunStatus, pid: int | None) -> RunStatus:
-    """Set pid/alive and turn an active state whose worker is gone into ``died`` (as RunDir.status)."""
-    st.pid = pid
-    st.alive = pid is not None and pid_alive(pid)
-    if st.state in ACTIVE_STATES and not st.alive:
-        st.state = "died" if pid is not None or st.state != "starting" else "starting"
-    return st
+        st = with_liveness(copy.copy(self.folded), self.run.pid())
+        st.unreadable = self.tail.unreadable
+        return with_checkpoint(st, self.run)  # the disk decides, as for RunDir.status and --resume
 
 
 class RunIndex:

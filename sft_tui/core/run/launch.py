@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from sft_tui.core.run.rundir import RunDir
+from sft_tui.core.run.rundir import RunDir, write_pid
 
 
 def start_worker(run: RunDir, resume: bool = False) -> subprocess.Popen:
@@ -15,7 +15,8 @@ def start_worker(run: RunDir, resume: bool = False) -> subprocess.Popen:
     ``start_new_session`` puts the worker outside our process group, so closing the terminal,
     a dropped SSH link or Ctrl-C in the UI never reaches it; only an explicit stop does.
     """
-    cmd = [sys.executable, "-m", "sft_tui.worker", str(run.path)]
+    # The seq now: any command sent from here on is for this worker, even before it reads the file.
+    cmd = [sys.executable, "-m", "sft_tui.worker", str(run.path), "--control-seq", str(run.control_seq())]
     if resume:
         cmd.append("--resume")
     env = dict(os.environ)
@@ -30,7 +31,7 @@ def start_worker(run: RunDir, resume: bool = False) -> subprocess.Popen:
     finally:
         log.close()
     # Written here too (the worker rewrites it) so a reader never sees a started run without a pid.
-    run.pid_path.write_text(str(proc.pid))
+    write_pid(run, proc.pid)
     return proc
 
 

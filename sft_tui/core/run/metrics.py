@@ -16,8 +16,6 @@ from typing import Any, Iterable, Sequence
 from sft_tui.core.run.events import FINAL_STATES, EventTail
 from sft_tui.core.run.rundir import RunStatus, fold_event
 
-# Events the log pane shows (like `sft-tui logs` without --all): memory samples come every step.
-LOG_SKIP = frozenset({"memory"})
 
 
 @dataclass

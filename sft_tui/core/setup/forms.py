@@ -121,12 +121,6 @@ def groups() -> list[tuple[str, str, list[FormField]]]:
     return [(gid, title, [FIELDS[k] for k in keys]) for gid, title, keys in GROUPS]
 
 
-def unplaced_fields() -> list[str]:
-    """Schema fields neither in the form nor owned by another screen (a test keeps this empty)."""
-    every = [f"{s}.{n}" for s, cls in SECTIONS.items() for n in cls.model_fields]
-    return [k for k in every if k not in FIELDS and k not in ELSEWHERE]
-
-
 # --------------------------------------------------------------------------- values <-> text
 
 
@@ -235,15 +229,6 @@ def build_config(base: Config, values: dict[str, Any], env: Environment | None =
     return FormResult(config)
 
 
-def check_config(config: Config, env: Environment | None = None) -> list[Problem]:
-    """Problems of an already-parsed config (cross-field and machine rules)."""
-    try:
-        parse_config(config.to_dict(), env=env)
-    except ConfigError as exc:
-        return list(exc.problems)
-    return []
-
-
 def preset_choices() -> list[tuple[str, str]]:
     """(name, one-line description) of each preset, for a picker."""
     return [(name, str(values.get("_about", ""))) for name, values in PRESETS.items()]
@@ -254,16 +239,8 @@ def dump_changed(old: Config, new: Config) -> bool:
     return old.to_dict() != new.to_dict()
 
 
-def preset_fields(name: str) -> list[str]:
-    """The form fields a preset fills (so the UI can say what changed)."""
-    return [f"{section}.{key}" for section, values in PRESETS[name].items() if not section.startswith("_")
-            for key in values]
-
-
 __all__ = [
-    "ELSEWHERE", "FIELDS", "FormField", "FormResult", "GROUPS", "build_config", "check_config",
-    "display_value", "dump_changed", "format_number", "preset_about", "groups", "parse_value", "preset_choices", "preset_fields",
-    "problem_text", "unplaced_fields", "value_of",
+    "ELSEWHERE", "FIELDS", "FormField", "FormResult", "GROUPS", "build_config",
+    "display_value", "dump_changed", "format_number", "preset_about", "groups", "parse_value", "preset_choices",
+    "problem_text", "value_of",
 ]
-
-

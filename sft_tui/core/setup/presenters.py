@@ -13,10 +13,6 @@ from typing import Any, Iterable
 from sft_tui.core.config import Config, DataConfig
 from sft_tui.core.format import human_bytes, human_context, human_count
 
-# The data package pulls in numpy and friends; the model screen must not pay for it at start-up.
-FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "text")
-
-GiB = 1024**3
 
 
 # --------------------------------------------------------------------------- models
@@ -134,10 +130,6 @@ def path_text(path: str | list[str]) -> str:
 def parse_path_text(text: str) -> str | list[str]:
     parts = [p.strip() for p in text.split(",") if p.strip()]
     return parts[0] if len(parts) == 1 else parts
-
-
-def format_choices() -> list[str]:
-    return ["auto", *FORMATS]
 
 
 def mapping_fields(fmt: str) -> list[tuple[str, bool]]:
@@ -291,7 +283,7 @@ def problem_lines(report: Any, limit: int = 20) -> list[str]:
 
 
 __all__ = [
-    "MemoryView", "RowPreview", "SAMPLE_FILES", "cell_text", "current_mapping", "format_choices",
+    "MemoryView", "RowPreview", "SAMPLE_FILES", "cell_text", "current_mapping",
     "histogram_lines", "mapping_fields", "memory_view",
     "model_cells", "model_choice_name", "model_details", "parse_path_text", "path_text", "preview_row",
     "problem_lines", "report_lines", "row_cells", "sample_choices", "set_mapping", "visible_columns",

@@ -129,7 +129,7 @@ def check_disk(runs_dir: str | Path | None = None) -> Check:
 
 
 def check_hub() -> Check:
-    from sft_tui.core.models.discovery import hf_cache_dir, hub_offline
+    from sft_tui.core.models.load import hf_cache_dir, hub_offline
 
     cache = hf_cache_dir()
     where = f"cache {cache}" + ("" if cache.exists() else " (not created yet)")

@@ -7,17 +7,17 @@ imported inside functions so importing this module stays cheap.
 
 from __future__ import annotations
 
-import math
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sft_tui.core.config import Config, Environment, cross_check
-from sft_tui.core.errors import NanLossError, UserError
-from sft_tui.core.run.events import EventWriter
+from sft_tui.core.config import Config, Environment
+from sft_tui.core.errors import UserError
+from sft_tui.core.models.load import load_causal_lm, load_tokenizer, model_folder
 from sft_tui.core.run.rundir import RunDir
+
+if TYPE_CHECKING:
+    from sft_tui.core.train.control import ControlWatcher
 
 
 @dataclass
@@ -46,86 +46,20 @@ def resolve_precision(config: Config, device: Device) -> str:
     return "fp32"
 
 
-def model_path(config: Config) -> str:
-    """'demo' → the built demo model; a local folder stays a folder; anything else is a hub id."""
-    if config.model.path == "demo":
-        from sft_tui.core.models.demo import ensure_demo_model
-
-        return str(ensure_demo_model())
-    local = Path(config.model.path).expanduser()
-    if local.exists():
-        if not (local / "config.json").exists():
-            raise UserError(f"{local} has no config.json, so it is not a Hugging Face model folder",
-                            "point model.path at the folder that holds config.json and the weights")
-        return str(local)
-    return config.model.path
-
-
-def _local_only() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-
-
-def build_tokenizer(config: Config, path: str, *, from_run: bool = False):
-    """The tokenizer for ``path``: the base model's, or (``from_run``) the one saved beside an adapter.
-
-    A run's folder is local and was written by us, so no hub revision applies to it.
-    """
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            str(path), trust_remote_code=config.model.trust_remote_code,
-            revision=None if from_run else config.model.revision, local_files_only=_local_only(),
-        )
-    except OSError as exc:
-        reason = str(exc).splitlines()[0]
-        if from_run:
-            raise UserError(f"could not load the tokenizer in {path}: {reason}",
-                            "the run's adapter folder should hold the tokenizer it was trained with") from None
-        raise UserError(f"could not load a tokenizer for {config.model.path!r}: {reason}",
-                        "give a local model folder with tokenizer files, 'demo', or a hub id while online") from None
-    if tokenizer.pad_token is None:
-        # Padding positions are masked out of the loss, so reusing eos is safe.
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
 def build_model(config: Config, path: str, device: Device, precision: str):
     """Load the base model (quantized for qlora) and wrap it with LoRA adapters unless full."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     method = config.method
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     if config.model.dtype != "auto":
         dtype = getattr(torch, config.model.dtype)
-    kwargs: dict[str, Any] = dict(
-        dtype=dtype, trust_remote_code=config.model.trust_remote_code, revision=config.model.revision,
-        local_files_only=_local_only(),
-    )
-    if config.model.attn_implementation != "auto":
-        kwargs["attn_implementation"] = config.model.attn_implementation
-    if method.type == "qlora":
-        if device.kind != "cuda":
-            raise UserError("qlora needs an NVIDIA GPU with CUDA, and none was found",
-                            "use method.type: lora on this machine")
-        from transformers import BitsAndBytesConfig
-
-        compute = torch.bfloat16 if device.bf16 else torch.float16
-        kwargs["quantization_config"] = (
-            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=compute)
-            if method.bits == 4 else BitsAndBytesConfig(load_in_8bit=True)
-        )
-        kwargs["device_map"] = {"": 0}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as exc:
-        raise UserError(f"could not load model {config.model.path!r}: {str(exc).splitlines()[0]}",
-                        "give a local model folder, 'demo', or a hub id while online (see `sft-tui models`)") from None
-    except ValueError as exc:
-        raise UserError(f"{config.model.path!r} cannot be fine-tuned as a causal language model: {exc}",
-                        "choose a decoder-only (causal LM) model such as Llama, Mistral, Qwen or Phi") from None
+    if method.type == "qlora" and device.kind != "cuda":
+        raise UserError("qlora needs an NVIDIA GPU with CUDA, and none was found",
+                        "use method.type: lora on this machine")
+    compute = dtype if method.type != "qlora" else (torch.bfloat16 if device.bf16 else torch.float16)
+    model = load_causal_lm(path, config, compute if method.type == "qlora" else dtype, bits=method.bits,
+                           attn_implementation=config.model.attn_implementation, what=repr(config.model.path))
     model.config.use_cache = False  # the KV cache only costs memory during training
 
     if method.type == "full":
@@ -194,130 +128,48 @@ def training_arguments(config: Config, run: RunDir, device: Device, precision: s
     )
 
 
-def make_callback(run: RunDir, writer: EventWriter, device: Device):
-    """The one TrainerCallback: metrics out as flat events, control commands in."""
-    from transformers import TrainerCallback
+def run_training(run: RunDir, resume: bool = False, watcher: "ControlWatcher | None" = None) -> str:
+    """Train the run's config; returns the final state ('done' or 'stopped'). Raises on failure.
 
-    class EventCallback(TrainerCallback):
-        def __init__(self) -> None:
-            self.seq_done = int(run.read_control().get("seq", 0))
-            self.control_mtime = 0.0
-            self.stop_requested = False
-            self.last_log_time = time.monotonic()
-            self.last_tokens = 0
-            self.start_time = time.monotonic()
+    ``watcher`` is the worker's control watcher (it has been reading control.json since the worker
+    started); without one, commands are read from the first training step on.
+    """
+    from sft_tui.core.train import faults
+    from sft_tui.core.train.callback import EventCallback
+    from sft_tui.core.train.control import ControlWatcher, StopHandle
 
-        # -- control ---------------------------------------------------------
-        def _poll_control(self, control) -> None:
-            try:
-                mtime = run.control_path.stat().st_mtime
-            except FileNotFoundError:
-                return
-            if mtime == self.control_mtime:
-                return  # stat only: reading JSON every step would cost more than the step
-            self.control_mtime = mtime
-            cmd = run.read_control()
-            seq = int(cmd.get("seq", 0))
-            if seq <= self.seq_done:
-                return
-            self.seq_done = seq
-            if cmd.get("command") == "stop":
-                self.stop_requested = True
-                control.should_save = True
-                control.should_training_stop = True
-                writer.write("log", level="info", msg="stop requested: saving a checkpoint and ending")
-            elif cmd.get("command") == "save":
-                control.should_save = True
-                writer.write("log", level="info", msg="save requested: writing a checkpoint")
-
-        def request_stop(self) -> None:
-            self.stop_requested = True
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self._poll_control(control)
-            if self.stop_requested:
-                control.should_save = True
-                control.should_training_stop = True
-            return control
-
-        # -- metrics ---------------------------------------------------------
-        def on_train_begin(self, args, state, control, **kwargs):
-            writer.write("log", level="info",
-                         msg=f"training for {state.max_steps} steps on {device.kind}")
-            self.start_time = self.last_log_time = time.monotonic()
-            self.last_tokens = state.num_input_tokens_seen or 0
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            logs = dict(logs or {})
-            now = time.monotonic()
-            if "loss" in logs:
-                loss = logs["loss"]
-                if loss is None or (isinstance(loss, float) and (math.isnan(loss) or math.isinf(loss))):
-                    raise NanLossError(f"the training loss became NaN/inf at step {state.global_step}")
-                tokens = state.num_input_tokens_seen or 0
-                elapsed = max(now - self.last_log_time, 1e-6)
-                tps = (tokens - self.last_tokens) / elapsed if tokens >= self.last_tokens else None
-                self.last_tokens, self.last_log_time = tokens, now
-                writer.write(
-                    "train", step=state.global_step, max_steps=state.max_steps, epoch=state.epoch,
-                    loss=loss, lr=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
-                    tokens_per_s=tps, tokens_seen=tokens, elapsed_s=now - self.start_time,
-                )
-                writer.write("memory", **memory_snapshot(device))
-            if "eval_loss" in logs:
-                ev = {k: v for k, v in logs.items() if k.startswith("eval_")}
-                if "eval_loss" in ev and ev["eval_loss"] is not None:
-                    try:
-                        ev["eval_perplexity"] = math.exp(min(ev["eval_loss"], 50))
-                    except OverflowError:
-                        pass
-                writer.write("eval", step=state.global_step, epoch=state.epoch, **ev)
-
-        def on_save(self, args, state, control, **kwargs):
-            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            writer.write("checkpoint", step=state.global_step, path=str(path))
-
-    return EventCallback()
-
-
-def memory_snapshot(device: Device) -> dict[str, Any]:
-    if device.kind == "cuda":
-        import torch
-
-        return {
-            "device": "cuda:0",
-            "allocated": torch.cuda.memory_allocated(),
-            "reserved": torch.cuda.memory_reserved(),
-            "peak": torch.cuda.max_memory_reserved(),
-        }
-    import psutil
-
-    rss = psutil.Process().memory_info().rss
-    return {"device": "cpu", "allocated": rss, "reserved": rss, "peak": rss}
-
-
-def run_training(run: RunDir, resume: bool = False, stop_flag: list[Any] | None = None) -> str:
-    """Train the run's config; returns the final state ('done' or 'stopped'). Raises on failure."""
     writer = run.writer()
     config = run.load_config()
+    watcher = watcher or ControlWatcher(run, writer, StopHandle(), run.control_seq())
     device = Device.detect()
-    problems = cross_check(config, Environment(cuda_available=device.kind == "cuda", bf16_supported=device.bf16))
-    if problems:
-        from sft_tui.core.config import ConfigError
+    from sft_tui.core.train.preflight import preflight
 
-        raise ConfigError(problems, str(run.config_path))
-    resume_from = None
+    # The cheap pre-flight again (the files may have moved since `train` checked): every problem at once.
+    env = Environment(cuda_available=device.kind == "cuda", bf16_supported=device.bf16)
+    preflight(config, env, deep=False, runs_dir=run.path.parent).raise_if_blocked(force=True, source=str(run.config_path))
+    plan = None
     if resume:
-        resume_from = run.latest_checkpoint()
-        if resume_from is None:
-            raise UserError(f"run {run.name} has no checkpoint to resume from",
-                            "start it again without --resume, or lower training.save_steps next time")
+        from sft_tui.core.train.resume import plan_resume
+
+        plan = plan_resume(run)
+        for moved, why in run.set_aside_incomplete():
+            writer.write("log", level="warning", msg=f"{moved.name} is incomplete ({why}), resuming from "
+                         f"{plan.checkpoint.name}; the partial folder was moved to {moved.parent.name}/")
+    faults.install(writer)
 
     precision = resolve_precision(config, device)
-    path = model_path(config)
+    path = model_folder(config, progress=lambda msg: writer.write("log", level="info", msg=msg))
     # The resolved folder, not just 'demo' or a hub id: what this run was trained from, exactly.
     writer.status("loading", device=device.kind, precision=precision, model_path=path)
-    tokenizer = build_tokenizer(config, path)
+    tokenizer = load_tokenizer(path, trust_remote_code=config.model.trust_remote_code, what=repr(config.model.path))
+    if plan is not None and plan.finish_only:
+        from sft_tui.core.train.resume import finish_from_checkpoint
+
+        writer.write("log", level="info", msg=plan.notes()[-1])
+        writer.status("saving")
+        finish_from_checkpoint(plan.checkpoint, tokenizer, run.adapter_dir)
+        writer.write("saved", path=str(run.adapter_dir), method=config.method.type)
+        return "done"
     model = build_model(config, path, device, precision)
     trainable, total = _count_params(model)
     writer.write("log", level="info", msg=f"model {config.model.path}: {total / 1e6:.2f}M parameters, "
@@ -344,9 +196,7 @@ def run_training(run: RunDir, resume: bool = False, stop_flag: list[Any] | None 
 
     has_eval = data.eval is not None and len(data.eval) > 0
     args = training_arguments(config, run, device, precision, has_eval)
-    callback = make_callback(run, writer, device)
-    if stop_flag is not None:
-        stop_flag.append(callback)
+    callback = EventCallback(run, writer, device.kind, watcher.stop, watcher)
     callbacks = [callback]
     if config.training.early_stopping_patience and has_eval:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.training.early_stopping_patience))
@@ -360,19 +210,30 @@ def run_training(run: RunDir, resume: bool = False, stop_flag: list[Any] | None 
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    writer.status("training", resumed_from=str(resume_from) if resume_from else None)
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    resume_from = str(plan.checkpoint) if plan is not None else None
+    writer.status("training", resumed_from=resume_from)
+    watcher.training_started()
+    trainer.train(resume_from_checkpoint=resume_from)
 
     writer.status("saving")
-    save_final(trainer, tokenizer, run, config)
+    save_final(trainer, tokenizer, run, writer)
     writer.write("saved", path=str(run.adapter_dir), method=config.method.type)
-    return "stopped" if callback.stop_requested else "done"
+    return "stopped" if watcher.stop.requested else "done"
 
 
-def save_final(trainer, tokenizer, run: RunDir, config: Config) -> None:
-    """LoRA runs save the adapter; full runs save the whole model in the same folder name."""
-    trainer.model.save_pretrained(str(run.adapter_dir), safe_serialization=True)
-    tokenizer.save_pretrained(str(run.adapter_dir))
+def save_final(trainer, tokenizer, run: RunDir, writer=None) -> None:
+    """LoRA runs save the adapter; full runs save the whole model in the same folder name.
+
+    Written beside ``adapter/`` and swapped in whole, so a kill mid-save never leaves half a model.
+    """
+    from sft_tui.core.train import faults
+    from sft_tui.core.train.resume import staged_folder
+
+    with staged_folder(run.adapter_dir) as tmp:
+        trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+        if writer is not None:
+            faults.final_save_pause(writer)
+        tokenizer.save_pretrained(str(tmp))
 
 
 def _count_params(model) -> tuple[int, int]:

@@ -1,0 +1,101 @@
+"""The one TrainerCallback: metrics out as flat events; commands in through the worker's watcher.
+
+Only the worker imports this module (it imports transformers).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from sft_tui.core.errors import NanLossError
+from sft_tui.core.train import faults
+from sft_tui.core.run.events import EventWriter
+from sft_tui.core.run.rundir import RunDir
+from sft_tui.core.train.control import ControlWatcher, StopHandle
+
+
+def memory_snapshot(device: str) -> dict[str, Any]:
+    """The worker's memory now: CUDA allocator figures on a GPU, resident memory on CPU."""
+    if device == "cuda":
+        import torch
+
+        return {
+            "device": "cuda:0",
+            "allocated": torch.cuda.memory_allocated(),
+            "reserved": torch.cuda.memory_reserved(),
+            "peak": torch.cuda.max_memory_reserved(),
+        }
+    import psutil
+
+    rss = psutil.Process().memory_info().rss
+    return {"device": "cpu", "allocated": rss, "reserved": rss, "peak": rss}
+
+
+class EventCallback(TrainerCallback):
+    """Writes train/eval/checkpoint/memory events and turns control commands into trainer actions."""
+
+    def __init__(self, run: RunDir, writer: EventWriter, device: str, stop: StopHandle,
+                 watcher: ControlWatcher | None = None) -> None:
+        self.run, self.writer, self.device, self.stop = run, writer, device, stop
+        # Without a worker's watcher (tests, scripts), the callback reads control.json itself.
+        self.watcher = watcher or ControlWatcher(run, writer, stop, run.control_seq())
+        self.watcher.training = True
+        self.last_log_time = time.monotonic()
+        self.last_tokens = 0
+        self.start_time = time.monotonic()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop.requested
+
+    # -- control ---------------------------------------------------------
+    def on_step_end(self, args, state, control, **kwargs):
+        if not self.watcher._thread.is_alive():
+            self.watcher.poll()
+        if self.watcher.save_pending.is_set():
+            self.watcher.save_pending.clear()
+            control.should_save = True
+        if self.stop.requested:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    # -- metrics ---------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.writer.write("log", level="info", msg=f"training for {state.max_steps} steps on {self.device}")
+        self.start_time = self.last_log_time = time.monotonic()
+        self.last_tokens = state.num_input_tokens_seen or 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = dict(logs or {})
+        now = time.monotonic()
+        if "loss" in logs:
+            loss = logs["loss"]
+            if faults.nan_at(state.global_step):
+                loss = math.nan
+            if loss is None or (isinstance(loss, float) and (math.isnan(loss) or math.isinf(loss))):
+                raise NanLossError(f"the training loss became NaN/inf at step {state.global_step}")
+            tokens = state.num_input_tokens_seen or 0
+            elapsed = max(now - self.last_log_time, 1e-6)
+            tps = (tokens - self.last_tokens) / elapsed if tokens >= self.last_tokens else None
+            self.last_tokens, self.last_log_time = tokens, now
+            self.writer.write(
+                "train", step=state.global_step, max_steps=state.max_steps, epoch=state.epoch,
+                loss=loss, lr=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
+                tokens_per_s=tps, tokens_seen=tokens, elapsed_s=now - self.start_time,
+            )
+            self.writer.write("memory", **memory_snapshot(self.device))
+        if "eval_loss" in logs:
+            ev = {k: v for k, v in logs.items() if k.startswith("eval_")}
+            if ev.get("eval_loss") is not None:
+                ev["eval_perplexity"] = math.exp(min(ev["eval_loss"], 50))
+            self.writer.write("eval", step=state.global_step, epoch=state.epoch, **ev)
+
+    def on_save(self, args, state, control, **kwargs):
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        self.writer.write("checkpoint", step=state.global_step, path=str(path))
