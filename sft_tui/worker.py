@@ -40,16 +40,18 @@ def main(argv: list[str] | None = None) -> int:
     watcher = ControlWatcher(run, writer, StopHandle(), seq_done=seq)
 
     def on_stop_signal(signum, frame):  # noqa: ARG001 - signal handler signature
-        writer.write("log", level="info", msg=f"signal {signum}: " + (
-            "stopping after this step" if watcher.training else "stopping before training starts"))
-        watcher.request_stop(f"signal {signum}")
-
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, on_stop_signal)
-    signal.signal(signal.SIGINT, on_stop_signal)
+        if not watcher.stop.requested:  # a stop from control.json arrives here too (interrupt_main)
+            writer.write("log", level="info", msg=f"signal {signum}: " + (
+                "stopping after this step" if watcher.training else "stopping before training starts"))
+        watcher.stop.request(f"signal {signum}")
+        if not watcher.training:
+            raise KeyboardInterrupt
 
     try:
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, on_stop_signal)
+        signal.signal(signal.SIGINT, on_stop_signal)
         watcher.start()
         from sft_tui.core.train.recipe import run_training
 

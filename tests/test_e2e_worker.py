@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import yaml
 
 from sft_tui.core.errors import UserError
 from sft_tui.core.run.rundir import RunDir, find_run
+from sft_tui.testing.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -38,15 +38,6 @@ def write_config(path: Path, **training) -> Path:
     path.write_text(yaml.safe_dump(cfg))
     return path
 
-
-def wait_for(predicate, timeout: float, what: str, poll: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")

@@ -387,3 +387,53 @@ def test_doomed_run_is_refused_before_its_folder_exists(tmp_path, capsys):
     assert "nope.jsonl" in capsys.readouterr().err and list_runs(runs) == []
     with pytest.raises(UserError):
         find_run("anything", runs)
+
+
+# --------------------------------------------------------------------------- resume guard
+
+
+def _recorded(run: RunDir, step: int, config: Config, data: str | None = None, rows: int = 90) -> Path:
+    from sft_tui.core.train.resume import write_record
+
+    folder = _checkpoint(run, step)
+    write_record(folder, config, data, rows)
+    return folder
+
+
+def test_resume_guard_refuses_a_rank_change_and_applies_a_learning_rate_change(tmp_path):
+    from sft_tui.core.config import save_config
+    from sft_tui.core.train.resume import data_identity
+
+    run = synthetic.write_run(tmp_path, "r", steps=10, max_steps=40, final=None, pid=999_999_999)
+    config = run.load_config()
+    _recorded(run, 10, config, data_identity(config))
+    changed = config.model_copy(deep=True)
+    changed.method.lora_r = 64
+    save_config(changed, run.config_path)
+    with pytest.raises(UserError) as info:
+        plan_resume(run)
+    assert "method.lora_r: 16 → 64" in info.value.message and str(run.config_path) in info.value.hint
+    changed.method.lora_r = 16
+    changed.training.learning_rate = 1e-5
+    save_config(changed, run.config_path)
+    plan = plan_resume(run)
+    assert plan.change_notes() == ["changed since checkpoint-10: training.learning_rate 0.0002 → 1e-05 (applied)"]
+
+
+def test_resume_guard_warns_when_the_data_changed(tmp_path):
+    from sft_tui.core.config import save_config
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"instruction": "a", "output": "b"}\n')
+    run = synthetic.write_run(tmp_path, "r", steps=10, max_steps=40, final=None, pid=999_999_999)
+    config = run.load_config()
+    config.data.path = str(data)
+    save_config(config, run.config_path)
+    from sft_tui.core.train.resume import data_identity
+
+    _recorded(run, 10, config, data_identity(config), rows=1)
+    assert plan_resume(run).data_changed is None
+    data.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": "d"}\n')
+    os.utime(data, (1, 1))
+    note = plan_resume(run).data_changed
+    assert note and "data files changed since checkpoint-10" in note and "1 training rows then" in note

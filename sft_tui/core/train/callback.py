@@ -45,6 +45,7 @@ class EventCallback(TrainerCallback):
         # Without a worker's watcher (tests, scripts), the callback reads control.json itself.
         self.watcher = watcher or ControlWatcher(run, writer, stop, run.control_seq())
         self.watcher.training = True
+        self.record: tuple | None = None  # (config, data identity, train rows) written into each checkpoint
         self.last_log_time = time.monotonic()
         self.last_tokens = 0
         self.start_time = time.monotonic()
@@ -98,4 +99,8 @@ class EventCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if self.record is not None and path.is_dir():
+            from sft_tui.core.train.resume import write_record
+
+            write_record(path, *self.record)
         self.writer.write("checkpoint", step=state.global_step, path=str(path))

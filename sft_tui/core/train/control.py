@@ -68,13 +68,22 @@ class ControlWatcher:
             self.training = True
 
     def request_stop(self, reason: str) -> None:
-        """Stop now if nothing has trained yet, else after the current step with a checkpoint."""
+        """Stop now if nothing has trained yet, else after the current step with a checkpoint.
+
+        "Now" is a KeyboardInterrupt in the main thread: raised directly when called there, else
+        through ``interrupt_main`` (which runs the worker's SIGINT handler, which raises it while
+        nothing trains). The lock is never held while that happens: the handler runs on top of
+        whatever the main thread was doing.
+        """
         with self._lock:
             self.stop.request(reason)
-            if not self.training:
-                import _thread
+            early = not self.training
+        if early:
+            if threading.current_thread() is threading.main_thread():
+                raise KeyboardInterrupt
+            import _thread
 
-                _thread.interrupt_main()
+            _thread.interrupt_main()
 
     def _loop(self) -> None:
         while not self._closed.wait(self.interval):

@@ -197,6 +197,18 @@ def run_training(run: RunDir, resume: bool = False, watcher: "ControlWatcher | N
     has_eval = data.eval is not None and len(data.eval) > 0
     args = training_arguments(config, run, device, precision, has_eval)
     callback = EventCallback(run, writer, device.kind, watcher.stop, watcher)
+    from sft_tui.core.train.resume import data_identity
+
+    callback.record = (config, data_identity(config), len(data.train))
+    if plan is not None:
+        from sft_tui.core.train.resume import read_record
+
+        for note in plan.change_notes():
+            writer.write("log", level="warning" if note.startswith("warning") else "info", msg=note)
+        rows_then = read_record(plan.checkpoint).get("train_rows")
+        if plan.data_changed and rows_then is not None:
+            writer.write("log", level="warning", msg=f"training rows: {rows_then} at {plan.checkpoint.name}, "
+                         f"{len(data.train)} now")
     callbacks = [callback]
     if config.training.early_stopping_patience and has_eval:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.training.early_stopping_patience))

@@ -9,6 +9,8 @@ checkpoint without training.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -17,6 +19,13 @@ from pathlib import Path
 
 from sft_tui.core.errors import UserError
 from sft_tui.core.run.rundir import RunDir, checkpoint_state
+
+# What sft-tui writes into each checkpoint: the config it was trained with and its data's identity.
+RECORD = "sft_tui_run.json"
+# Changes that make a resume fail or meaningless: the weights, their shapes, or what a token means.
+BREAKING = ("model.path", "model.revision", "method.type", "method.quantization_bits", "method.lora_r",
+            "method.lora_alpha", "method.target_modules", "method.use_dora", "method.use_rslora",
+            "data.max_length", "data.packing", "data.template", "data.train_on_prompt")
 
 # What a checkpoint holds of the model itself (the rest is optimizer/scheduler/trainer state).
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_config.json", "model.safetensors",
@@ -30,10 +39,18 @@ class ResumePlan:
     planned_steps: int | None
     finish_only: bool = False  # training reached its end: only the final save is missing
     incomplete: list[tuple[Path, str]] = field(default_factory=list)
+    changed: list[tuple[str, object, object]] = field(default_factory=list)  # safe changes, applied
+    data_changed: str | None = None
+
+    def change_notes(self) -> list[str]:
+        out = [f"changed since {self.checkpoint.name}: {key} {old!r} → {new!r} (applied)"
+               for key, old, new in self.changed]
+        return out + ([self.data_changed] if self.data_changed else [])
 
     def notes(self) -> list[str]:
         out = [f"{path.name} is incomplete ({why}), resuming from {self.checkpoint.name}"
                for path, why in self.incomplete]
+        out += self.change_notes()
         if self.finish_only:
             out.append(f"{self.checkpoint.name} is the last step of the run: saving the final model from it")
         return out
@@ -62,7 +79,60 @@ def plan_resume(run: RunDir) -> ResumePlan:
             f"run {run.name} is finished (done at step {status.step}" + (f"/{planned}" if planned else "") + ")",
             f"to train it longer, raise training.max_steps or training.epochs in {run.config_path}, then resume")
     finish_only = bool(planned and step >= planned and not raised)
-    return ResumePlan(checkpoint, step, planned, finish_only, incomplete)
+    plan = ResumePlan(checkpoint, step, planned, finish_only, incomplete)
+    record = read_record(checkpoint)
+    if record:
+        _guard(run, config, record, plan)
+    return plan
+
+
+def flat(config_dict: dict) -> dict[str, object]:
+    return {f"{section}.{key}": value for section, values in config_dict.items() if isinstance(values, dict)
+            for key, value in values.items()}
+
+
+def read_record(checkpoint: Path) -> dict:
+    try:
+        data = json.loads((checkpoint / RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) and isinstance(data.get("config"), dict) else {}
+
+
+def data_identity(config) -> str | None:
+    """A digest of the data files' paths, sizes and mtimes (cheap; changes when the data does)."""
+    from sft_tui.core.data.loading import file_identity, resolve_paths
+
+    try:
+        return hashlib.sha256(json.dumps(file_identity(resolve_paths(config.data.path))).encode()).hexdigest()[:16]
+    except (UserError, OSError):
+        return None
+
+
+def write_record(checkpoint: Path, config, data: str | None, train_rows: int | None) -> None:
+    """Written into every checkpoint as it is saved, so a resume can tell what changed since."""
+    payload = {"config": config.to_dict(), "data": data, "train_rows": train_rows}
+    (checkpoint / RECORD).write_text(json.dumps(payload, default=str), encoding="utf-8")
+
+
+def _guard(run: RunDir, config, record: dict, plan: ResumePlan) -> None:
+    """Refuse changes that break a resume; list the safe ones; warn when the data changed."""
+    before, now = flat(record["config"]), flat(config.to_dict())
+    ignore = {"output.run_name", "output.runs_dir"}
+    diffs = [(k, before.get(k), now.get(k)) for k in sorted(set(before) | set(now))
+             if k not in ignore and before.get(k) != now.get(k)]
+    breaking = [d for d in diffs if d[0] in BREAKING]
+    if breaking:
+        listing = "; ".join(f"{k}: {old!r} → {new!r}" for k, old, new in breaking)
+        raise UserError(f"run {run.name} cannot resume from {plan.checkpoint.name}: {listing} changed since it was "
+                        "saved, and the checkpoint only fits the settings it was trained with",
+                        f"put those values back in {run.config_path}, or start a new run with the new settings")
+    plan.changed = diffs
+    if record.get("data") and record["data"] != data_identity(config):
+        rows = record.get("train_rows")
+        plan.data_changed = (f"warning: the data files changed since {plan.checkpoint.name}"
+                             + (f" ({rows} training rows then; the count now is logged when tokenizing)" if rows else "")
+                             + ": the resumed run trains on the new data")
 
 
 def finish_from_checkpoint(checkpoint: Path, tokenizer, target: Path) -> None:
