@@ -13,13 +13,14 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.theme import Theme
-from textual.worker import Worker, WorkerState
 
 from sft_tui.core.errors import explain
 from sft_tui.core.setup.session import Session
 from sft_tui.core.settings import Settings, load_settings, save_settings
+from sft_tui.core.system.gpus import GpuSampler, default_sampler
 from sft_tui.core.themes import load_themes
 from sft_tui.screens.dialogs import ConfirmScreen, ErrorScreen, HelpScreen
+from sft_tui.screens.work import Background, WorkFailed
 from sft_tui.widgets.stepbar import STEPS
 
 SCREENS_BY_MODE: dict[str, tuple[str, str]] = {
@@ -42,7 +43,7 @@ def _lazy(module: str, name: str) -> Callable[[], Screen]:
     return make
 
 
-class SftApp(App):
+class SftApp(Background, App):
     TITLE = "sft-tui"
     CSS_PATH = "app.tcss"
     MODES = {mode: _lazy(*target) for mode, target in SCREENS_BY_MODE.items()}
@@ -53,11 +54,14 @@ class SftApp(App):
         *[Binding(key, f"go('{mode}')", mode.capitalize(), show=False, id=f"go_{mode}") for mode, key in FKEYS.items()],
     ]
 
-    def __init__(self, session: Session | None = None, start: str = "model", settings: Settings | None = None) -> None:
+    def __init__(self, session: Session | None = None, start: str = "model", settings: Settings | None = None,
+                 gpu_sampler: GpuSampler | None = None) -> None:
         super().__init__()
         self.session = session or Session()
         self.start_mode = start
         self.settings = settings if settings is not None else load_settings()
+        # The one source of GPU samples for every screen that shows GPUs (tests pass a fake one).
+        self.gpu_sampler = gpu_sampler if gpu_sampler is not None else default_sampler()
         self._theme_warnings: list[str] = []
         self._register_themes()
 
@@ -126,13 +130,15 @@ class SftApp(App):
             yield SystemCommand(title, help_text, callback)
 
     # ------------------------------------------------------------------ errors
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        """One place turns a failed background task into a readable dialog."""
-        if event.state == WorkerState.ERROR and event.worker.error is not None:
-            info = explain(event.worker.error)
-            self.show_error(info.message, info.hint)
+    def on_work_failed(self, message: WorkFailed) -> None:
+        """The one place a failed background task of any screen or widget becomes a readable dialog."""
+        info = explain(message.error)
+        self.show_error(info.message, info.hint)
 
     def show_error(self, message: str, hint: str = "", title: str = "Something went wrong") -> None:
+        top = self.screen_stack[-1] if self.screen_stack else None
+        if isinstance(top, ErrorScreen) and (top.message, top.hint, top.title_text) == (message, hint, title):
+            return  # the same failure again (a polling worker): one dialog is enough
         self.push_screen(ErrorScreen(message, hint, title))
 
     # ------------------------------------------------------------------ quitting

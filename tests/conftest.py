@@ -35,3 +35,13 @@ def demo_model_dir() -> Path:
     from sft_tui.core.models.demo import ensure_demo_model
 
     return ensure_demo_model()
+
+
+@pytest.fixture(autouse=True)
+def _no_cursor_blink(monkeypatch):
+    """Input and TextArea cursors blink on a timer, which made snapshots depend on timing: a steady
+    cursor in every test (the reactive's default, so each widget is created with blinking off)."""
+    from textual.widgets import Input, TextArea
+
+    for widget in (Input, TextArea):
+        monkeypatch.setattr(widget.cursor_blink, "_default", False)

@@ -1,14 +1,14 @@
 """SVG snapshots of the Evaluate and Export screens (80×24 and 120×40, dark theme).
 
-A synthetic finished run with an adapter config and a saved evaluation, in a fixed folder so no
-tmp path reaches the frame. Regenerate with ``pytest tests/test_snapshots_eval.py --snapshot-update``.
+A synthetic finished run with an adapter config and a saved evaluation, in a private tmp folder
+that is the test's home folder, so the screens show it as "~/runs/…" and the frame does not depend
+on where the test runs (and parallel runs do not collide). Regenerate with
+``pytest tests/test_snapshots_eval.py --snapshot-update``.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +16,6 @@ from sft_tui.app import SftApp
 from sft_tui.testing import synthetic
 from sft_tui.core.setup.session import Session
 from sft_tui.core.settings import Settings
-
-FIXED = Path("/tmp/sft-tui-snapshots")
 
 RESULT = {
     "run": "demo-lora-example", "source": "adapter", "data": "validation split (200 rows)",
@@ -38,16 +36,20 @@ RESULT = {
 
 
 @pytest.fixture
-def finished_run():
-    shutil.rmtree(FIXED, ignore_errors=True)
-    run = synthetic.write_run(FIXED / "runs", "demo-lora-example", steps=40, run_path="runs/demo-lora-example")
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def finished_run(home):
+    run = synthetic.write_run(home / "runs", "demo-lora-example", steps=40, run_path="runs/demo-lora-example")
     run.adapter_dir.mkdir(parents=True)
     (run.adapter_dir / "adapter_config.json").write_text(json.dumps(
         {"peft_type": "LORA", "r": 16, "lora_alpha": 32, "base_model_name_or_path": "demo"}))
     (run.path / "eval").mkdir()
     (run.path / "eval" / "eval-example.json").write_text(json.dumps(RESULT))
-    yield run
-    shutil.rmtree(FIXED, ignore_errors=True)
+    return run
 
 
 def app_for(run, start: str) -> SftApp:
@@ -66,8 +68,8 @@ async def settle(pilot) -> None:
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
 @pytest.mark.parametrize("screen", ["evaluate", "export"])
-def test_eval_and_export_snapshots(snap_compare, finished_run, screen, size, monkeypatch):
+def test_eval_and_export_snapshots(snap_compare, finished_run, home, screen, size, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setenv("HF_HOME", str(FIXED / "hf-home"))
+    monkeypatch.setenv("HF_HOME", str(home / "hf-home"))
     assert snap_compare(app_for(finished_run, screen), terminal_size=size, run_before=settle)

@@ -44,9 +44,7 @@ def utc(monkeypatch):
 
 
 def app_for(session: Session, start: str, sampler) -> SftApp:
-    app = SftApp(session=session, start=start, settings=Settings(theme="sft-dark"))
-    app.gpu_sampler = sampler
-    return app
+    return SftApp(session=session, start=start, settings=Settings(theme="sft-dark"), gpu_sampler=sampler)
 
 
 async def settle(pilot, cond, timeout: float = 10.0) -> None:

@@ -44,9 +44,7 @@ NO_GPU = GpuSnapshot(False, "no NVIDIA GPU found (nvidia-ml-py is not installed)
 
 def make_app(run, tmp_path, sampler=None) -> SftApp:
     session = Session(run=run, runs_dir=tmp_path)
-    app = SftApp(session=session, start="monitor", settings=Settings())
-    app.gpu_sampler = sampler or FakeSampler(NO_GPU)
-    return app
+    return SftApp(session=session, start="monitor", settings=Settings(), gpu_sampler=sampler or FakeSampler(NO_GPU))
 
 
 

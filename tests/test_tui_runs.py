@@ -17,6 +17,7 @@ from sft_tui.screens.monitor import MonitorScreen
 from sft_tui.screens.runs import CompareScreen, RunsScreen
 from sft_tui.widgets.chart import LineChart
 from pilot_support import wait_for
+from test_rundir import complete_checkpoint
 
 
 
@@ -149,9 +150,9 @@ async def test_resume_starts_a_worker_from_the_checkpoint(tmp_path, runs, monkey
         await pilot.press("down", "r")  # bravo has no checkpoint folder
         assert isinstance(app.screen, ErrorScreen) and not started
         await pilot.press("escape")
-        (bravo.checkpoints_dir / "checkpoint-10").mkdir(parents=True)
+        complete_checkpoint(bravo.checkpoints_dir / "checkpoint-10", 10)
         await pilot.press("r")
-        assert started == [("bravo", True)]
+        assert await wait_for(pilot, lambda: started == [("bravo", True)])  # started in a worker
         assert bravo.events()[-1] == {**bravo.events()[-1], "type": "status", "state": "starting", "resume": True}
         assert await wait_for(pilot, lambda: isinstance(app.screen, MonitorScreen))
         assert app.session.run.name == "bravo"

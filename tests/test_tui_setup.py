@@ -30,7 +30,8 @@ def setup_env(monkeypatch, tmp_path, demo_model_dir):
     monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
     import sft_tui.core.system.gpus as gpus
 
-    monkeypatch.setattr(gpus, "sample_gpus", lambda: GpuSnapshot(False, NO_GPU, time=0.0))
+    # Every app's one sampler (SftApp(gpu_sampler=...) when a test needs a particular machine).
+    monkeypatch.setattr(gpus.GpuSampler, "sample", lambda self: GpuSnapshot(False, NO_GPU, time=0.0))
     monkeypatch.setattr(Environment, "detect", classmethod(lambda cls: cls(cuda_available=False, bf16_supported=False)))
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -78,7 +79,7 @@ async def test_model_screen_lists_filters_and_chooses_the_demo(setup_env, demo_m
         await settle(pilot)
         table = app.screen.query_one("#model-table")
         assert table.row_count == 1
-        assert table.get_row("demo")[1:] == ["demo", "Llama", "831K", "512", "3.2 MB", "✓"]
+        assert table.get_row("demo")[1:] == ["demo", "Llama", "831K", "512", "3.2 MiB", "✓"]
         assert "LlamaForCausalLM" in text_of(pilot, "#details-text")
         assert "GPU memory" in text_of(pilot, "#memory-headline")
         assert app.screen.query_one("#memory-headline").has_class("no-gpu")
@@ -150,7 +151,7 @@ async def test_data_screen_loads_each_sample_and_maps_columns(setup_env):
                 assert "trained" in summary and "masked" in summary, (name, summary)
                 assert text_of(pilot, "#preview-text").strip()
         # the CSV has question/answer columns: map them to alpaca's instruction/output
-        assert "format unknown" in text_of(pilot, "#detected")
+        assert "could not tell the data format" in text_of(pilot, "#detected")
         screen.query_one("#data-tabs").active = "tab-mapping"
         await settle(pilot)
         screen.query_one("#map-instruction").focus()
@@ -223,6 +224,28 @@ async def test_data_problems_show_line_numbers(setup_env, tmp_path):
         stats = text_of(pilot, "#stats-text")
         assert "line 3" in stats, stats
         assert "line 4" in stats, stats
+
+
+async def test_a_chosen_format_without_its_columns_shows_the_problem(setup_env, tmp_path):
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"query": f"question {i}", "reply": f"answer {i}"}) + "\n" for i in range(5)))
+    session = Session()
+    session.config.data.path = str(data)
+    app = SftApp(session=session, start="data")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert screen.detection.format == "unknown"  # auto: no known columns
+        screen.query_one("#data-format").value = "alpaca"  # chosen: the same rule as training
+        await settle(pilot)
+        assert app.session.config.data.format == "alpaca"
+        assert screen.detection.format == "unknown"
+        detected = screen.query_one("#detected")
+        assert detected.has_class("bad")
+        text = text_of(pilot, "#detected")
+        assert "alpaca" in text and "instruction" in text and "output" in text, text
+        assert "map them with data.columns" in text, text
+        assert "set the format or the mapping" in text_of(pilot, "#preview-summary")
 
 
 # --------------------------------------------------------------------------- training screen

@@ -1,19 +1,31 @@
-"""The frame every step screen shares: step bar on top, keys in the footer, help on F1/?."""
+"""The frame every step screen shares: step bar on top, keys in the footer, help on F1/?, GPU samples."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer
 
+from sft_tui.screens.work import Background, background
 from sft_tui.widgets.stepbar import StepBar
 
 
-class StepScreen(Screen):
+class GpusSampled(Message):
+    """One GPU snapshot from the app's sampler, with the processes of a run's worker when asked."""
+
+    def __init__(self, snapshot: Any, pids: list[int] | None = None, rss: int | None = None) -> None:
+        super().__init__()
+        self.snapshot, self.pids, self.rss = snapshot, pids or [], rss
+
+    def can_replace(self, message: Message) -> bool:  # only the newest sample matters
+        return isinstance(message, GpusSampled)
+
+
+class StepScreen(Background, Screen):
     """Subclasses set STEP (a key of the step bar), TITLE and HELP and implement compose_body."""
 
     STEP = ""
@@ -25,6 +37,8 @@ class StepScreen(Screen):
         Binding("question_mark", "app.help", "Help", show=False, id="help_question"),
     ]
 
+    gpus: Any = None  # the latest GpuSnapshot, for screens that compare estimates with free memory
+
     def compose(self) -> ComposeResult:
         yield StepBar(self.STEP, id="stepbar")
         yield from self.compose_body()
@@ -33,23 +47,27 @@ class StepScreen(Screen):
     def compose_body(self) -> ComposeResult:
         yield from ()
 
-    gpus: Any = None  # the latest GpuSnapshot, for screens that compare estimates with free memory
+    # ------------------------------------------------------------------ GPUs
+    @background(group="gpus", description="sample the GPUs")
+    def sample_gpus(self, run: Any = None) -> GpusSampled:
+        """NVML calls can block, so the app's one sampler is read in a thread. With ``run``, also the
+        worker's process tree (whose GPU memory is ours) and, without a GPU, its resident memory."""
+        from sft_tui.core.run.processes import process_tree, tree_rss
 
-    @work(thread=True, exclusive=True, group="gpus")
-    def sample_gpus(self) -> None:
-        """NVML calls can block, so sampling runs in a thread; ``gpus_sampled`` runs on the UI thread."""
-        from sft_tui.core.system import gpus
+        snapshot = self.app.gpu_sampler.sample()  # type: ignore[attr-defined]
+        pid = run.pid() if run is not None else None
+        pids = process_tree(pid) if pid else []
+        rss = tree_rss(pid) if pids and not snapshot.available else None
+        return GpusSampled(snapshot, pids, rss)
 
-        snapshot = gpus.sample_gpus()
-        self.app.call_from_thread(self._gpus_ready, snapshot)
+    def on_gpus_sampled(self, message: GpusSampled) -> None:
+        self.gpus = message.snapshot
+        self.gpus_sampled(message)
 
-    def _gpus_ready(self, snapshot: Any) -> None:
-        self.gpus = snapshot
-        self.gpus_sampled()
+    def gpus_sampled(self, message: GpusSampled) -> None:
+        """Override to react to a new GPU snapshot (``self.gpus`` is already set)."""
 
-    def gpus_sampled(self) -> None:
-        """Override to react to a new GPU snapshot."""
-
+    # ------------------------------------------------------------------ shared
     @property
     def session(self):
         """The app-wide setup in progress (``sft_tui.core.setup.session.Session``)."""

@@ -6,16 +6,19 @@ import time
 from typing import Any
 
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select, Static, Switch, TabbedContent, TabPane
 
+from sft_tui.core.config import choices
 from sft_tui.core.setup import presenters as P
 from sft_tui.screens.base import StepScreen
+from sft_tui.screens.work import background
 
-TEMPLATES = ["auto", "alpaca", "chatml", "llama3"]
+TEMPLATES = choices("data.template")
 ROW_LIMIT = 500  # rows shown in the table; statistics always cover every row
 NONE = "(none)"
 
@@ -66,6 +69,50 @@ Choose the **training data** and check that it is read the way you mean.
     DataScreen #stats { height: 1fr; }
     """
 
+    class Loaded(Message):
+        """The rows of ``path`` (``loaded`` is None and ``message``/``hint`` say why when they could not be read)."""
+
+        def __init__(self, path: Any, loaded: Any = None, rows: list[dict[str, Any]] | None = None,
+                     detection: Any = None, message: str = "", hint: str = "") -> None:
+            super().__init__()
+            self.path, self.loaded, self.rows, self.detection = path, loaded, rows or [], detection
+            self.message, self.hint = message, hint
+
+    class Detected(Message):
+        def __init__(self, detection: Any) -> None:
+            super().__init__()
+            self.detection = detection
+
+    class TokenizerReady(Message):
+        def __init__(self, model: str, tokenizer: Any, error: str) -> None:
+            super().__init__()
+            self.model, self.tokenizer, self.error = model, tokenizer, error
+
+    class PreviewNote(Message):
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
+    class Previewed(Message):
+        def __init__(self, row: dict[str, Any], view: Any) -> None:
+            super().__init__()
+            self.row, self.view = row, view
+
+    class TokenizeProgress(Message):
+        def __init__(self, stage: str, fraction: float) -> None:
+            super().__init__()
+            self.stage, self.fraction = stage, fraction
+
+        def can_replace(self, message: Message) -> bool:
+            return isinstance(message, DataScreen.TokenizeProgress)
+
+    class Tokenized(Message):
+        """The data report, or the problem (``message``/``hint``) that stopped tokenizing."""
+
+        def __init__(self, report: Any = None, message: str = "", hint: str = "") -> None:
+            super().__init__()
+            self.report, self.message, self.hint = report, message, hint
+
     def __init__(self) -> None:
         super().__init__()
         self.loaded: Any = None  # LoadedRows
@@ -89,7 +136,7 @@ Choose the **training data** and check that it is read the way you mean.
                          value=data.path if data.path in {v for _, v in samples} else Select.NULL)
         with Horizontal(classes="data-row"):
             yield Label("format")
-            yield Select([(f, f) for f in P.format_choices()], value=data.format, allow_blank=False,
+            yield Select([(f, f) for f in choices("data.format")], value=data.format, allow_blank=False,
                          id="data-format", compact=True)
             yield Static("loading…", id="detected")
         with TabbedContent(id="data-tabs"):
@@ -134,50 +181,61 @@ Choose the **training data** and check that it is read the way you mean.
             self.load_tokenizer()
 
     # ------------------------------------------------------------------ loading rows (worker)
-    @work(thread=True, exclusive=True, group="data-load")
     def load_data(self) -> None:
+        self._status("loading…", False)
+        self._load(self.session.config.data.model_copy(deep=True))
+
+    @background(group="data-load", description="read the data file")
+    def _load(self, data: Any) -> Loaded:
         from sft_tui.core.imports import preload
 
         preload("datasets")
         from sft_tui.core.data import load_rows_detailed
         from sft_tui.core.errors import UserError
 
-        data = self.session.config.data.model_copy(deep=True)
-        self.app.call_from_thread(self._status, "loading…", False)
         try:
             loaded = load_rows_detailed(data.path, skip_bad_rows=True)
         except UserError as exc:
-            self.app.call_from_thread(self._load_failed, data.path, exc.message, exc.hint)
-            return
+            return self.Loaded(data.path, message=exc.message, hint=exc.hint)
         n = min(len(loaded.dataset), ROW_LIMIT)
         rows = loaded.dataset.select(range(n)).to_list()
-        detection = self._detect(loaded, data)
-        self.app.call_from_thread(self._loaded, data.path, loaded, rows, detection)
+        return self.Loaded(data.path, loaded, rows, self._detect(loaded, data))
 
     @staticmethod
     def _detect(loaded: Any, data: Any) -> Any:
-        """Detection for the current format/mapping; a mapping error becomes an 'unknown' detection."""
-        from sft_tui.core.data import Detection, detect_format, resolve_columns
+        """The core's detection for the chosen format and mapping; its refusal (the fix included)
+        becomes an 'unknown' detection, so the screen says what training would say."""
+        from sft_tui.core.data import Detection, detect_for, resolve_columns
         from sft_tui.core.errors import UserError
 
         try:
-            if data.format == "auto":
-                return detect_format(loaded.dataset, data.columns)
-            resolved = resolve_columns(loaded.dataset.column_names, data.columns)
-            return Detection(data.format, 1.0, "chosen by you", resolved)
+            return detect_for(loaded.dataset, data.format, data.columns)
         except UserError as exc:
-            return Detection("unknown", 0.0, exc.message, {})
+            try:  # keep what the mapping does resolve, so the Mapping tab shows it
+                resolved = resolve_columns(loaded.dataset.column_names, data.columns)
+            except UserError:
+                resolved = {}
+            reason = exc.message + (f" — {exc.hint}" if exc.hint else "")
+            return Detection("unknown", 0.0, reason, resolved)
 
-    def _load_failed(self, path: Any, message: str, hint: str) -> None:
-        self._loaded_path = path
-        self.loaded, self.rows, self.detection = None, [], None
-        self.query_one("#rows", DataTable).clear(columns=True)
-        self._status(f"{message}" + (f" — {hint}" if hint else ""), True)
-        self.query_one("#preview-text", Static).update("")
-        self.query_one("#preview-summary", Static).update("")
+    def work_failed(self, worker: Any) -> None:
+        if worker.group == "data-load":
+            self._status("could not read the data (see the error)", True)
+        elif worker.group == "data-tokenize":
+            self.query_one("#stats-text", Static).update(Text("tokenizing failed (see the error)", style="red"))
+        elif worker.group == "data-tokenizer":
+            self._preview_message("could not load the tokenizer (see the error)")
 
-    def _loaded(self, path: Any, loaded: Any, rows: list[dict[str, Any]], detection: Any) -> None:
-        self._loaded_path = path
+    def on_data_screen_loaded(self, message: Loaded) -> None:
+        self._loaded_path = message.path
+        if message.loaded is None:
+            self.loaded, self.rows, self.detection = None, [], None
+            self.query_one("#rows", DataTable).clear(columns=True)
+            self._status(message.message + (f" — {message.hint}" if message.hint else ""), True)
+            self.query_one("#preview-text", Static).update("")
+            self.query_one("#preview-summary", Static).update("")
+            return
+        loaded, rows, detection = message.loaded, message.rows, message.detection
         self.loaded, self.rows = loaded, rows
         table = self.query_one("#rows", DataTable)
         table.clear(columns=True)
@@ -197,7 +255,7 @@ Choose the **training data** and check that it is read the way you mean.
         self.detection = detection
         total = len(self.loaded.dataset) if self.loaded is not None else 0
         if detection.format == "unknown":
-            self._status(f"format unknown: {detection.reason}", True)
+            self._status(detection.reason, True)
         else:
             how = "→ " if self.session.config.data.format == "auto" else ""
             self._status(f"{how}{detection.format} ({detection.confidence:.0%} sure) · {total} rows · "
@@ -210,13 +268,16 @@ Choose the **training data** and check that it is read the way you mean.
         label.set_class(bad, "bad")
         label.update(Text(text))
 
-    @work(thread=True, exclusive=True, group="data-detect")
     def redetect(self) -> None:
-        if self.loaded is None:
-            return
-        data = self.session.config.data.model_copy(deep=True)
-        detection = self._detect(self.loaded, data)
-        self.app.call_from_thread(self._set_detection, detection)
+        if self.loaded is not None:
+            self._redetect(self.loaded, self.session.config.data.model_copy(deep=True))
+
+    @background(group="data-detect", description="detect the data format")
+    def _redetect(self, loaded: Any, data: Any) -> Detected:
+        return self.Detected(self._detect(loaded, data))
+
+    def on_data_screen_detected(self, message: Detected) -> None:
+        self._set_detection(message.detection)
 
     # ------------------------------------------------------------------ mapping
     async def _rebuild_mapping(self) -> None:
@@ -243,25 +304,25 @@ Choose the **training data** and check that it is read the way you mean.
         await box.mount_all(widgets)
 
     # ------------------------------------------------------------------ tokenizer and preview (workers)
-    @work(thread=True, exclusive=True, group="data-tokenizer")
     def load_tokenizer(self) -> None:
+        self._preview_message("loading the tokenizer…")
+        self._load_tokenizer(self.session.config.model_copy(deep=True))
+
+    @background(group="data-tokenizer", description="load the model's tokenizer")
+    def _load_tokenizer(self, config: Any) -> TokenizerReady:
         from sft_tui.core.imports import preload
 
         preload("datasets", "transformers")
         from sft_tui.core.errors import UserError
-        from sft_tui.core.train.recipe import build_tokenizer, model_path
+        from sft_tui.core.models.load import tokenizer_for
 
-        config = self.session.config.model_copy(deep=True)
-        self.app.call_from_thread(self._preview_message, "loading the tokenizer…")
         try:
-            tokenizer = build_tokenizer(config, model_path(config))
-            error = ""
+            return self.TokenizerReady(config.model.path, tokenizer_for(config), "")
         except UserError as exc:
-            tokenizer, error = None, f"no tokenizer: {exc.message}"
-        self.app.call_from_thread(self._tokenizer_ready, config.model.path, tokenizer, error)
+            return self.TokenizerReady(config.model.path, None, f"no tokenizer: {exc.message}")
 
-    def _tokenizer_ready(self, model: str, tokenizer: Any, error: str) -> None:
-        self.tokenizer, self.tokenizer_for, self.tokenizer_error = tokenizer, model, error
+    def on_data_screen_tokenizer_ready(self, message: TokenizerReady) -> None:
+        self.tokenizer, self.tokenizer_for, self.tokenizer_error = message.tokenizer, message.model, message.error
         self._preview_highlighted()
 
     def _preview_message(self, text: str) -> None:
@@ -279,14 +340,14 @@ Choose the **training data** and check that it is read the way you mean.
         if self.tokenizer is None:
             self._preview_message(self.tokenizer_error or "loading the tokenizer…")
             return
-        self.preview(self.rows[index], self.detection, self.session.config.data.model_copy(deep=True))
+        self.preview(self.rows[index], self.detection, self.session.config.data.model_copy(deep=True), self.tokenizer)
 
-    @work(thread=True, exclusive=True, group="data-preview")
-    def preview(self, row: dict[str, Any], detection: Any, data: Any) -> None:
-        view = P.preview_row(row, detection.format, detection.columns, data, self.tokenizer)
-        self.app.call_from_thread(self._show_preview, row, view)
+    @background(group="data-preview", description="render a row as trained")
+    def preview(self, row: dict[str, Any], detection: Any, data: Any, tokenizer: Any) -> Previewed:
+        return self.Previewed(row, P.preview_row(row, detection.format, detection.columns, data, tokenizer))
 
-    def _show_preview(self, row: dict[str, Any], view: P.RowPreview) -> None:
+    def on_data_screen_previewed(self, message: Previewed) -> None:
+        row, view = message.row, message.view
         where = f"line {row.get('__line__')}: " if row.get("__line__") is not None else ""
         summary = Text(where + view.summary, style="red" if view.error else "")
         if not view.error:
@@ -314,19 +375,18 @@ Choose the **training data** and check that it is read the way you mean.
         self.query_one("#data-tabs", TabbedContent).active = "tab-tokenize"
         self.query_one("#tokenize-progress", ProgressBar).update(progress=0)
         self.query_one("#stats-text", Static).update("tokenizing…")
-        self.tokenize()
+        config = self.session.config.model_copy(deep=True)
+        self.tokenize(config, self.tokenizer if self.tokenizer_for == config.model.path else None)
 
-    @work(thread=True, exclusive=True, group="data-tokenize")
-    def tokenize(self) -> None:
+    @background(group="data-tokenize", description="tokenize every row")
+    def tokenize(self, config: Any, tokenizer: Any) -> Tokenized:
         from sft_tui.core.imports import preload
 
         preload("datasets", "transformers")
         from sft_tui.core.data import inspect_data
         from sft_tui.core.errors import UserError
-        from sft_tui.core.train.recipe import build_tokenizer, model_path
+        from sft_tui.core.models.load import tokenizer_for
 
-        config = self.session.config.model_copy(deep=True)
-        tokenizer = self.tokenizer if self.tokenizer_for == config.model.path else None
         last = [0.0]
 
         def progress(stage: str, fraction: float) -> None:
@@ -334,27 +394,27 @@ Choose the **training data** and check that it is read the way you mean.
             if fraction < 1.0 and now - last[0] < 0.1:
                 return
             last[0] = now
-            self.app.call_from_thread(self._progress, stage, fraction)
+            self.post_message(self.TokenizeProgress(stage, fraction))
 
         try:
             if tokenizer is None:
                 progress("loading the tokenizer", 0.0)
-                tokenizer = build_tokenizer(config, model_path(config))
+                tokenizer = tokenizer_for(config)
             report = inspect_data(config, tokenizer, samples=0, progress=progress)
         except UserError as exc:
-            self.app.call_from_thread(self._tokenize_failed, exc.message, exc.hint)
+            return self.Tokenized(message=exc.message, hint=exc.hint)
+        return self.Tokenized(report)
+
+    def on_data_screen_tokenize_progress(self, message: TokenizeProgress) -> None:
+        self.query_one("#tokenize-progress", ProgressBar).update(progress=round(message.fraction * 100))
+        self.query_one("#stats-text", Static).update(f"{message.stage}…")
+
+    def on_data_screen_tokenized(self, message: Tokenized) -> None:
+        if message.report is None:
+            hint = f"\n\nWhat to do: {message.hint}" if message.hint else ""
+            self.query_one("#stats-text", Static).update(Text(message.message + hint, style="red"))
             return
-        self.app.call_from_thread(self._tokenized, report)
-
-    def _progress(self, stage: str, fraction: float) -> None:
-        self.query_one("#tokenize-progress", ProgressBar).update(progress=round(fraction * 100))
-        self.query_one("#stats-text", Static).update(f"{stage}…")
-
-    def _tokenize_failed(self, message: str, hint: str) -> None:
-        self.query_one("#stats-text", Static).update(Text(message + (f"\n\nWhat to do: {hint}" if hint else ""),
-                                                          style="red"))
-
-    def _tokenized(self, report: Any) -> None:
+        report = message.report
         self.session.data_report = report
         self.query_one("#tokenize-progress", ProgressBar).update(progress=100)
         self.query_one("#stats-text", Static).update(self.report_text(report))
@@ -484,7 +544,7 @@ Choose the **training data** and check that it is read the way you mean.
         for label, value in P.sample_choices():
             cmds.append((f"Use sample {label}", f"Load the bundled sample {label}",
                          lambda v=value: self._picked(v)))
-        for fmt in P.format_choices():
+        for fmt in choices("data.format"):
             cmds.append((f"Format: {fmt}", f"Read the data as {fmt}",
                          lambda f=fmt: setattr(self.query_one("#data-format", Select), "value", f)))
         return cmds

@@ -1,4 +1,4 @@
-"""Small modal screens shared by every step: help, confirm, error."""
+"""Small modal screens shared by every step: help, confirm, error, a report to read."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ class ConfirmScreen(ModalScreen[str]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static(self.question, id="question")
+            yield Static(self.question, id="question", markup=False)
             with Horizontal():
                 for i, (cid, label) in enumerate(self.choices):
                     yield Button(label, id=cid, variant="primary" if i == 0 else "default")
@@ -98,6 +98,40 @@ class ErrorScreen(ModalScreen[None]):
             if self.hint:
                 yield Static(f"What to do: {self.hint}", id="error-hint", markup=False)
             yield Button("OK", id="ok", variant="error")
+
+    def on_mount(self) -> None:
+        self.query_one(Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(None)
+
+    def action_dismiss(self) -> None:
+        self.dismiss(None)
+
+
+class ReportScreen(ModalScreen[None]):
+    """Something to read, not an error: e.g. the settings an imported config could not carry over."""
+
+    BINDINGS = [Binding("escape,enter", "dismiss", "Close", id="close_report")]
+    DEFAULT_CSS = """
+    ReportScreen { align: center middle; }
+    ReportScreen > Vertical { width: 90; max-width: 95%; height: auto; max-height: 90%; border: thick $primary;
+                              background: $surface; padding: 0 1; }
+    ReportScreen #report-title { text-style: bold; color: $primary; }
+    ReportScreen VerticalScroll { height: auto; max-height: 1fr; }
+    ReportScreen Button { margin-top: 1; }
+    """
+
+    def __init__(self, title: str, body: str) -> None:
+        super().__init__()
+        self.title_text, self.body = title, body
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(self.title_text, id="report-title", markup=False)
+            with VerticalScroll():
+                yield Static(self.body, id="report-body", markup=False)
+            yield Button("OK", id="ok", variant="primary", compact=True)
 
     def on_mount(self) -> None:
         self.query_one(Button).focus()

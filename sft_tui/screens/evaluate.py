@@ -11,18 +11,20 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select, Static, TabbedContent, TabPane
 
-from sft_tui.core.errors import UserError, explain
+from sft_tui.core.errors import UserError
+from sft_tui.core.format import display_path
 from sft_tui.core.run.rundir import RunDir
 from sft_tui.screens.base import StepScreen
-from sft_tui.widgets.runpicker import RunPicker
+from sft_tui.screens.work import background
 from sft_tui.widgets.answer import AnswerPane
+from sft_tui.widgets.runpicker import RunPicker
 
 HELP = """
 Measure what training changed, on rows the model never saw.
@@ -44,9 +46,7 @@ From the command line: `sft-tui eval RUN`, `sft-tui chat RUN [--base]`.
 
 
 def evaluable(run: RunDir) -> bool:
-    adapter = run.adapter_dir
-    return ((adapter / "adapter_config.json").exists() or (adapter / "config.json").exists()
-            or (run.merged_dir / "config.json").exists())
+    return run.has_model
 
 
 class EvalProgress(Message):
@@ -54,11 +54,14 @@ class EvalProgress(Message):
         super().__init__()
         self.stage, self.fraction = stage, fraction
 
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, EvalProgress)
+
 
 class EvalDone(Message):
-    def __init__(self, result: Any) -> None:
+    def __init__(self, result: Any = None, error: str | None = None) -> None:
         super().__init__()
-        self.result = result
+        self.result, self.error = result, error
 
 
 class GenStatus(Message):
@@ -230,17 +233,22 @@ class EvaluateScreen(StepScreen):
     def _eval_pressed(self) -> None:
         self.action_evaluate()
 
-    @work(thread=True, exclusive=True, group="evaluate")
-    def _evaluate(self, run: RunDir, limit: int, settings: Any) -> None:
+    @background(group="evaluate", description="evaluate base vs tuned on held-out rows")
+    def _evaluate(self, run: RunDir, limit: int, settings: Any) -> EvalDone:
         from sft_tui.core.eval.evaluate import evaluate_run
 
         try:
             result = evaluate_run(run, limit=limit, settings=settings,
                                   progress=lambda stage, f: self.post_message(EvalProgress(stage, f)))
-        except BaseException:
-            self.post_message(EvalDone(None))
-            raise  # the app turns it into an error dialog
-        self.post_message(EvalDone(result))
+        except UserError as exc:
+            return EvalDone(error=exc.message + (f" — {exc.hint}" if exc.hint else ""))
+        return EvalDone(result)
+
+    def work_failed(self, worker: Any) -> None:
+        if worker.group == "evaluate":
+            self.on_eval_done(EvalDone(error="see the error"))
+        elif worker.group == "playground":
+            self.on_gen_done(GenDone(None, "see the error"))
 
     def on_eval_progress(self, message: EvalProgress) -> None:
         self.query_one("#eval-progress", ProgressBar).update(progress=max(0.0, min(message.fraction, 1.0)))
@@ -250,12 +258,12 @@ class EvaluateScreen(StepScreen):
         self.evaluating = False
         self.query_one("#eval-start", Button).disabled = False
         if message.result is None:
-            self._set_status("evaluation failed")
+            self._set_status(f"evaluation failed: {message.error}")
             return
         result = message.result
         self.query_one("#eval-progress", ProgressBar).update(progress=1.0)
         self._fill_table(result)
-        self._set_status(f"done in {result.seconds:.1f} s; saved {result.path}")
+        self._set_status(f"done in {result.seconds:.1f} s; saved {display_path(result.path or '')}")
 
     # ------------------------------------------------------------------ playground
     def _show_tab(self, tab: str) -> None:
@@ -322,8 +330,8 @@ class EvaluateScreen(StepScreen):
         self.query_one("#play-status", Static).update("loading models…")
         self._generate(run, prompt, settings)
 
-    @work(thread=True, exclusive=True, group="playground")
-    def _generate(self, run: RunDir, prompt: str, settings: Any) -> None:
+    @background(group="playground", description="answer a prompt with the base and the tuned model")
+    def _generate(self, run: RunDir, prompt: str, settings: Any) -> GenDone:
         from sft_tui.core.eval.generate import compare, load_pair
 
         try:
@@ -331,11 +339,9 @@ class EvaluateScreen(StepScreen):
             self.post_message(GenStatus("generating…"))
             record = compare(pair, prompt, settings, stop=self._stop,
                              on_chunk=lambda which, chunk: self.post_message(GenChunk(which, chunk)))
-        except Exception as exc:  # shown in place: a bad prompt must not cost a dialog per try
-            info = explain(exc)
-            self.post_message(GenDone(None, f"{info.message}" + (f" — {info.hint}" if info.hint else "")))
-            return
-        self.post_message(GenDone(record))
+        except UserError as exc:  # shown in place: a bad prompt must not cost a dialog per try
+            return GenDone(None, exc.message + (f" — {exc.hint}" if exc.hint else ""))
+        return GenDone(record)
 
     def on_gen_status(self, message: GenStatus) -> None:
         self.query_one("#play-status", Static).update(message.text)

@@ -9,16 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Button, Input, Label, Log, Select, Static
 
-from sft_tui.core.errors import explain
+from sft_tui.core.errors import UserError, explain
+from sft_tui.core.format import display_path
 from sft_tui.core.run.rundir import RunDir
 from sft_tui.screens.base import StepScreen
+from sft_tui.screens.work import background
 from sft_tui.widgets.runpicker import RunPicker
 
 HELP = """
@@ -52,8 +54,13 @@ class ExportDone(Message):
         self.task, self.ok, self.text = task, ok, text
 
 
-def _has_model(run: RunDir) -> bool:
-    return (run.adapter_dir / "adapter_config.json").exists() or (run.adapter_dir / "config.json").exists()
+def _failed(task: str, exc: UserError) -> ExportDone:
+    return ExportDone(task, False, exc.message + (f" — {exc.hint}" if exc.hint else ""))
+
+
+def _folder(text: str, default: Path) -> Path:
+    """The folder typed in (shown with '~' for the home folder), or ``default`` when empty."""
+    return Path(text.strip()).expanduser() if text.strip() else default
 
 
 class ExportScreen(StepScreen):
@@ -76,7 +83,7 @@ class ExportScreen(StepScreen):
         with VerticalScroll(id="export-body"):
             with Horizontal(classes="export-row"):
                 yield Label("Run", classes="field-label")
-                yield RunPicker(_has_model, id="export-run")
+                yield RunPicker(lambda run: run.has_adapter, id="export-run")
             yield Static("", id="export-adapter", markup=False)
             with Horizontal(classes="export-row"):
                 yield Button("Write model card (Ctrl+O)", id="export-card-btn")
@@ -141,13 +148,12 @@ class ExportScreen(StepScreen):
                 method = "?"
             card = "model card written" if (run.adapter_dir / "README.md").exists() else "no model card yet"
             what = "fine-tuned model" if method == "full" else f"{method} adapter"
-            adapter.update(f"{what}: {run.adapter_dir}  ({card})")
+            adapter.update(f"{what}: {display_path(run.adapter_dir)}  ({card})")
             if not merge_dir.value:
-                merge_dir.value = str(run.merged_dir)
-            merged = run.merged_dir / "config.json"
+                merge_dir.value = display_path(run.merged_dir)
             texts = []
-            if merged.exists():
-                texts.append(f"merged model present in {run.merged_dir}")
+            if run.has_merged:
+                texts.append(f"merged model present in {display_path(run.merged_dir)}")
             if method == "qlora":
                 texts.append("QLoRA: the adapter is merged into the base loaded in 16-bit, not the 4-bit weights")
             elif method == "full":
@@ -159,9 +165,9 @@ class ExportScreen(StepScreen):
         root = export.find_llama_cpp()
         gguf = self.query_one("#export-gguf-status", Static)
         if root is not None:
-            gguf.update(f"llama.cpp found at {root}; converts the merged model to f16 GGUF.")
+            gguf.update(f"llama.cpp found at {display_path(root)}; converts the merged model to f16 GGUF.")
         else:
-            gguf.update(export.gguf_instructions(run.merged_dir if run else None))
+            gguf.update(export.gguf_instructions(display_path(run.merged_dir) if run else None))
         self.query_one("#export-gguf-btn", Button).disabled = root is None
 
     def _log(self, text: str) -> None:
@@ -190,7 +196,7 @@ class ExportScreen(StepScreen):
             info = explain(exc)
             self.app.show_error(info.message, info.hint)  # type: ignore[attr-defined]
             return
-        self._log(f"model card written: {path}")
+        self._log(f"model card written: {display_path(path)}")
         self.notify("model card written")
         self._describe()
 
@@ -199,28 +205,26 @@ class ExportScreen(StepScreen):
         run = self._need_run()
         if run is None:
             return
-        folder = self.query_one("#export-merge-dir", Input).value.strip() or str(run.merged_dir)
+        folder = _folder(self.query_one("#export-merge-dir", Input).value, run.merged_dir)
         self.busy = "merging"
-        self._log(f"merging {run.name} into {folder}…")
+        self._log(f"merging {run.name} into {display_path(folder)}…")
         self._merge(run, folder)
 
-    @work(thread=True, exclusive=True, group="export")
-    def _merge(self, run: RunDir, folder: str) -> None:
+    @background(group="export", description="merge the adapter into the base weights")
+    def _merge(self, run: RunDir, folder: Path) -> ExportDone:
         from sft_tui.core.eval.export import merge
 
+        target = folder.resolve()
         try:
-            target = Path(folder).expanduser().resolve()
             # Re-merging into the run's own merged/ folder replaces it; a foreign folder must be empty.
-            res = merge(run, target, overwrite=target == run.merged_dir,
+            res = merge(run, target, overwrite=target == run.merged_dir.resolve(),
                         progress=lambda msg: self.post_message(ExportLine(msg)))
-        except Exception as exc:
-            info = explain(exc)
-            self.post_message(ExportDone("merge", False, f"{info.message}" + (f" — {info.hint}" if info.hint else "")))
-            return
-        text = f"merged model ({res.dtype}) saved in {res.path} in {res.seconds:.1f} s"
+        except UserError as exc:
+            return _failed("merge", exc)
+        text = f"merged model ({res.dtype}) saved in {display_path(res.path)} in {res.seconds:.1f} s"
         if res.note:
             text += f"\nnote: {res.note}"
-        self.post_message(ExportDone("merge", True, text))
+        return ExportDone("merge", True, text)
 
     @on(Button.Pressed, "#export-push-btn")
     def action_push(self) -> None:
@@ -228,23 +232,21 @@ class ExportScreen(StepScreen):
         if run is None:
             return
         repo = self.query_one("#export-repo", Input).value.strip()
-        merged = Path(self.query_one("#export-merge-dir", Input).value.strip() or run.merged_dir)
+        merged = _folder(self.query_one("#export-merge-dir", Input).value, run.merged_dir)
         folder = merged if (merged / "config.json").exists() else run.adapter_dir
         self.busy = "pushing"
-        self._log(f"pushing {folder} to {repo or '?'}…")
+        self._log(f"pushing {display_path(folder)} to {repo or '?'}…")
         self._push(folder, repo)
 
-    @work(thread=True, exclusive=True, group="export")
-    def _push(self, folder: Path, repo: str) -> None:
+    @background(group="export", description="push the model to the Hugging Face hub")
+    def _push(self, folder: Path, repo: str) -> ExportDone:
         from sft_tui.core.eval.export import push_to_hub
 
         try:
             url = push_to_hub(folder, repo, progress=lambda msg: self.post_message(ExportLine(msg)))
-        except Exception as exc:
-            info = explain(exc)
-            self.post_message(ExportDone("push", False, f"{info.message}" + (f" — {info.hint}" if info.hint else "")))
-            return
-        self.post_message(ExportDone("push", True, f"pushed to {url}"))
+        except UserError as exc:
+            return _failed("push", exc)
+        return ExportDone("push", True, f"pushed to {url}")
 
     @on(Button.Pressed, "#export-gguf-btn")
     def action_gguf(self) -> None:
@@ -253,27 +255,30 @@ class ExportScreen(StepScreen):
         run = self._need_run()
         if run is None:
             return
-        merged = Path(self.query_one("#export-merge-dir", Input).value.strip() or run.merged_dir)
+        merged = _folder(self.query_one("#export-merge-dir", Input).value, run.merged_dir)
         if find_llama_cpp() is None:
-            self._log(gguf_instructions(merged))
+            self._log(gguf_instructions(display_path(merged)))
             return
         if not (merged / "config.json").exists():
-            self._log(f"no merged model in {merged}: merge first (Ctrl+S)")
+            self._log(f"no merged model in {display_path(merged)}: merge first (Ctrl+S)")
             return
         self.busy = "converting to GGUF"
         self._gguf(merged)
 
-    @work(thread=True, exclusive=True, group="export")
-    def _gguf(self, merged: Path) -> None:
+    @background(group="export", description="convert the merged model to GGUF")
+    def _gguf(self, merged: Path) -> ExportDone:
         from sft_tui.core.eval.export import convert_gguf
 
         try:
             out = convert_gguf(merged, progress=lambda msg: self.post_message(ExportLine(msg)))
-        except Exception as exc:
-            info = explain(exc)
-            self.post_message(ExportDone("gguf", False, f"{info.message}" + (f" — {info.hint}" if info.hint else "")))
-            return
-        self.post_message(ExportDone("gguf", True, f"GGUF written: {out}"))
+        except UserError as exc:
+            return _failed("gguf", exc)
+        return ExportDone("gguf", True, f"GGUF written: {display_path(out)}")
+
+    def work_failed(self, worker) -> None:
+        if worker.group == "export":
+            self.busy = None
+            self._log(f"✗ {worker.description} failed (see the error)")
 
     def on_export_line(self, message: ExportLine) -> None:
         self._log(message.text)

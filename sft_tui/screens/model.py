@@ -5,14 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
 from textual.widgets import DataTable, Input, Label, Select, Static
 
+from sft_tui.core.format import display_path
 from sft_tui.core.setup import presenters as P
-from sft_tui.screens.base import StepScreen
+from sft_tui.screens.base import GpusSampled, StepScreen
+from sft_tui.screens.work import background
 
 METHODS = [("lora — small adapters", "lora"), ("qlora — lora on 4/8-bit", "qlora"), ("full — every weight", "full")]
 LEVEL_CLASSES = ("fits", "tight", "does-not-fit", "no-gpu", "unknown")
@@ -58,6 +61,40 @@ Hugging Face cache and the folders named in the settings file's `model_dirs`.
     ModelScreen #memory-headline.no-gpu, ModelScreen #memory-headline.unknown { color: $text-muted; }
     ModelScreen #chosen { height: 1; margin: 0 1; color: $text-muted; }
     """
+
+    class Discovered(Message):
+        def __init__(self, entries: list[Any]) -> None:
+            super().__init__()
+            self.entries = entries
+
+    class Described(Message):
+        """A model's description (``info``), or why it could not be described (``error``)."""
+
+        def __init__(self, key: str, info: Any, error: str | None) -> None:
+            super().__init__()
+            self.key, self.info, self.error = key, info, error
+
+    class Note(Message):
+        """Words for the details pane while something slow happens (building the demo model)."""
+
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
+    class MemoryEstimated(Message):
+        def __init__(self, level: str, headline: str, lines: list[str]) -> None:
+            super().__init__()
+            self.level, self.headline, self.lines = level, headline, lines
+
+        def can_replace(self, message: Message) -> bool:
+            return isinstance(message, ModelScreen.MemoryEstimated)
+
+    class CustomLookedUp(Message):
+        """A typed-in folder or hub id: its entry and description, or the problem with the fix."""
+
+        def __init__(self, text: str, entry: Any = None, info: Any = None, message: str = "", hint: str = "") -> None:
+            super().__init__()
+            self.text, self.entry, self.info, self.message, self.hint = text, entry, info, message, hint
 
     def __init__(self) -> None:
         super().__init__()
@@ -121,7 +158,7 @@ Hugging Face cache and the folders named in the settings file's `model_dirs`.
 
     def _show_chosen(self) -> None:
         path = self.session.config.model.path
-        shown = "built-in demo model" if path == "demo" else path
+        shown = "built-in demo model" if path == "demo" else display_path(path)
         self.query_one("#chosen", Static).update(Text.assemble(("using: ", "dim"), (shown, "bold")))
 
     def _fill_table(self) -> None:
@@ -161,38 +198,38 @@ Hugging Face cache and the folders named in the settings file's `model_dirs`.
         return row_key.value
 
     # ------------------------------------------------------------------ discovery (worker)
-    @work(thread=True, exclusive=True, group="model-discovery")
+    @background(group="model-discovery", description="find the models on this machine and describe them")
     def discover(self) -> None:
         from sft_tui.core.models.discovery import discover_models
 
         entries = discover_models()
-        self.app.call_from_thread(self._discovered, entries)
+        self.post_message(self.Discovered(entries))
         for entry in entries:
-            if entry.source == "demo" and entry.path is None:
-                continue  # built on first use, not just to fill a table cell
-            self._describe_into_cache(entry)
+            if (entry.source == "demo" and entry.path is None) or self._key(entry) in self.infos:
+                continue  # the demo is built on first use, not just to fill a table cell
+            self.post_message(self._describe_entry(entry))
 
-    def _describe_into_cache(self, entry: Any) -> None:
+    def _describe_entry(self, entry: Any) -> Described:
         from sft_tui.core.errors import UserError
         from sft_tui.core.models.describe import describe_model
 
         key = self._key(entry)
-        if key in self.infos:
-            return
         try:
             info = describe_model(entry.path if entry.path is not None else key)
-            info.name = key
         except UserError as exc:
-            self.app.call_from_thread(self._described, key, None, exc.message)
-            return
-        except Exception as exc:  # a damaged folder must not stop the listing
-            self.app.call_from_thread(self._described, key, None, f"{type(exc).__name__}: {exc}")
-            return
-        self.app.call_from_thread(self._described, key, info, None)
+            return self.Described(key, None, exc.message)
+        except Exception as exc:  # a damaged folder is shown in its row and must not stop the listing
+            return self.Described(key, None, f"{type(exc).__name__}: {exc}")
+        info.name = key
+        return self.Described(key, info, None)
 
-    def _discovered(self, entries: list[Any]) -> None:
+    def work_failed(self, worker: Any) -> None:
+        if worker.group == "model-discovery" and not self.entries:
+            self._say("Could not list the models (see the error). Ctrl+R looks again.")
+
+    def on_model_screen_discovered(self, message: Discovered) -> None:
         chosen = self.session.config.model.path
-        self.entries = list(entries)
+        self.entries = list(message.entries)
         if chosen not in {self._key(e) for e in self.entries}:
             from sft_tui.core.models.discovery import ModelEntry
 
@@ -201,7 +238,8 @@ Hugging Face cache and the folders named in the settings file's `model_dirs`.
         self._show_details(self._highlighted_key())
         self.describe_chosen()
 
-    def _described(self, key: str, info: Any, error: str | None) -> None:
+    def on_model_screen_described(self, message: Described) -> None:
+        key, info, error = message.key, message.info, message.error
         if info is not None:
             self.infos[key] = info
             self.failures.pop(key, None)
@@ -222,33 +260,35 @@ Hugging Face cache and the folders named in the settings file's `model_dirs`.
         if key == self._shown_key or self._shown_key is None:
             self._show_details(key)
 
-    @work(thread=True, exclusive=True, group="model-chosen")
-    def describe_chosen(self) -> None:
+    @background(group="model-chosen", description="describe the chosen model")
+    def describe_chosen(self) -> Described:
         """The chosen model is described even if it is the demo and must be built first."""
         from sft_tui.core.errors import UserError
         from sft_tui.core.models.describe import describe_model
+        from sft_tui.core.models.load import resolve_model
 
         key = self.session.config.model.path
         if key in self.infos:
-            self.app.call_from_thread(self._described, key, self.infos[key], None)
-            return
-        if key == "demo":
-            from sft_tui.core.models import demo
-
-            if not demo.is_built():
-                self.app.call_from_thread(self._say, "Building the demo model (first run only, ~30 s)…")
-                demo.ensure_demo_model()
+            return self.Described(key, self.infos[key], None)
         entry = self._entry(key)
-        try:
-            info = describe_model(entry.path if entry is not None and entry.path is not None else key,
-                                  trust_remote_code=self.session.config.model.trust_remote_code)
-            info.name = key
-        except UserError as exc:
-            self.app.call_from_thread(self._described, key, None, exc.message)
-            return
-        self.app.call_from_thread(self._described, key, info, None)
+        target = entry.path if entry is not None and entry.path is not None else key
 
-    def gpus_sampled(self) -> None:
+        def building(step: str) -> None:  # called only while the demo model is being built
+            self.post_message(self.Note(f"Building the demo model (first run only, ~30 s)…\n\n{step}"))
+
+        try:
+            if key == "demo":
+                target = resolve_model(key, progress=building)
+            info = describe_model(target, trust_remote_code=self.session.config.model.trust_remote_code)
+        except UserError as exc:
+            return self.Described(key, None, exc.message)
+        info.name = key
+        return self.Described(key, info, None)
+
+    def on_model_screen_note(self, message: Note) -> None:
+        self._say(message.text)
+
+    def gpus_sampled(self, message: GpusSampled) -> None:
         self.update_memory()
 
     # ------------------------------------------------------------------ details and memory
@@ -285,10 +325,13 @@ Hugging Face cache and the folders named in the settings file's `model_dirs`.
             return
         self.compute_memory(self.session.config.model_copy(deep=True), info, self.gpus)
 
-    @work(thread=True, exclusive=True, group="model-memory")
-    def compute_memory(self, config: Any, info: Any, gpus: Any) -> None:
+    @background(group="model-memory", description="estimate the training memory")
+    def compute_memory(self, config: Any, info: Any, gpus: Any) -> MemoryEstimated:
         view = P.memory_view(config, info, gpus)
-        self.app.call_from_thread(self._memory, view.level, view.headline, view.lines)
+        return self.MemoryEstimated(view.level, view.headline, view.lines)
+
+    def on_model_screen_memory_estimated(self, message: MemoryEstimated) -> None:
+        self._memory(message.level, message.headline, message.lines)
 
     def _memory(self, level: str, headline: str, lines: list[str]) -> None:
         head = self.query_one("#memory-headline", Static)
@@ -329,24 +372,25 @@ Hugging Face cache and the folders named in the settings file's `model_dirs`.
             self._say(f"{text}\n\nlooking it up…")
             self.add_custom(text)
 
-    @work(thread=True, exclusive=True, group="model-custom")
-    def add_custom(self, text: str) -> None:
-        from sft_tui.core.models.discovery import ModelEntry
+    @background(group="model-custom", description="look up a typed-in model")
+    def add_custom(self, text: str) -> CustomLookedUp:
         from sft_tui.core.errors import UserError
         from sft_tui.core.models.describe import describe_model
+        from sft_tui.core.models.discovery import ModelEntry
 
         try:
             info = describe_model(text, trust_remote_code=self.session.config.model.trust_remote_code)
         except UserError as exc:
-            self.app.call_from_thread(self._custom_failed, text, exc.message, exc.hint)
-            return
+            return self.CustomLookedUp(text, message=exc.message, hint=exc.hint)
         info.name = text
-        self.app.call_from_thread(self._custom_ready, ModelEntry(text, None, "path"), info)
+        return self.CustomLookedUp(text, ModelEntry(text, None, "path"), info)
 
-    def _custom_failed(self, text: str, message: str, hint: str) -> None:
-        self._say(Text(f"{text}\n\n{message}" + (f"\n\nWhat to do: {hint}" if hint else ""), style="red"))
-
-    def _custom_ready(self, entry: Any, info: Any) -> None:
+    def on_model_screen_custom_looked_up(self, message: CustomLookedUp) -> None:
+        if message.info is None:
+            hint = f"\n\nWhat to do: {message.hint}" if message.hint else ""
+            self._say(Text(f"{message.text}\n\n{message.message}{hint}", style="red"))
+            return
+        entry, info = message.entry, message.info
         if self._entry(entry.name) is None:
             self.entries.append(entry)
         self.infos[entry.name] = info

@@ -3,8 +3,9 @@
 The screen only reads the run directory (``app.session.run``) and writes commands to it, so it
 works the same for a run it started, one started from the CLI, or one re-attached after an SSH
 drop. Every half second a thread worker reads only the bytes appended to events.jsonl since the
-last read; GPUs are sampled once a second in another. A tick is skipped while the previous read is
-still running, so slow disks or NVML calls never queue up work.
+last read; GPUs are sampled once a second by the screens' shared sampling worker. A tick is skipped
+while the previous read is still running, so slow disks or NVML calls never queue up work. After an
+unexpected failure (shown in the error dialog) that polling stops until another run is followed.
 """
 
 from __future__ import annotations
@@ -20,20 +21,18 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import RichLog, Static
 
-from sft_tui.core.system.gpus import GpuSnapshot, default_sampler
-from sft_tui.core.run.events import EventTail
-from sft_tui.core.format import STATE_STYLES, compact, human_bytes, human_duration
-from sft_tui.core.run.metrics import RunMetrics
-from sft_tui.core.run.processes import process_tree, tree_rss
-from sft_tui.core.run.events import ACTIVE_STATES
-from sft_tui.core.run.rundir import RunDir
+from sft_tui.core.format import STATE_STYLES, compact, display_path, human_bytes, human_duration
+from sft_tui.core.run.events import ACTIVE_STATES, EventTail
 from sft_tui.core.run.index import with_liveness
-from sft_tui.screens.base import StepScreen
+from sft_tui.core.run.metrics import RunMetrics
+from sft_tui.core.run.rundir import RunDir
+from sft_tui.screens.base import GpusSampled, StepScreen
 from sft_tui.screens.dialogs import ConfirmScreen, ErrorScreen
+from sft_tui.screens.work import background
 from sft_tui.widgets.chart import PALETTE, ChartSeries, LineChart
 from sft_tui.widgets.gauges import GpuPanel, bar
 
-# (key, title, series keys, log-scale by default)
+# (key, title, series keys)
 CHART_VIEWS = [("loss", "loss", ("loss", "eval_loss")), ("lr", "", ("lr",)),
                ("grad_norm", "", ("grad_norm",)), ("tokens_per_s", "", ("tokens_per_s",))]
 SERIES_LABEL = {"loss": "train", "eval_loss": "eval"}
@@ -94,14 +93,6 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
             self.generation, self.events, self.alive, self.metrics = generation, events, alive, metrics
             self.error: str | None = None
 
-    class GpusSampled(Message):
-        def __init__(self, snapshot: GpuSnapshot, pids: list[int], rss: int | None, alive: bool) -> None:
-            super().__init__()
-            self.snapshot, self.pids, self.rss, self.alive = snapshot, pids, rss, alive
-
-        def can_replace(self, message: Message) -> bool:  # only the newest sample matters
-            return isinstance(message, MonitorScreen.GpusSampled)
-
     def __init__(self) -> None:
         super().__init__()
         self.run: RunDir | None = None
@@ -111,7 +102,9 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         self.generation = 0
         self.chart_view = 0
         self._tail_busy = False
+        self._tail_stopped = False  # an unexpected read failure: no more reads of this run
         self._gpu_busy = False
+        self._gpu_stopped = False
         self._errors_shown = 0
         self.loaded = False  # the history has been read once
         self.stop_sent = False
@@ -155,6 +148,7 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         self.loaded = run is None
         self._errors_shown = 0
         self._tail_busy = False
+        self._tail_stopped = False
         self.stop_sent = False
         self._last_read_error = None
         self.query_one(RichLog).clear()
@@ -166,14 +160,13 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
     # ------------------------------------------------------------------ polling (thread workers)
     def _poll_tail(self) -> None:
         self._check_run_changed()
-        if self.run is None or self.tail is None or self._tail_busy:
+        if self.run is None or self.tail is None or self._tail_busy or self._tail_stopped:
             return
         self._tail_busy = True
-        gen, run, tail, first = self.generation, self.run, self.tail, not self.loaded
-        self.run_worker(lambda: self._read_tail(gen, run, tail, first), thread=True, group="monitor-tail",
-                        exit_on_error=False)
+        self._read_tail(self.generation, self.run, self.tail, not self.loaded)
 
-    def _read_tail(self, gen: int, run: RunDir, tail: EventTail, first: bool) -> None:
+    @background(group="monitor-tail", description="read the run's new events", exclusive=False)
+    def _read_tail(self, gen: int, run: RunDir, tail: EventTail, first: bool) -> EventsRead:
         try:
             metrics = None
             if first:  # fold a long history here, not on the UI thread, a few MB at a time
@@ -187,9 +180,17 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         except OSError as exc:  # e.g. the folder was deleted or unmounted: say so once, keep polling
             message = self.EventsRead(gen, [], False)
             message.error = f"cannot read {run.events_path.name}: {exc.strerror or exc}"
-            self.post_message(message)
-            return
-        self.post_message(self.EventsRead(gen, events, alive, metrics))
+            return message
+        return self.EventsRead(gen, events, alive, metrics)
+
+    def work_failed(self, worker) -> None:
+        if worker.group == "monitor-tail":
+            self._tail_busy = False
+            self._tail_stopped = True
+            self._render_all()
+        elif worker.group == "gpus":
+            self._gpu_busy = False
+            self._gpu_stopped = True
 
     def on_monitor_screen_events_read(self, message: EventsRead) -> None:
         if message.generation != self.generation:
@@ -218,25 +219,14 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         self._maybe_show_error()
 
     def _poll_gpus(self) -> None:
-        if self._gpu_busy or (self.is_mounted and not self.is_current and self.polls):
+        if self._gpu_busy or self._gpu_stopped or (self.is_mounted and not self.is_current and self.polls):
             return  # nobody is looking at the gauges: no NVML calls
         self._gpu_busy = True
-        sampler = getattr(self.app, "gpu_sampler", None) or default_sampler()
-        run = self.run
-        self.run_worker(lambda: self._sample(sampler, run), thread=True, group="monitor-gpu", exit_on_error=False)
+        self.sample_gpus(self.run)
 
-    def _sample(self, sampler, run: RunDir | None) -> None:
-        try:
-            snapshot = sampler.sample()
-            pid = run.pid() if run else None
-            pids = process_tree(pid)
-            rss = tree_rss(pid) if pids and not snapshot.available else None
-        finally:
-            self._gpu_busy = False
-        self.post_message(self.GpusSampled(snapshot, pids, rss, bool(pids)))
-
-    def on_monitor_screen_gpus_sampled(self, message: GpusSampled) -> None:
-        self.query_one(GpuPanel).update_snapshot(message.snapshot, message.pids, message.rss, message.alive)
+    def gpus_sampled(self, message: GpusSampled) -> None:
+        self._gpu_busy = False
+        self.query_one(GpuPanel).update_snapshot(message.snapshot, message.pids, message.rss, bool(message.pids))
 
     # ------------------------------------------------------------------ drawing
     def _bind_chart(self) -> None:
@@ -262,6 +252,8 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         if self.run is None:
             return Text.assemble(("No run selected. ", "bold"),
                                  "Start one from Training (F4) or open one from Runs (F8).")
+        if self._tail_stopped and not self.loaded:
+            return Text.assemble((self.run.name, "bold"), ("  could not read the events", "bold red"))
         if not self.loaded:
             return Text.assemble((self.run.name, "bold"), ("  reading history…", "dim"))
         st = self.live_status()
@@ -271,6 +263,8 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         text.append(st.state, style=STATE_STYLES.get(st.state, ""))
         if self.stop_sent and st.state in ACTIVE_STATES:
             text.append(" · stopping: saving a checkpoint and the adapter…", style="yellow")
+        if self._tail_stopped:
+            text.append(" · no longer following: reading the events failed", style="bold red")
         if st.state == "tokenizing" and self.metrics.last_progress:
             text.append(f" {100 * self.metrics.last_progress.get('fraction', 0):.0f}%")
         m = self.metrics
@@ -389,7 +383,7 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
             self.app.copy_to_clipboard(path)
         except Exception:  # pragma: no cover - a terminal without OSC 52
             pass
-        self.notify(path, title="Run folder (copied to the clipboard)", timeout=10)
+        self.notify(display_path(path), title="Run folder (copied to the clipboard)", timeout=10)
 
     def action_cycle_chart(self) -> None:
         self.chart_view = (self.chart_view + 1) % len(CHART_VIEWS)

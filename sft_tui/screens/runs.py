@@ -1,7 +1,8 @@
 """Runs: every run in the runs dir with its live status; open, resume, stop, delete, compare.
 
 Statuses come from ``sft_tui.core.run.index`` (events folded incrementally + whether the worker pid
-lives, so a crashed worker shows ``died``), refreshed every two seconds in a thread worker.
+lives, so a crashed worker shows ``died``), refreshed every two seconds in a thread worker. After an
+unexpected failure (shown in the error dialog) the refresh stops, and the summary line says so.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sft_tui.core.run.rundir import RunDir, RunStatus
 from sft_tui.core.run.index import RunIndex
 from sft_tui.screens.base import StepScreen
 from sft_tui.screens.dialogs import ConfirmScreen
+from sft_tui.screens.work import Background, background
 from sft_tui.widgets.chart import PALETTE, ChartSeries, LineChart
 
 # The columns that matter most come first: at 80 columns the rest scroll (and the detail line repeats them).
@@ -86,12 +88,18 @@ worker process is alive: a worker that crashed or was killed shows **died**, not
         def can_replace(self, message: Message) -> bool:
             return isinstance(message, RunsScreen.Refreshed)
 
+    class Resumed(Message):
+        def __init__(self, run: RunDir, checkpoint: str) -> None:
+            super().__init__()
+            self.run, self.checkpoint = run, checkpoint
+
     def __init__(self) -> None:
         super().__init__()
         self.index: RunIndex | None = None
         self.rows: list[tuple[RunDir, RunStatus]] = []
         self.marked: set[str] = set()
         self._busy = False
+        self._stopped = False  # the refresh failed unexpectedly: no more refreshes
         self.loaded = False
         self.now: float | None = None  # pinned by snapshot tests; None means the clock
 
@@ -115,22 +123,28 @@ worker process is alive: a worker that crashed or was killed shows **died**, not
 
     # ------------------------------------------------------------------ refresh
     def refresh_runs(self) -> None:
-        if self._busy or self.index is None or (self.loaded and not self.is_current):
+        if self._busy or self._stopped or self.index is None or (self.loaded and not self.is_current):
             return  # another screen is showing: refreshed again on return
         self._busy = True
-        index = self.index
-        self.run_worker(lambda: self._scan(index), thread=True, group="runs-refresh", exit_on_error=False)
+        self._scan(self.index)
 
-    def _scan(self, index: RunIndex) -> None:
-        try:
-            rows = index.refresh()
-        finally:
+    @background(group="runs-refresh", description="read the runs' statuses")
+    def _scan(self, index: RunIndex) -> Refreshed:
+        return self.Refreshed(index.refresh())
+
+    def work_failed(self, worker) -> None:
+        if worker.group == "runs-refresh":
             self._busy = False
-        self.post_message(self.Refreshed(rows))
+            self._stopped = True
+            self._update_summary()
 
     def on_runs_screen_refreshed(self, message: Refreshed) -> None:
+        self._busy = False
         self.rows = message.rows
         self.loaded = True
+        self._fill_table()
+
+    def _fill_table(self) -> None:
         table = self.query_one(DataTable)
         keys = [str(run.path) for run, _ in self.rows]
         existing = [str(k.value) for k in table.rows]
@@ -154,7 +168,9 @@ worker process is alive: a worker that crashed or was killed shows **died**, not
         n = len(self.rows)
         running = sum(1 for _, st in self.rows if st.alive)
         text = Text(no_wrap=True, overflow="ellipsis")
-        if not n:
+        if self._stopped:
+            text.append("Reading the runs failed (see the error); this list is no longer refreshed.", style="bold red")
+        elif not n:
             text.append("No runs yet. ", style="bold")
             text.append("Set one up in Model → Data → Training, or run `sft-tui train CONFIG`.")
         else:
@@ -181,7 +197,7 @@ worker process is alive: a worker that crashed or was killed shows **died**, not
             text.append(f" · {st.model} · {st.method}", style="dim")
             if st.last_checkpoint:
                 text.append(f" · last checkpoint {Path(st.last_checkpoint).name}")
-            if run.adapter_dir.is_dir():
+            if run.has_adapter:
                 text.append(" · adapter saved", style="green")
             if st.error:
                 text.append(f"\n{st.error.get('message')}", style="red")
@@ -233,12 +249,20 @@ worker process is alive: a worker that crashed or was killed shows **died**, not
                                 "Start a new run from the Training screen, or lower training.save_steps next time.",
                                 title="Cannot resume")
             return
+        self._resume(run)
+
+    @background(group="runs-resume", description="resume a run from its newest checkpoint")
+    def _resume(self, run: RunDir) -> Resumed:
         from sft_tui.core.run.launch import start_worker
 
+        checkpoint = run.latest_checkpoint()
         run.writer().status("starting", resume=True)
         start_worker(run, resume=True)
-        self.notify(f"resuming {run.name} from {run.latest_checkpoint().name}")  # type: ignore[union-attr]
-        self.session.run = run
+        return self.Resumed(run, checkpoint.name if checkpoint is not None else "?")
+
+    def on_runs_screen_resumed(self, message: Resumed) -> None:
+        self.notify(f"resuming {message.run.name} from {message.checkpoint}")
+        self.session.run = message.run
         self.app.go_step("monitor")  # type: ignore[attr-defined]
 
     def action_stop_run(self) -> None:
@@ -299,7 +323,7 @@ worker process is alive: a worker that crashed or was killed shows **died**, not
             self.marked.discard(key)
         else:
             self.marked.add(key)
-        self.on_runs_screen_refreshed(self.Refreshed(self.rows))
+        self._fill_table()
 
     def action_compare(self) -> None:
         runs = [run for run, _ in self.rows if str(run.path) in self.marked]
@@ -312,7 +336,7 @@ worker process is alive: a worker that crashed or was killed shows **died**, not
         return [("Runs: compare marked runs", "Overlay the loss curves of the marked runs", self.action_compare)]
 
 
-class CompareScreen(ModalScreen[None]):
+class CompareScreen(Background, ModalScreen[None]):
     """Loss curves of several runs on one chart, with each run's final and best values."""
 
     CSS_PATH = "runs.tcss"
@@ -341,9 +365,15 @@ class CompareScreen(ModalScreen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        runs = self.runs
-        self.run_worker(lambda: self.post_message(self.Loaded([load_metrics(r) for r in runs])),
-                        thread=True, exit_on_error=False)
+        self._load(self.runs)
+
+    @background(group="compare-load", description="read the compared runs' metrics")
+    def _load(self, runs: list[RunDir]) -> Loaded:
+        return self.Loaded([load_metrics(r) for r in runs])
+
+    def work_failed(self, worker) -> None:
+        self.query_one(LineChart).empty_text = "could not read these runs (see the error)"
+        self.query_one(LineChart).refresh()
 
     def on_compare_screen_loaded(self, message: Loaded) -> None:
         self.metrics = message.metrics
