@@ -170,6 +170,9 @@ def test_choice_lists_come_from_the_schema():
 
     assert choices("data.format") == ("auto", *FORMATS) and set(FIELDS) == set(FORMATS)
     assert choices("method.quantization_bits") == (4, 8)
+    from sft_tui.core.data.templates import NAMED_TEMPLATES, get_renderer  # noqa: F401
+
+    assert ("auto", *NAMED_TEMPLATES) == choices("data.template")
     parser = build_parser()
     data = next(a for a in parser._subparsers._group_actions[0].choices["data"]._actions if a.dest == "data_command")
     inspect = data.choices["inspect"]

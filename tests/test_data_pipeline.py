@@ -259,3 +259,203 @@ def test_cli_inspect_json(capsys):
     assert out["format"] == "alpaca" and out["rows"] == 200 and out["samples"]
     args = parser.parse_args(["data", "inspect", "sample:reviews_chat.jsonl", "--rows", "1"])
     assert args.func(args) == 0 and "messages" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- pipeline rows = exact rows
+# The pipeline renders and labels many rows per batch; every row must be what ``tokenize_conversation``
+# (the preview) gives for it alone, and the labelling rule itself is checked against a plain loop.
+
+SAMPLES = ["reviews_alpaca.jsonl", "reviews_chat.jsonl", "reviews_sharegpt.jsonl",
+           "reviews_prompt_completion.jsonl", "reviews_text.jsonl"]
+
+
+@pytest.fixture(scope="module")
+def tokenizers(demo_model_dir, chatml, llama3):
+    from transformers import AutoTokenizer
+
+    return {"demo": AutoTokenizer.from_pretrained(str(demo_model_dir), local_files_only=True),
+            "chatml": chatml, "llama3": llama3}
+
+
+def _exact_rows(path, tokenizer, data: DataConfig):
+    from sft_tui.core.data import get_renderer
+
+    ds = load_rows(path)
+    det = detect_format(ds)
+    renderer = get_renderer(tokenizer, data.template)
+    out = {}
+    for i, row in enumerate(ds):
+        try:
+            conv = to_conversation(row, det.format, det.columns, data.system_prompt)
+            out[i] = tokenize_conversation(conv, tokenizer, renderer, data.max_length, data.train_on_prompt)
+        except BadRow:  # not trainable: the pipeline must leave it out too
+            continue
+    return out
+
+
+def _assert_same(path, tokenizer, data: DataConfig):
+    from sft_tui.core.data.pipeline import _tokenized
+
+    ds, meta, _ = _tokenized(path, tokenizer, data, None, use_cache=False)
+    exact = _exact_rows(path, tokenizer, data)
+    assert ds.num_rows == meta["rows_ok"] > 0
+    for row in ds:
+        ref = exact[row["__row__"]]
+        assert row["input_ids"] == ref.input_ids, row["__row__"]
+        assert row["labels"] == ref.labels, row["__row__"]
+        assert row["length"] == len(ref.input_ids) and row["orig_length"] == ref.original_length
+        assert row["n_trained"] == ref.trained_tokens
+    return ds, meta
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+@pytest.mark.parametrize("tok", ["demo", "llama3"])
+def test_pipeline_rows_equal_exact_rows_on_samples(name, tok, tokenizers):
+    _assert_same(f"sample:{name}", tokenizers[tok], DataConfig(path=f"sample:{name}"))
+
+
+@pytest.mark.parametrize("tok", ["demo", "chatml", "llama3"])
+def test_pipeline_rows_equal_exact_with_truncation_prompt_training_and_named_templates(tok, tokenizers):
+    t = tokenizers[tok]
+    path = "sample:reviews_chat.jsonl"
+    _assert_same(path, t, DataConfig(path=path, max_length=40))
+    _assert_same(path, t, DataConfig(path=path, train_on_prompt=True, max_length=64))
+    for template in ("chatml", "llama3", "alpaca"):
+        _assert_same("sample:reviews_alpaca.jsonl", t, DataConfig(path="sample:reviews_alpaca.jsonl", template=template))
+
+
+# Templates whose text around an answer depends on the answer, or that change contents on the way in.
+TRANSFORMING = {
+    "branch": ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+               "{% if 'positive' in m['content'] %}+{% endif %}{{ m['content'] }}<|im_end|>\n{% endfor %}"
+               "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"),
+    "upper": ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | upper }}<|im_end|>\n"
+              "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"),
+    "json": ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m | tojson }}<|im_end|>\n{% endfor %}"
+             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TRANSFORMING))
+def test_templates_that_transform_contents_give_the_exact_rows(kind):
+    tok = build_toy_tokenizer("chatml")
+    tok.chat_template = TRANSFORMING[kind]
+    ds, _ = _assert_same("sample:reviews_chat.jsonl", tok, DataConfig(path="sample:reviews_chat.jsonl"))
+    texts = [tok.decode(r["input_ids"]) for r in ds]
+    if kind == "branch":  # the branch really was taken for some rows and not for others
+        assert {t.count("+Sentiment") > 0 for t in texts} == {True, False}
+    elif kind == "upper":
+        assert all("SENTIMENT:" in t for t in texts)
+
+
+def test_trimming_template_and_edge_whitespace_give_the_exact_rows(tmp_path, tokenizers):
+    rows = [{"instruction": f"  Say {i}\n", "input": "", "output": f"Answer {i}  " if i % 2 else f"Answer {i}"}
+            for i in range(20)]
+    path = write_jsonl(tmp_path / "ws.jsonl", rows)
+    _assert_same(str(path), tokenizers["llama3"], DataConfig(path=str(path)))  # its template trims contents
+    _assert_same(str(path), tokenizers["chatml"], DataConfig(path=str(path)))
+
+
+def test_row_starting_with_an_assistant_turn_is_trained(tmp_path, tokenizers):
+    rows = [{"messages": [{"role": "assistant", "content": "Hello, how can I help?"}]},
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}]
+    path = write_jsonl(tmp_path / "lead.jsonl", rows)
+    ds, meta = _assert_same(str(path), tokenizers["demo"], DataConfig(path=str(path)))
+    assert ds.num_rows == 2 and not meta["problems"]
+
+
+def _mixed_alpaca_rows(n: int = 60) -> list[dict]:
+    """Alpaca rows of every kind: good, missing and blank fields, edge whitespace, non-ASCII, EOS text."""
+    rows = []
+    for i in range(n):
+        row = {"instruction": f"Do task {i} {{0}} {{x}}", "input": f"text {i}" if i % 3 else "", "output": f"Done {i}."}
+        kind = i % 11
+        if kind == 1:
+            row["input"] = None
+        elif kind == 2:
+            row["output"] = f"  padded {i}\n"
+        elif kind == 3:
+            row["output"] = "   "  # empty_output
+        elif kind == 4:
+            row["instruction"] = None  # missing_field
+        elif kind == 5:
+            row["instruction"], row["input"] = " ", " "  # empty instruction
+        elif kind == 6:
+            row["input"] = f"ünïcode {i}"
+        elif kind == 7:
+            row["output"] = f"ends with eos <|im_end|> {i}"
+        elif kind == 8:
+            row["input"] = "   "  # blank input: just the instruction
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("tok", ["demo", "chatml", "llama3"])
+@pytest.mark.parametrize("settings", [{}, {"system_prompt": "Be brief."}, {"train_on_prompt": True},
+                                      {"max_length": 32}, {"template": "alpaca"}])
+def test_mixed_rows_over_many_batches_give_the_exact_rows_and_problems(tok, settings, tmp_path, tokenizers,
+                                                                      monkeypatch):
+    from sft_tui.core.data import pipeline
+
+    monkeypatch.setattr(pipeline, "MAP_BATCH", 7)  # many batches, bad rows among good ones in each
+    path = write_jsonl(tmp_path / "mixed.jsonl", _mixed_alpaca_rows())
+    data = DataConfig(path=str(path), **settings)
+    ds, meta = _assert_same(str(path), tokenizers[tok], data)
+    exact = _exact_rows(str(path), tokenizers[tok], data).values()
+    assert ds.num_rows == sum(1 for r in exact if not (r.truncated and r.trained_tokens == 0))
+    assert set(meta["problems"]) - {"too_long"} == {"empty_output", "missing_field"}
+    assert meta["problems"]["empty_output"]["count"] == 6 and meta["problems"]["missing_field"]["count"] == 11
+
+
+def _labels_by_loop(text, spans, ids, offsets):
+    """The labelling rule written out: a token is trained if one of its characters is in a span; an
+    empty-width token takes the label of the character at its start (the last one at the end)."""
+    trained_chars = {c for s, e in spans for c in range(s, e)}
+    out = []
+    for tid, (s, e) in zip(ids, offsets):
+        hit = any(c in trained_chars for c in range(s, e)) if e > s else bool(text) and min(s, len(text) - 1) in trained_chars
+        out.append(tid if hit else IGNORE_INDEX)
+    return out
+
+
+def _trimming_tokenizer():
+    """Byte-level BPE whose post-processor trims whitespace off offsets: lone spaces become empty-width tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.post_processor = processors.ByteLevel(trim_offsets=True)
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    core.train_from_iterator(["plain ascii answer", "more text spaced out"], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core)
+
+
+@pytest.mark.parametrize("tok", ["demo", "llama3", "trim"])
+def test_batch_labelling_follows_the_overlap_rule_row_by_row(tok, tokenizers):
+    from sft_tui.core.data.masking import encode_spans_batch
+
+    t = _trimming_tokenizer() if tok == "trim" else tokenizers[tok]
+    texts = ["plain ascii answer", "ünïcode answer here", "", "x", "more ascii\n\n text",
+             "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nok<|im_end|>\n", "  spaced   out  ", "a  b   "]
+    spans = [[(6, 11)], [(0, 3), (9, 15)], [], [(0, 1)], [(0, 4), (12, 17)], [(43, 55)], [(1, 9)], [(2, 7)]]
+    backend = t.backend_tokenizer
+    for max_length in (None, 3):
+        enc = encode_spans_batch(texts, spans, t, max_length)
+        for r, (text, sp) in enumerate(zip(texts, spans)):
+            ref = backend.encode(text, add_special_tokens=False)
+            labels = _labels_by_loop(text, sp, ref.ids, ref.offsets)[:max_length]
+            a, b = int(enc.starts[r]), int(enc.starts[r + 1])
+            assert enc.input_ids[a:b].tolist() == ref.ids[:max_length], r
+            assert enc.labels[a:b].tolist() == labels, r
+            assert [tuple(o) for o in enc.offsets[a:b].tolist()] == ref.offsets[:max_length], r
+            assert enc.original_lengths[r] == len(ref.ids)
+            assert enc.trained[r] == sum(1 for x in labels if x != IGNORE_INDEX)
+        if tok == "trim":  # the rule for empty-width tokens was really exercised, both ways
+            empty = [(text, sp, s) for text, sp in zip(texts, spans)
+                     for s, e in backend.encode(text, add_special_tokens=False).offsets if e <= s and text]
+            assert {any(a <= min(s, len(text) - 1) < b for a, b in sp) for text, sp, s in empty} == {True, False}
+        assert any(x != IGNORE_INDEX for x in enc.labels.tolist()) and IGNORE_INDEX in enc.labels.tolist()
+        full = encode_spans_batch(texts, spans, t, max_length, train_on_prompt=True)
+        assert full.labels.tolist() == full.input_ids.tolist()

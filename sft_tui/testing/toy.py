@@ -1,14 +1,13 @@
-"""Tiny tokenizers built in a second from the sample data, for tests and the bench.
+"""Tiny tokenizers built in a second from the sample data, for tests.
 
-Why here and not in tests: the bench needs them too, and both need two tokenizers whose chat
-templates differ in shape (chatml with ``{% generation %}`` markers, llama-3 headers without) to
-prove that label masking does not depend on one template's quirks. Nothing here touches the hub.
+Two tokenizers whose chat templates differ in shape (chatml with ``{% generation %}`` markers,
+llama-3 headers without) show that label masking does not depend on one template's quirks.
+Nothing here touches the hub.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from sft_tui.core.models.demo import CHAT_TEMPLATE as DEMO_CHAT_TEMPLATE
 from sft_tui.core.paths import sample_data_dir
@@ -34,7 +33,7 @@ def _texts(limit: int = 3000) -> list[str]:
     return out
 
 
-def build_toy_tokenizer(style: str = "chatml", vocab_size: int = 600, save_to: str | Path | None = None):
+def build_toy_tokenizer(style: str = "chatml", vocab_size: int = 600):
     """A byte-level BPE fast tokenizer with a chat template of the given style ('chatml'|'llama3'|'none')."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -59,6 +58,4 @@ def build_toy_tokenizer(style: str = "chatml", vocab_size: int = 600, save_to: s
                                   **kwargs)
     if template:
         tok.chat_template = template
-    if save_to is not None:
-        tok.save_pretrained(str(save_to))
     return tok

@@ -12,8 +12,6 @@ from typing import Any
 
 from sft_tui.core.errors import UserError
 
-ROLES = ("system", "user", "assistant", "tool")
-
 # Problem kinds, in the order reports list them; the text says what the user should look at.
 PROBLEM_KINDS: dict[str, str] = {
     "bad_json": "line is not valid JSON",
@@ -35,10 +33,6 @@ class Conversation:
     line: int | None = None
     source: str | None = None
     raw: bool = False
-
-    @property
-    def messages(self) -> list[dict[str, str]]:
-        return self.turns
 
     def without_last_assistant(self) -> "Conversation":
         """The prompt side of the conversation: what a model is given to generate the final answer."""
@@ -103,10 +97,6 @@ class ProblemLog:
             self.counts[kind] = self.counts.get(kind, 0) + count
             shown = self.examples.setdefault(kind, [])
             shown.extend(other.examples.get(kind, [])[: max(0, self.keep - len(shown))])
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
 
     def to_dict(self) -> dict[str, Any]:
         order = list(PROBLEM_KINDS) + sorted(set(self.counts) - set(PROBLEM_KINDS))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from sft_tui.core.config import choices
 from sft_tui.core.errors import UserError
@@ -109,7 +109,7 @@ def detect_for(dataset: Any, format: str, columns: dict[str, str] | None = None)
                         f"the data has {', '.join(have)}",
                         f"map them with data.columns, e.g. {{{missing[0]}: {have[0] if have else 'COLUMN'}}}",
                         kind="config")
-    return Detection(format, 1.0, "chosen by you", resolved)
+    return Detection(format, 1.0, "set in the config", resolved)
 
 
 def _assign(out: dict[str, str], canonical: str, column: str) -> None:
@@ -314,45 +314,3 @@ def _convert(row: dict[str, Any], fmt: str, columns: dict[str, str], system_prom
             raise BadRow("empty_output", "the text is empty")
         return Conversation([{"role": "assistant", "content": text}], raw=True)
     raise UserError(f"unknown data format '{fmt}'", f"use one of: {', '.join(FORMATS)}", kind="config")
-
-
-@dataclass
-class ColumnContents:
-    """Rows of one shape as columns: ``contents[k][i]`` is turn k's content in row i (of the rows marked ``ok``)."""
-
-    roles: tuple[str, ...]
-    contents: list[list[str]]
-    ok: list[bool]  # rows converted here; the others must go through ``to_conversation`` (they may be bad)
-
-
-def alpaca_columns(column_names: Iterable[str], read: Callable[[str], list[Any] | None],
-                   columns: dict[str, str], system_prompt: str | None) -> ColumnContents | None:
-    """Alpaca rows straight from their string columns, as ``to_conversation`` would convert them.
-
-    Building per-row dicts and Conversation objects costs more than tokenizing; this does the same
-    work a column at a time. ``read(column)`` gives a column's values (strings or None), or None when
-    it is not a string column. Returns None (convert row by row) when a system or history column is
-    present (rows of varying shape) or a column is not text. Rows marked not ok (a missing or empty
-    field) are left to ``to_conversation``, which raises the exact problem for them.
-    """
-    names = set(column_names)
-
-    def col(name: str) -> str | None:
-        found = columns.get(name, name)  # the same lookup as ``_field``
-        return found if found in names else None
-
-    if col("system") or col("history") or not col("instruction") or not col("output"):
-        return None
-    ins, out = read(col("instruction")), read(col("output"))
-    inp = read(col("input")) if col("input") else None
-    if ins is None or out is None or (col("input") and inp is None):
-        return None
-    if inp is None:
-        prompts = ins
-    else:
-        prompts = [f"{a}\n\n{b}" if b and b.strip() else a for a, b in zip(ins, inp)]
-    ok = [a is not None and o is not None and bool(p.strip()) and bool(o.strip())
-          for a, p, o in zip(ins, prompts, out)]
-    if system_prompt:
-        return ColumnContents(("system", "user", "assistant"), [[system_prompt] * len(ok), prompts, out], ok)
-    return ColumnContents(("user", "assistant"), [prompts, out], ok)

@@ -26,12 +26,12 @@ from sft_tui.core.errors import UserError
 from sft_tui.core.paths import cache_dir
 
 from .conversation import BadRow, Conversation, ProblemLog
-from .formats import FIELDS, Detection, alpaca_columns, detect_format, resolve_columns, to_conversation
+from .formats import Detection, detect_for, to_conversation
 from .loading import LoadedRows, file_identity, load_rows_detailed, resolve_paths
-from .masking import PreTokenCache, SpanArrays, encode_spans_batch, tokenize_conversation
+from .masking import encode_spans_batch, tokenize_conversation
 from .report import DataReport
 from .stats import length_stats
-from .templates import Renderer, Skeleton, get_renderer, normalise_spans, pieces_to_spans
+from .templates import Renderer, get_renderer, pieces_to_spans
 
 PIPELINE_VERSION = "2"
 Progress = Callable[[str, float], None]
@@ -89,23 +89,7 @@ def tokenized_cache_dir() -> Path:
 
 
 def _detection(loaded: LoadedRows, data: DataConfig) -> Detection:
-    ds = loaded.dataset
-    if data.format == "auto":
-        det = detect_format(ds, data.columns)
-        if det.format == "unknown":
-            raise UserError(f"could not tell the data format: {det.reason}",
-                            "set data.format and/or data.columns in the config", kind="config")
-        return det
-    resolved = resolve_columns(ds.column_names, data.columns)
-    required = FIELDS[data.format][0]
-    missing = [r for r in required if r not in resolved]
-    if missing:
-        have = [c for c in ds.column_names if not c.startswith("__")]
-        raise UserError(f"data.format is {data.format}, which needs column(s) {', '.join(missing)}; "
-                        f"the data has {', '.join(have)}",
-                        f"map them with data.columns, e.g. {{{missing[0]}: {have[0] if have else 'COLUMN'}}}",
-                        kind="config")
-    return Detection(data.format, 1.0, "set in the config", resolved)
+    return detect_for(loaded.dataset, data.format, data.columns)
 
 
 # --------------------------------------------------------------------------- the map function
@@ -114,56 +98,26 @@ def _detection(loaded: LoadedRows, data: DataConfig) -> Detection:
 class _RowProcessor:
     """Batched map function (Arrow in, Arrow out): raw rows → input_ids/labels, bad rows → empty + a problem note.
 
-    Rows are rendered from their shape's skeleton (literal text joined with the row's contents, trained
-    spans known from the template's structure) when the template allows it; the first rows of every
-    shape are also rendered the exact per-row way and compared, and any disagreement sends that shape
-    back to the exact path for good. All rows of a batch are then tokenized in one Rust call and
-    labelled with numpy from their trained character spans.
+    Each good row is rendered with the template (text and trained character spans), all rows of a
+    batch are tokenized in one Rust call and labelled with numpy by overlap with those spans.
     """
-
-    VERIFY_ROWS = 2  # rows per shape checked against the exact render
 
     def __init__(self, fmt: str, columns: dict[str, str], data: DataConfig, tokenizer: Any,
                  renderer: Renderer, offset: int = 0) -> None:
         self.fmt, self.columns, self.data = fmt, columns, data
         self.tokenizer, self.renderer, self.offset = tokenizer, renderer, offset
         self.on_batch: Callable[[int], None] | None = None
-        self.cache = PreTokenCache.from_tokenizer(tokenizer)
 
-    def render(self, conv: Conversation) -> tuple[str, list[tuple[int, int]]]:
-        """(text, trained char spans) of one conversation; raises BadRow like ``Renderer.pieces``."""
-        renderer = self.renderer
-        turns = conv.turns
-        skel = renderer.skeleton(conv.raw, tuple([t["role"] for t in turns]))
-        if skel is not None and skel.ok:
-            contents = [t["content"] for t in turns]
-            if not skel.guard or renderer.plain(contents):
-                built = skel.build(contents)
-                if skel.verified >= self.VERIFY_ROWS:
-                    return built
-                try:
-                    text, spans = pieces_to_spans(renderer.pieces(conv))
-                except BadRow:
-                    skel.ok = False
-                    raise
-                if built[0] == text and normalise_spans(built[1]) == spans:
-                    skel.verified += 1
-                else:
-                    skel.ok = False
-                return text, spans
-        return pieces_to_spans(renderer.pieces(conv))
-
-    def _render_rows(self, batch: Any, rows: list[int], kinds: list[str], msgs: list[str]
+    def _render_rows(self, batch: Any, kinds: list[str], msgs: list[str]
                      ) -> tuple[list[str], list[list[tuple[int, int]]], list[int]]:
-        """The exact way, row by row: (texts, spans, batch rows rendered); bad rows get kind and message."""
+        """(texts, trained spans, batch rows) of every good row; bad rows get kind and message."""
         texts: list[str] = []
         spans: list[list[tuple[int, int]]] = []
         where: list[int] = []
-        fmt, columns, system_prompt, render = self.fmt, self.columns, self.data.system_prompt, self.render
-        table = batch if len(rows) == batch.num_rows else batch.take(rows)
-        for i, row in zip(rows, table.to_pylist()):
+        fmt, columns, system_prompt, pieces = self.fmt, self.columns, self.data.system_prompt, self.renderer.pieces
+        for i, row in enumerate(batch.to_pylist()):
             try:
-                text, sp = render(to_conversation(row, fmt, columns, system_prompt))
+                text, sp = pieces_to_spans(pieces(to_conversation(row, fmt, columns, system_prompt)))
             except BadRow as exc:
                 kinds[i], msgs[i] = exc.kind, exc.detail
                 continue
@@ -172,72 +126,14 @@ class _RowProcessor:
             where.append(i)
         return texts, spans, where
 
-    def _column_plan(self, batch: Any) -> tuple[Skeleton, list[list[str]], np.ndarray] | None:
-        """(skeleton, content columns, rows it builds) for alpaca rows built a column at a time, or None.
-
-        Only rows whose shape's skeleton is trusted and that pass its guard are built that way; a
-        shape's first rows still take the exact path (which checks the skeleton against them).
-        """
-        import pyarrow as pa
-
-        if self.fmt != "alpaca" or not self.renderer.verbatim:
-            return None
-
-        def read(name: str) -> list[Any] | None:
-            col = batch.column(name)
-            return col.to_pylist() if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) else None
-
-        got = alpaca_columns(batch.column_names, read, self.columns, self.data.system_prompt)
-        if got is None:
-            return None
-        skel = self.renderer.skeleton(False, got.roles)
-        if skel is None or not skel.ok:
-            return None
-        ok = got.ok
-        if skel.guard:
-            plain = self.renderer.plain
-            ok = [k and plain(row) for k, row in zip(ok, zip(*got.contents))]
-        fast = np.asarray(ok, dtype=bool)
-        unverified = np.nonzero(fast)[0][:max(0, self.VERIFY_ROWS - skel.verified)]
-        fast[unverified] = False
-        return skel, got.contents, fast
-
-    def _render_batch(self, batch: Any, kinds: list[str], msgs: list[str]
-                      ) -> tuple[list[str], "list[list[tuple[int, int]]] | SpanArrays", list[int]]:
-        """(texts, trained spans, batch rows) of every good row, column-wise where possible, in row order."""
-        n = batch.num_rows
-        plan = self._column_plan(batch)
-        if plan is None:
-            return self._render_rows(batch, list(range(n)), kinds, msgs)
-        skel, contents, fast = plan
-        slow = np.nonzero(~fast)[0].tolist()
-        texts, spans, where = self._render_rows(batch, slow, kinds, msgs) if slow else ([], [], [])
-        if not skel.ok:  # the exact renders just disagreed with the skeleton: every row the exact way
-            return self._render_rows(batch, list(range(n)), kinds, msgs)
-        fast_rows = np.nonzero(fast)[0]
-        if not fast_rows.size:
-            return texts, spans, where
-        picked = contents if fast_rows.size == n else [[col[i] for i in fast_rows.tolist()] for col in contents]
-        fast_texts, counts, flat = skel.build_columns(picked)
-        if not where:
-            return fast_texts, SpanArrays(counts, flat), fast_rows.tolist()
-        order = np.concatenate((fast_rows, np.asarray(where, dtype=np.int64)))
-        is_fast = np.zeros(len(order), dtype=bool)
-        is_fast[:fast_rows.size] = True
-        perm = np.argsort(order, kind="stable")
-        merged = SpanArrays.merge(SpanArrays(counts, flat), SpanArrays.from_lists(spans), is_fast[perm])
-        all_texts = fast_texts + texts
-        return [all_texts[k] for k in perm.tolist()], merged, order[perm].tolist()
-
     def __call__(self, batch: Any, indices: Any) -> Any:
         import pyarrow as pa
 
         data = self.data
         n = batch.num_rows
         kinds, msgs = [""] * n, [""] * n
-        texts, spans, where = self._render_batch(batch, kinds, msgs)
-        enc = encode_spans_batch(texts, spans, self.tokenizer, data.max_length, data.train_on_prompt,
-                                 self.cache)
+        texts, spans, where = self._render_rows(batch, kinds, msgs)
+        enc = encode_spans_batch(texts, spans, self.tokenizer, data.max_length, data.train_on_prompt)
         kept, orig, trained = enc.lengths, enc.original_lengths, enc.trained
         keep = np.ones(len(where), dtype=bool)
         for j in np.nonzero(orig > kept)[0].tolist():
