@@ -360,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config_new)
     p = cfg_sub.add_parser("presets", help="list presets")
     p.set_defaults(func=cmd_config_presets)
+    from sft_tui.cli_interop import register_config_actions
+
+    register_config_actions(cfg_sub)  # config import / config export (peers' formats)
 
     p = add("train", cmd_train, "train from a config in a worker process")
     p.add_argument("config", nargs="?")

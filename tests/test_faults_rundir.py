@@ -437,3 +437,15 @@ def test_resume_guard_warns_when_the_data_changed(tmp_path):
     os.utime(data, (1, 1))
     note = plan_resume(run).data_changed
     assert note and "data files changed since checkpoint-10" in note and "1 training rows then" in note
+
+
+@pytest.mark.parametrize("value", [None, "abc", float("inf"), float("-inf"), float("nan"), 10**5000, True, [1]],
+                         ids=["none", "str", "inf", "-inf", "nan", "huge-int", "bool", "list"])
+def test_every_formatter_copes_with_values_a_hostile_log_could_hold(value):
+    from sft_tui.core import format as F
+
+    for fn in (F.human_bytes, F.human_count, F.human_context, F.human_duration, F.human_time, F.compact):
+        assert isinstance(fn(value), str)
+    assert F.fixed(value, ".4f") == "-"
+    line = format_event({"time": value, "type": "train", "step": 1, "loss": value, "lr": value})
+    assert "train" in line

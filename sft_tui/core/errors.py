@@ -50,11 +50,15 @@ def disk_full(exc: BaseException, disk: str | Path | None = None) -> bool:
     return False
 
 
-def explain(exc: BaseException, disk: str | Path | None = None) -> Explained:
+WORKER_DETAILS = "see worker.log in the run directory for details"
+
+
+def explain(exc: BaseException, disk: str | Path | None = None, details: str = WORKER_DETAILS) -> Explained:
     """Turn any exception into (kind, message, hint) for people; unknown ones keep their text.
 
     ``disk`` is the folder being written (a run directory): a write error there while its disk is
-    nearly full is reported as a full disk.
+    nearly full is reported as a full disk. ``details`` is the hint for an unexpected error: where
+    the full story is (the worker's log, or for the app, what to do about a bug).
     """
     from sft_tui.core.config import ConfigError  # local: config imports nothing from here
 
@@ -97,8 +101,7 @@ def explain(exc: BaseException, disk: str | Path | None = None) -> Explained:
         )
     if isinstance(exc, KeyboardInterrupt):
         return Explained("interrupted", "Interrupted.", "")
-    return Explained("internal", f"{name}: {text.splitlines()[0] if text else ''}",
-                     "see worker.log in the run directory for details")
+    return Explained("internal", f"{name}: {text.splitlines()[0] if text else ''}", details)
 
 
 class NanLossError(RuntimeError):
