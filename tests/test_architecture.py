@@ -100,3 +100,12 @@ def test_installed_wheel_finds_sample_data_and_themes(tmp_path):
     assert out.returncode == 0, out.stderr
     sample, themes = out.stdout.split()
     assert sample.startswith(str(target)) and themes.startswith(str(target))
+
+
+def test_every_package_ships_in_the_wheel_except_test_fixtures():
+    """pyproject lists packages by hand; a new one missing from the list is missing after `pip install .`."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "sft_tui").rglob("__init__.py")}
+    assert found - listed == {"sft_tui.testing"}
