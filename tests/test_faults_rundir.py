@@ -449,3 +449,15 @@ def test_every_formatter_copes_with_values_a_hostile_log_could_hold(value):
     assert F.fixed(value, ".4f") == "-"
     line = format_event({"time": value, "type": "train", "step": 1, "loss": value, "lr": value})
     assert "train" in line
+
+
+def test_a_long_but_legitimate_line_is_read_even_in_small_chunks(tmp_path):
+    """Only lines over MAX_LINE_BYTES are skipped; a data report longer than one read is not."""
+    path = tmp_path / "events.jsonl"
+    report = json.dumps({"time": 1, "type": "data", "report": {"problems": "x" * 5000}})
+    path.write_text('{"time": 1, "type": "train", "step": 1}\n' + report + '\n{"time": 2, "type": "train", "step": 2}\n')
+    tail = EventTail(path)
+    seen = []
+    for _ in range(20):
+        seen += tail.read_new(max_bytes=1000)
+    assert [e["type"] for e in seen] == ["train", "data", "train"] and tail.unreadable == 0

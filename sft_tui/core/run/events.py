@@ -152,8 +152,11 @@ class EventTail:
                 fh.seek(self.offset)
                 chunk = fh.read() if max_bytes is None else fh.read(max(max_bytes, 1))
                 end = chunk.rfind(b"\n")
-                if end < 0 and len(chunk) >= min(max_bytes or MAX_LINE_BYTES, MAX_LINE_BYTES):
-                    self._skip_long_line(fh)  # one line longer than a read: skip it, never stall on it
+                if end < 0 and max_bytes is not None and len(chunk) >= max_bytes:
+                    chunk += fh.readline(MAX_LINE_BYTES + 1)  # one line longer than a read: finish it
+                    end = chunk.rfind(b"\n")
+                if end < 0 and len(chunk) > MAX_LINE_BYTES:
+                    self._skip_long_line(fh)  # longer than any event: skip it, never stall on it
                     return []
         except OSError:
             return []  # missing or unreadable now: the next read tries again
