@@ -36,6 +36,11 @@ STEP_ORDER = [key for key, _ in STEPS]
 FKEYS = {"model": "f2", "data": "f3", "training": "f4", "monitor": "f5", "evaluate": "f6", "export": "f7", "runs": "f8"}
 
 
+# The hint for an unexpected error inside the UI (not the worker's: there is no worker.log to read).
+APP_DETAILS = ("this is a bug in sft-tui, not something you did; the app keeps running, so you can carry on. "
+               "Please report it with the steps that led here and the message above")
+
+
 def _lazy(module: str, name: str) -> Callable[[], Screen]:
     def make() -> Screen:
         return getattr(importlib.import_module(module), name)()
@@ -63,6 +68,7 @@ class SftApp(Background, App):
         # The one source of GPU samples for every screen that shows GPUs (tests pass a fake one).
         self.gpu_sampler = gpu_sampler if gpu_sampler is not None else default_sampler()
         self._theme_warnings: list[str] = []
+        self.pending_run_selection: str | None = None  # a run the Runs screen selects when it lists it
         self._register_themes()
 
     # ------------------------------------------------------------------ start-up
@@ -94,6 +100,15 @@ class SftApp(Background, App):
                 self.notify(f"could not save the theme choice: {exc}", severity="warning")
 
     # ------------------------------------------------------------------ navigation
+    def show_run(self, path: str | Path) -> None:
+        """Open the Runs screen with the run at ``path`` selected (it picks it up once listed)."""
+        self.pending_run_selection = str(path)
+        if self.current_mode == "runs":
+            screen = self.screen
+            getattr(screen, "apply_pending_selection", lambda: None)()
+        else:
+            self.go_step("runs")
+
     def go_step(self, step: str) -> None:
         if step in SCREENS_BY_MODE and step != self.current_mode:
             self.switch_mode(step)
@@ -132,7 +147,7 @@ class SftApp(Background, App):
     # ------------------------------------------------------------------ errors
     def on_work_failed(self, message: WorkFailed) -> None:
         """The one place a failed background task of any screen or widget becomes a readable dialog."""
-        info = explain(message.error)
+        info = explain(message.error, details=APP_DETAILS)
         self.show_error(info.message, info.hint)
 
     def show_error(self, message: str, hint: str = "", title: str = "Something went wrong") -> None:
@@ -176,4 +191,6 @@ def run_app(config_path: str | None = None, attach: str | None = None, runs_dir:
         start = "monitor"
     app = SftApp(session=session, start=start)
     result = app.run()
+    if app.return_code:  # the app crashed (Textual printed the traceback): never exit 0 then
+        return app.return_code
     return int(result or 0)

@@ -122,3 +122,53 @@ def test_session_dirty_tracks_saves(tmp_path):
     assert not session.dirty and yaml.safe_load(path.read_text())["data"]["max_length"] == 1024
     other = Session.from_file(path)
     assert other.config == session.config and not other.dirty
+
+
+async def test_an_unexpected_ui_error_says_it_is_a_bug_not_worker_log(monkeypatch, tmp_path):
+    """A failure inside the UI has no worker.log to read: the hint says bug, app keeps running, report it."""
+    from sft_tui.core.run.index import RunIndex
+    from sft_tui.core.setup.session import Session
+    from sft_tui.screens.dialogs import ErrorScreen
+    from pilot_support import wait_for
+
+    def broken(self):
+        raise RuntimeError("index exploded")
+
+    monkeypatch.setattr(RunIndex, "refresh", broken)
+    app = SftApp(session=Session(runs_dir=tmp_path), start="runs", settings=Settings())
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        dialog = app.screen
+        assert "index exploded" in dialog.message
+        assert "worker.log" not in dialog.hint
+        assert "bug in sft-tui" in dialog.hint and "keeps running" in dialog.hint and "report" in dialog.hint
+        await pilot.press("escape")
+        assert app.is_running
+
+
+def _headless(monkeypatch):
+    from textual.app import App
+
+    monkeypatch.setattr(SftApp, "run", lambda self, **kwargs: App.run(self, headless=True))
+
+
+def test_run_app_exits_non_zero_when_the_app_crashed(monkeypatch, capsys):
+    from sft_tui.app import run_app
+
+    _headless(monkeypatch)
+
+    def crash(self):
+        raise RuntimeError("crashed while starting")
+
+    monkeypatch.setattr(SftApp, "on_mount", crash)
+    assert run_app() == 1
+    out = capsys.readouterr()
+    assert "crashed while starting" in out.err + out.out  # Textual's traceback, for the report
+
+
+def test_run_app_exits_zero_after_a_normal_quit(monkeypatch):
+    from sft_tui.app import run_app
+
+    _headless(monkeypatch)
+    monkeypatch.setattr(SftApp, "on_mount", lambda self: self.exit(0))
+    assert run_app() == 0

@@ -269,3 +269,29 @@ async def test_100k_event_log_opens_fast_and_stays_responsive(tmp_path):
     assert opened_cpu < 2.0, f"took {opened_cpu:.2f}s of CPU to open {lines} events"
     assert opened < (2.0 if load < 1.0 else 5.0), f"took {opened:.2f}s to open {lines} events (load {load:.1f}/core)"
     assert key_latency < (0.5 if load < 1.0 else 1.5)
+
+
+async def test_hostile_lines_are_skipped_counted_and_following_goes_on(tmp_path):
+    """A 5000-digit integer, 100000-deep nesting, a string where a number belongs, non-JSON: each is one
+    counted unreadable line; the notice says how many, the app keeps running, later events arrive."""
+    run = synthetic.write_run(tmp_path, "hostile", steps=3, max_steps=100, final=None, pid=os.getpid())
+    app = make_app(run, tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = monitor(app)
+        assert await wait_for(pilot, lambda: screen.loaded and len(screen.metrics.train_loss) == 3)
+        assert screen.unreadable == 0
+        with open(run.events_path, "a") as fh:
+            fh.write('{"time": 1, "type": "train", "step": ' + "9" * 5000 + ', "loss": 1.0}\n')
+            fh.write("[" * 100000 + "\n")
+            fh.write(json.dumps({"time": synthetic.T0 + 20, "type": "train", "step": "four", "loss": 1.0}) + "\n")
+            fh.write("this is not json at all\n")
+        synthetic.append(run, synthetic.train_event(4, 100, synthetic.T0 + 21))
+        assert await wait_for(pilot, lambda: len(screen.metrics.train_loss) == 4)
+        assert await wait_for(pilot, lambda: screen.unreadable == 4)
+        assert any("4 unreadable lines were skipped" in n.message for n in app._notifications)
+        stats = "\n".join(t.plain for t in screen._stats().renderables)
+        assert "4 unreadable lines" in stats
+        assert app.is_running and not isinstance(app.screen, ErrorScreen)
+        synthetic.append(run, synthetic.train_event(5, 100, synthetic.T0 + 22))
+        assert await wait_for(pilot, lambda: len(screen.metrics.train_loss) == 5)
+        assert screen.metrics.train_loss.xs[-1] == 5.0 and screen.unreadable == 4

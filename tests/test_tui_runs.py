@@ -148,7 +148,9 @@ async def test_resume_starts_a_worker_from_the_checkpoint(tmp_path, runs, monkey
         screen = app.screen
         assert await wait_for(pilot, lambda: screen.loaded)
         await pilot.press("down", "r")  # bravo has no checkpoint folder
-        assert isinstance(app.screen, ErrorScreen) and not started
+        assert await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        assert "no complete checkpoint" in app.screen.message and "sft-tui train" in app.screen.hint
+        assert not started
         await pilot.press("escape")
         complete_checkpoint(bravo.checkpoints_dir / "checkpoint-10", 10)
         await pilot.press("r")
@@ -166,3 +168,83 @@ async def test_empty_runs_dir(tmp_path):
         assert "No runs yet" in str(screen.query_one("#runs-summary").render())
         await pilot.press("enter", "r", "d")
         assert isinstance(app.screen, RunsScreen)
+
+
+def incomplete_checkpoint(folder, step: int) -> None:
+    """A checkpoint the trainer never finished writing (no optimizer, scheduler or RNG state)."""
+    folder.mkdir(parents=True)
+    (folder / "adapter_model.safetensors").write_bytes(b"x")
+    (folder / "trainer_state.json").write_text('{"global_step": %d, "max_steps": 100}' % step)
+
+
+async def test_resume_goes_through_plan_resume_and_shows_its_notes(tmp_path, runs, monkeypatch):
+    started = []
+    import sft_tui.core.run.launch as launch
+
+    monkeypatch.setattr(launch, "start_worker", lambda run, resume=False: started.append((run.name, resume)))
+    bravo = runs[1]
+    complete_checkpoint(bravo.checkpoints_dir / "checkpoint-10", 10)
+    incomplete_checkpoint(bravo.checkpoints_dir / "checkpoint-20", 20)
+    app = runs_app(tmp_path)
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = app.screen
+        assert await wait_for(pilot, lambda: screen.loaded)
+        await pilot.press("down", "r")
+        assert await wait_for(pilot, lambda: started == [("bravo", True)])
+        assert await wait_for(pilot, lambda: isinstance(app.screen, MonitorScreen))
+        messages = [n.message for n in app._notifications]
+        assert any("resuming bravo from checkpoint-10" in m and "checkpoint-20 is incomplete" in m
+                   for m in messages), messages
+
+
+async def test_a_finished_run_is_refused_with_the_hint(tmp_path, runs, monkeypatch):
+    started = []
+    import sft_tui.core.run.launch as launch
+
+    monkeypatch.setattr(launch, "start_worker", lambda run, resume=False: started.append((run.name, resume)))
+    alpha = runs[0]
+    complete_checkpoint(alpha.checkpoints_dir / "checkpoint-30", 30)
+    app = runs_app(tmp_path)
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = app.screen
+        assert await wait_for(pilot, lambda: screen.loaded)
+        await pilot.press("r")  # alpha: done
+        assert await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        assert "is finished" in app.screen.message and "raise training.max_steps" in app.screen.hint
+        assert app.screen.title_text == "Cannot resume alpha"
+        assert not started
+        assert alpha.events()[-1]["state"] == "done"  # nothing written to a run that was refused
+
+
+async def test_damaged_and_unreadable_runs_are_shown_as_such(tmp_path, runs, monkeypatch):
+    from sft_tui.core.run.index import RunIndex
+
+    alpha, bravo, _ = runs
+    with open(bravo.events_path, "a") as fh:
+        fh.write('{"time": 1, "type": "train", "step": ' + "9" * 5000 + "}\n")
+        fh.write("[" * 100000 + "\n")
+        fh.write("not json\n")
+    original = RunIndex.refresh
+
+    def refresh(self):  # the index's status for a run whose events cannot be read at all
+        rows = original(self)
+        for _, st in rows:
+            if st.name == "alpha":
+                st.state = "unreadable"
+        return rows
+
+    monkeypatch.setattr(RunIndex, "refresh", refresh)
+    app = runs_app(tmp_path)
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = app.screen
+        assert await wait_for(pilot, lambda: screen.loaded)
+        rows = table_rows(screen)
+        assert rows["alpha"]["status"] == "unreadable"
+        assert rows["bravo"]["status"] == "died !"
+        assert rows["charlie"]["status"] == "training"
+        assert "2 with unreadable events" in str(screen.query_one("#runs-summary").render())
+        assert "cannot be read" in str(screen.query_one("#run-detail").render())
+        await pilot.press("down")
+        await pilot.pause()
+        detail = str(screen.query_one("#run-detail").render())
+        assert "3 unreadable lines in events.jsonl were skipped" in detail

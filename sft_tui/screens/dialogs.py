@@ -118,7 +118,7 @@ class ReportScreen(ModalScreen[None]):
     ReportScreen > Vertical { width: 90; max-width: 95%; height: auto; max-height: 90%; border: thick $primary;
                               background: $surface; padding: 0 1; }
     ReportScreen #report-title { text-style: bold; color: $primary; }
-    ReportScreen VerticalScroll { height: auto; max-height: 1fr; }
+    ReportScreen VerticalScroll { height: auto; max-height: 70vh; }
     ReportScreen Button { margin-top: 1; }
     """
 

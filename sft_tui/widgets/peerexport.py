@@ -54,7 +54,7 @@ class PeerExportScreen(ModalScreen[None]):
             with Horizontal(classes="export-row"):
                 yield Label("as")
                 yield Select(TARGETS, value=self.target, allow_blank=False, id="export-target", compact=True)
-            yield TextArea("", id="export-text", read_only=True, show_line_numbers=False, soft_wrap=False)
+            yield TextArea("", id="export-text", read_only=True, show_line_numbers=False, soft_wrap=True)
             with Horizontal(classes="export-row"):
                 yield Label("file")
                 yield Input(self._default_path(), id="export-path", compact=True,
