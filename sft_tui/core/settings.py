@@ -1,4 +1,4 @@
-"""App preferences (theme, keymap, extra model folders), kept apart from run configs.
+"""App preferences (theme, keymap, extra model folders, a llama.cpp checkout), kept apart from run configs.
 
 A run config describes one training run and travels with it; these settings describe one person's
 machine, so they live in the platform's config dir (``paths.settings_path()``, overridable with
@@ -25,6 +25,9 @@ class Settings:
     model_dirs: list[str] = field(default_factory=list)
     theme: str = DEFAULT_THEME
     keymap: dict[str, str] = field(default_factory=dict)
+    # A llama.cpp checkout whose convert_hf_to_gguf.py converts to GGUF, instead of the installed
+    # converter package; $SFT_TUI_LLAMA_CPP overrides it in turn.
+    llama_cpp: str | None = None
     # Set by a lenient load when the file could not be used; shown to the user, never saved.
     warning: str | None = field(default=None, compare=False)
 
@@ -34,20 +37,26 @@ class Settings:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("warning")
+        if data["llama_cpp"] is None:
+            data.pop("llama_cpp")  # unset: the file stays as short as before the key existed
         return data
+
+    def llama_cpp_path(self) -> Path | None:
+        return Path(self.llama_cpp).expanduser() if self.llama_cpp else None
 
 
 def _parse(raw: Any, path: Path) -> Settings:
-    """Validate by hand: three keys do not justify a schema, but each mistake needs a fix."""
+    """Validate by hand: four keys do not justify a schema, but each mistake needs a fix."""
     if raw is None:
         return Settings()
     if not isinstance(raw, dict):
         raise UserError(f"Settings file {path} must be a mapping of keys, not {type(raw).__name__}.",
-                        "write it as 'model_dirs: [...]', 'theme: NAME', 'keymap: {action: key}'")
-    unknown = sorted(set(raw) - {"model_dirs", "theme", "keymap"})
+                        "write it as 'model_dirs: [...]', 'theme: NAME', 'keymap: {action: key}', "
+                        "'llama_cpp: FOLDER'")
+    unknown = sorted(set(raw) - {"model_dirs", "theme", "keymap", "llama_cpp"})
     if unknown:
         raise UserError(f"Settings file {path} has unknown key(s): {', '.join(map(str, unknown))}.",
-                        "known keys are model_dirs, theme and keymap")
+                        "known keys are model_dirs, theme, keymap and llama_cpp")
     dirs = raw.get("model_dirs") or []
     if isinstance(dirs, str):
         dirs = [dirs]
@@ -61,7 +70,12 @@ def _parse(raw: Any, path: Path) -> Settings:
     if not isinstance(keymap, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in keymap.items()):
         raise UserError(f"Settings file {path}: keymap must map binding ids to keys.",
                         "e.g. keymap: {quit: ctrl+q, start_training: f5}")
-    return Settings(model_dirs=list(dirs), theme=theme, keymap=dict(keymap))
+    llama_cpp = raw.get("llama_cpp")
+    if llama_cpp is not None and (not isinstance(llama_cpp, str) or not llama_cpp.strip()):
+        raise UserError(f"Settings file {path}: llama_cpp must be the folder of a llama.cpp checkout.",
+                        "e.g. llama_cpp: ~/src/llama.cpp (or leave it out to use the installed converter)")
+    return Settings(model_dirs=list(dirs), theme=theme, keymap=dict(keymap),
+                    llama_cpp=llama_cpp.strip() if llama_cpp else None)
 
 
 def load_settings(path: str | Path | None = None, strict: bool = False) -> Settings:
