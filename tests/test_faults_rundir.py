@@ -461,3 +461,26 @@ def test_a_long_but_legitimate_line_is_read_even_in_small_chunks(tmp_path):
     for _ in range(20):
         seen += tail.read_new(max_bytes=1000)
     assert [e["type"] for e in seen] == ["train", "data", "train"] and tail.unreadable == 0
+
+
+def test_the_run_index_isolates_a_run_it_cannot_read(tmp_path, monkeypatch):
+    """The Runs screen's incremental index follows the same rule as `sft-tui runs`."""
+    from sft_tui.core.run.index import RunIndex, TrackedRun
+
+    synthetic.write_run(tmp_path, "good", steps=3)
+    bad = synthetic.write_run(tmp_path, "bad", steps=3)
+    real = TrackedRun.refresh
+
+    def refresh(self):
+        if self.run.name == "bad":
+            raise OSError(5, "Input/output error")
+        return real(self)
+
+    monkeypatch.setattr(TrackedRun, "refresh", refresh)
+    states = {run.name: st.state for run, st in RunIndex(tmp_path).refresh()}
+    assert states == {"good": "done", "bad": "unreadable"}
+    monkeypatch.setattr(TrackedRun, "refresh", real)
+    bad.events_path.unlink()
+    bad.events_path.mkdir()  # not a file: unreadable by any reader
+    assert {run.name: st.state for run, st in RunIndex(tmp_path).refresh()}["bad"] == "unreadable"
+    assert bad.status().state == "unreadable"

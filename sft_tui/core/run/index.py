@@ -22,6 +22,9 @@ class TrackedRun:
         self.folded.state = "new"
 
     def refresh(self) -> RunStatus:
+        if self.run.events_unreadable():  # the same rule as RunDir.status
+            return RunStatus(name=self.run.name, state="unreadable", model=self.folded.model,
+                             method=self.folded.method)
         for ev in self.tail.read_new():
             fold_event(self.folded, ev)
         st = with_liveness(copy.copy(self.folded), self.run.pid())
@@ -44,8 +47,11 @@ class RunIndex:
                 del self._tracked[path]  # deleted on disk
         out = []
         for run in runs:
-            tracked = self._tracked.get(run.path)
-            if tracked is None:
-                tracked = self._tracked[run.path] = TrackedRun(run)
-            out.append((run, tracked.refresh()))
+            try:
+                tracked = self._tracked.get(run.path)
+                if tracked is None:
+                    tracked = self._tracked[run.path] = TrackedRun(run)
+                out.append((run, tracked.refresh()))
+            except Exception:  # noqa: BLE001 - one damaged run must not hide the others
+                out.append((run, RunStatus(name=run.name, state="unreadable")))
         return out

@@ -110,6 +110,11 @@ class RunDir:
     def exists(self) -> bool:
         return self.config_path.exists()
 
+    def events_unreadable(self) -> bool:
+        """events.jsonl is there but cannot be read at all (permissions, not a file): state ``unreadable``."""
+        path = self.events_path
+        return path.exists() and (not path.is_file() or not os.access(path, os.R_OK))
+
     @property
     def has_adapter(self) -> bool:
         """The run saved what it trained: a LoRA adapter, or the whole model for full fine-tuning."""
@@ -314,7 +319,7 @@ class RunDir:
         except Exception:  # a damaged config must not hide the run from the list
             pass
         if events is None:
-            if self.events_path.exists() and not os.access(self.events_path, os.R_OK):
+            if self.events_unreadable():
                 st.state = "unreadable"
                 return st
             tail = self.tail()
