@@ -28,7 +28,7 @@ def register_config_actions(config_subparsers: Any) -> None:
     p = config_subparsers.add_parser(
         "export", help="write an sft-tui config as an Axolotl / LLaMA-Factory YAML or a TRL script",
         description="Write the equivalent config for another tool; its header lists what does not carry over.")
-    p.add_argument("file", metavar="CONFIG", help="an sft-tui config file")
+    p.add_argument("file", metavar="CONFIG", help="an sft-tui config file, or a run (name or folder): its config.yaml")
     p.add_argument("--to", dest="target", choices=SOURCES, required=True, help="the tool to write for")
     p.add_argument("-o", "--output", metavar="OUT", help="write here (LLaMA-Factory: dataset_info.json goes beside "
                                                          "it) instead of printing")
@@ -112,8 +112,16 @@ def cmd_config_export(args: argparse.Namespace) -> int:
     from sft_tui.core.errors import UserError
     from sft_tui.core.interop import export_config, export_files
 
+    path = Path(args.file).expanduser()
+    if not path.is_file():  # a run's name or folder: reproduce that run elsewhere
+        from sft_tui.core.run.rundir import find_run
+
+        try:
+            path = find_run(args.file, getattr(args, "runs_dir", None)).config_path
+        except UserError as exc:
+            return _error(f"no config file or run named {args.file!r}", exc.hint)
     try:
-        config = load_config(args.file)
+        config = load_config(path)
     except ConfigError as exc:
         sys.stderr.write(f"error: {len(exc.problems)} problem(s) in {args.file}:\n")
         for prob in exc.problems:

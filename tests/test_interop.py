@@ -452,3 +452,15 @@ def test_register_adds_actions_to_an_existing_config_group():
     args = parser.parse_args(["config", "export", "x.yaml", "--to", "trl"])
     assert args.func is cmd_config_export
     assert parser.parse_args(["config", "import", "x.yaml"]).func is cmd_config_import
+
+
+def test_export_takes_a_run_name_as_well_as_a_file(tmp_path, capsys, monkeypatch):
+    """`sft-tui config export RUN --to ...` reproduces a run elsewhere from its config.yaml."""
+    from sft_tui.cli import main
+    from sft_tui.testing import synthetic
+
+    synthetic.write_run(tmp_path, "done-run", steps=3)
+    assert main(["--runs-dir", str(tmp_path), "config", "export", "done-run", "--to", "axolotl"]) == 0
+    assert "base_model:" in capsys.readouterr().out
+    assert main(["--runs-dir", str(tmp_path), "config", "export", "no-such-run", "--to", "axolotl"]) == 2
+    assert "no config file or run named 'no-such-run'" in capsys.readouterr().err
