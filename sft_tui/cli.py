@@ -126,6 +126,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from sft_tui.core.train.preflight import preflight
 
     env = Environment.detect()
+    if getattr(args, "preflight", False):
+        return cmd_train_preflight(args, env)
     if args.resume:
         from sft_tui.core.train.resume import plan_resume
 
@@ -162,6 +164,46 @@ def cmd_train(args: argparse.Namespace) -> int:
         except Exception:  # noqa: BLE001 - a slow exit must not turn success into a crash
             pass
     return code
+
+
+def cmd_train_preflight(args: argparse.Namespace, env: Environment) -> int:
+    """`train CONFIG --preflight`: estimate vs measured vs free memory; 0 fits, 1 does not, 2 bad input."""
+    from sft_tui.core.format import human_bytes
+    from sft_tui.core.train.measure import measured_preflight
+    from sft_tui.core.train.preflight import preflight
+
+    if not args.config or args.resume:
+        raise UserError("--preflight measures a config file, not a run", "use: sft-tui train CONFIG --preflight")
+    config = load_config(args.config, env=env)
+    report = preflight(config, env, deep=True, runs_dir=args.runs_dir, gpus=_gpus())
+    for f in report.warnings:
+        err_console.print(f"  ! {f}", markup=False)
+    report.raise_if_blocked(True, args.config)  # what cannot be measured is bad input (exit 2)
+    result = measured_preflight(config, say=lambda msg: err_console.print(msg, markup=False))
+    if getattr(args, "json", False):
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+        return 0 if result.fits else 1
+    table = Table(title=f"measured pre-flight ({result.device})", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    for name, value in result.rows():
+        table.add_row(name, value)
+    console.print(table)
+    if result.measurement.error and not result.measurement.oom and not result.measurement.ok:
+        console.print(f"[red]the measurement failed:[/] {result.measurement.error}")
+        return 2
+    for p in result.proposals:
+        peak = p.measurement.peak
+        console.print(f"  {'✓' if p.fits else '✗'} {p.text}: "
+                      f"{human_bytes(peak) if peak else (p.measurement.error or 'n/a')} "
+                      f"({', '.join(f'{k}={v}' for k, v in p.changes.items())})", markup=False)
+    if result.fits:
+        console.print("[green]fits[/]: start it with sft-tui train " + args.config)
+        return 0
+    good = next((p for p in result.proposals if p.fits), None)
+    console.print("[red]does not fit[/]" + (f": set {', '.join(f'{k}: {v}' for k, v in good.changes.items())}"
+                                            if good else ": no measured setting fits this memory"))
+    return 1
 
 
 def follow_with_progress(run: RunDir) -> int:
@@ -371,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name (default: model, method and time)")
     p.add_argument("--force", action="store_true",
                    help="start even if the pre-flight's estimates (memory, disk, batch vs rows) say it will fail")
+    p.add_argument("--preflight", action="store_true",
+                   help="measure a few real steps on the longest batch in a throwaway process and show estimate vs "
+                        "measured vs free memory (exit 0 fits, 1 does not, 2 bad input); starts no run")
 
     p = add("runs", cmd_runs, "list runs with status, step and loss")
     p.add_argument("--json", action="store_true")

@@ -78,6 +78,16 @@ class DataConfig(_Section):
     num_proc: int | None = Field(
         None, ge=1, le=256, description="Processes for tokenizing; empty picks one by data size and CPU count."
     )
+    padding_free: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Join each batch's rows into one row with no padding at all (position ids mark where each "
+        "row starts); 'auto' turns it on where the attention kernel keeps rows apart (flash-attention).",
+    )
+    group_by_length: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Batch rows of similar length together so less padding is computed; 'auto' turns it on "
+        "when batches are padded (batch size above 1, not packed, not padding-free).",
+    )
 
 
 class MethodConfig(_Section):
@@ -139,6 +149,17 @@ class TrainingConfig(_Section):
     save_total_limit: int = Field(2, ge=1, le=1000, description="Keep at most this many checkpoints.")
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop when eval loss has not improved for N evaluations (needs validation data)."
+    )
+    liger: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Liger kernels (fused RMSNorm, RoPE, SwiGLU and cross-entropy, less memory, faster); 'auto' "
+        "uses them on an NVIDIA GPU when the liger-kernel package is installed and supports the model.",
+    )
+    loss: Literal["auto", "standard", "chunked"] = Field(
+        "auto",
+        description="How the loss is computed: 'chunked' runs the output layer and cross-entropy a slice of "
+        "tokens at a time, so the full fp32 logits are never held (same loss, far less memory at large "
+        "vocabularies); 'auto' uses chunked (or Liger's fused loss) where the model supports it.",
     )
 
 

@@ -324,6 +324,8 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         tps = last.get("tokens_per_s")
         row("tokens/s", (f"{tps:,.0f}" if tps is not None else "-") +
             (f" · {compact(last.get('tokens_seen'), 3)} seen" if last.get("tokens_seen") else ""))
+        if last.get("mfu") is not None:
+            row("MFU", f"{100 * last['mfu']:.1f}% of the GPU's peak bf16")
         ckpt = m.last_checkpoint
         row("checkpoint", f"step {ckpt.get('step')}" if ckpt else "none yet")
         mem = m.last_memory

@@ -89,6 +89,8 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
   `sft-tui train` read), **Ctrl+O** loads one — an Axolotl or LLaMA-Factory YAML or a TRL script
   works too: it is converted, and the settings that did not carry over are listed.
 * **Ctrl+T** shows the form as an Axolotl YAML, a LLaMA-Factory YAML or a TRL script, to save or copy.
+* **Ctrl+R** measures memory: a few real training steps on the longest batch, in a throwaway process
+  (estimate vs measured vs free), with settings that fit proposed when it does not.
 * **Ctrl+G** (or the Start button) checks once more, writes the run folder, starts training in a
   background worker that survives closing the app, and opens the monitor. A run the checks say
   cannot work is not started; when only estimates object, you are asked whether to start anyway.
@@ -100,6 +102,7 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
         Binding("ctrl+o", "load", "Load", id="training_load"),
         # Shown on the side panel's "Export as…" button: in the footer it would push Back off at 80 columns.
         Binding("ctrl+t", "export_peer", "Export as", show=False, id="training_export_peer"),
+        Binding("ctrl+r", "measure", "Measure memory", show=False, id="training_measure"),
         Binding("ctrl+e", "next_problem", "Next problem", show=False, id="training_next_problem"),
     ]
 
@@ -160,6 +163,13 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
             super().__init__()
             self.env, self.run, self.problem, self.report, self.key, self.force = env, run, problem, report, key, force
 
+    class Measured(Message):
+        """A measured pre-flight's report (``text``) for the form as it was."""
+
+        def __init__(self, title: str, text: str) -> None:
+            super().__init__()
+            self.title, self.text = title, text
+
     class Preflighted(Message):
         """A pre-flight's findings for the config with ``key`` (cheap) or ``deep_key`` (deep only)."""
 
@@ -206,6 +216,8 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
                 yield Button("Save YAML", id="save", compact=True)
                 yield Button("Load YAML", id="load", compact=True)
                 yield Button("Export as… ^t", id="export-peer", compact=True, tooltip="Axolotl, LLaMA-Factory or TRL")
+                yield Button("Measure memory ^r", id="measure", compact=True,
+                             tooltip="a few real steps on the longest batch, in a throwaway process")
                 yield Static("", id="saved")
 
     def _field(self, f: forms.FormField, value: Any) -> ComposeResult:
@@ -577,6 +589,36 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
     def _load_pressed(self) -> None:
         self.action_load()
 
+    # ------------------------------------------------------------------ measured pre-flight
+    def action_measure(self) -> None:
+        if self.result is None or not self.result.valid:
+            self.notify("Fix the problems first: only a valid config can be measured.", severity="error")
+            return
+        self.notify("Measuring a few real steps on the longest batch (seconds on a small model)…")
+        self.measure(self.session.config.model_copy(deep=True))
+
+    @background(group="training-measure", description="measure memory with a few real steps (pre-flight)")
+    def measure(self, config: Any) -> "TrainingScreen.Measured":
+        from sft_tui.core.train.measure import measured_preflight
+
+        report = measured_preflight(config, say=lambda msg: self.post_message(self.Measured("", msg)))
+        lines = [f"{label}: {value}" for label, value in report.rows()]
+        for p in report.proposals:
+            lines.append(f"{'✓' if p.fits else '✗'} try {p.text}")
+        title = "Memory: fits" if report.fits else "Memory: does not fit"
+        return self.Measured(title, "\n".join(lines))
+
+    def on_training_screen_measured(self, message: "TrainingScreen.Measured") -> None:
+        if not message.title:  # progress
+            self.query_one("#saved", Static).update(Text(message.text, style="dim"))
+            return
+        self.query_one("#saved", Static).update("")
+        self.app.push_screen(ReportScreen(message.title, message.text))
+
+    @on(Button.Pressed, "#measure")
+    def _measure_pressed(self) -> None:
+        self.action_measure()
+
     @on(Button.Pressed, "#export-peer")
     def _export_pressed(self) -> None:
         self.action_export_peer()
@@ -690,6 +732,8 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
             ("Export as Axolotl / LLaMA-Factory / TRL", "Show the form as a peer tool's config, to save or copy "
              "(Ctrl+T)", self.action_export_peer),
             ("Go to the next problem", "Focus the next field in red (Ctrl+E)", self.action_next_problem),
+            ("Measure memory (pre-flight)", "Run a few real steps on the longest batch in a throwaway process: "
+             "estimate vs measured vs free memory (Ctrl+R)", self.action_measure),
         ]
         for name, about in forms.preset_choices():
             cmds.append((f"Preset: {name}", about, lambda n=name: self.apply_preset(n)))

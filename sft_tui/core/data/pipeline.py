@@ -488,9 +488,6 @@ def prepare_datasets(config: Config, tokenizer: Any, progress: Progress | None =
         with _quiet_datasets():
             train_ds = pack(train_ds, data.max_length)
             eval_ds = pack(eval_ds, data.max_length) if eval_ds is not None else None
-        if config.model.attn_implementation != "flash_attention_2":
-            warnings.append("packing without flash_attention_2: rows packed together can attend to each other; "
-                            "set model.attn_implementation: flash_attention_2 (CUDA) to keep them apart")
     report.warnings = warnings
     if progress:
         progress("ready", 1.0)

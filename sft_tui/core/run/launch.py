@@ -22,6 +22,8 @@ def start_worker(run: RunDir, resume: bool = False) -> subprocess.Popen:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Fewer out-of-memory failures from fragmentation on CUDA; set before the worker imports torch.
+    env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     log = open(run.log_path, "ab")
     try:
         proc = subprocess.Popen(

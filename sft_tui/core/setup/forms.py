@@ -27,11 +27,12 @@ GROUPS: list[tuple[str, str, list[str]]] = [
     ("quantization", "Quantization", ["method.quantization_bits", "model.dtype"]),
     ("optimisation", "Optimisation", ["training.learning_rate", "training.optimizer", "training.batch_size",
                                       "training.gradient_accumulation", "training.gradient_checkpointing",
-                                      "training.precision", "training.weight_decay", "training.max_grad_norm"]),
+                                      "training.precision", "training.weight_decay", "training.max_grad_norm",
+                                      "training.liger", "training.loss"]),
     ("schedule", "Schedule", ["training.epochs", "training.max_steps", "training.scheduler",
                               "training.warmup_ratio", "training.seed"]),
-    ("sequences", "Sequences", ["data.max_length", "data.truncation", "data.packing", "data.train_on_prompt",
-                                "data.num_proc"]),
+    ("sequences", "Sequences", ["data.max_length", "data.truncation", "data.packing", "data.padding_free",
+                                "data.group_by_length", "data.train_on_prompt", "data.num_proc"]),
     ("evaluation", "Evaluation", ["data.validation_split", "data.validation_path", "training.eval_steps",
                                   "training.early_stopping_patience"]),
     ("saving", "Saving", ["training.save_steps", "training.save_total_limit", "training.logging_steps",
@@ -46,6 +47,7 @@ ELSEWHERE: dict[str, str] = {
 }
 
 _LABELS = {
+    "padding_free": "padding-free", "group_by_length": "length grouping", "liger": "Liger kernels",
     "type": "method", "lora_r": "rank (r)", "lora_alpha": "alpha", "lora_dropout": "dropout",
     "target_modules": "target modules", "use_dora": "DoRA", "use_rslora": "rsLoRA",
     "quantization_bits": "bits", "dtype": "weight dtype", "learning_rate": "learning rate",

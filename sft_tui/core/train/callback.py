@@ -36,6 +36,13 @@ def memory_snapshot(device: str) -> dict[str, Any]:
     return {"device": "cpu", "allocated": rss, "reserved": rss, "peak": rss}
 
 
+def _mfu(tps: float | None, flops_token: float | None, peak: float | None) -> float | None:
+    from sft_tui.core.train.fastpaths import mfu
+
+    value = mfu(tps, flops_token, peak)
+    return round(value, 4) if value is not None else None
+
+
 class EventCallback(TrainerCallback):
     """Writes train/eval/checkpoint/memory events and turns control commands into trainer actions."""
 
@@ -49,6 +56,9 @@ class EventCallback(TrainerCallback):
         self.last_log_time = time.monotonic()
         self.last_tokens = 0
         self.start_time = time.monotonic()
+        # MFU = tokens/s × model FLOPs per token / the GPU's peak bf16 FLOP/s (set by the recipe; None on CPU)
+        self.flops_per_token: float | None = None
+        self.peak_tflops: float | None = None
 
     @property
     def stop_requested(self) -> bool:
@@ -89,6 +99,7 @@ class EventCallback(TrainerCallback):
                 "train", step=state.global_step, max_steps=state.max_steps, epoch=state.epoch,
                 loss=loss, lr=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
                 tokens_per_s=tps, tokens_seen=tokens, elapsed_s=now - self.start_time,
+                mfu=_mfu(tps, self.flops_per_token, self.peak_tflops),
             )
             self.writer.write("memory", **memory_snapshot(self.device))
         if "eval_loss" in logs:

@@ -18,6 +18,7 @@ from sft_tui.core.run.rundir import RunDir
 
 if TYPE_CHECKING:
     from sft_tui.core.train.control import ControlWatcher
+    from sft_tui.core.train.fastpaths import FastPaths
 
 
 @dataclass
@@ -46,8 +47,11 @@ def resolve_precision(config: Config, device: Device) -> str:
     return "fp32"
 
 
-def build_model(config: Config, path: str, device: Device, precision: str):
-    """Load the base model (quantized for qlora) and wrap it with LoRA adapters unless full."""
+def build_model(config: Config, path: str, device: Device, precision: str, attn_implementation: str | None = None):
+    """Load the base model (quantized for qlora) and wrap it with LoRA adapters unless full.
+
+    ``attn_implementation`` is the fast-path decision (``fastpaths.decide``); the config's value by default.
+    """
     import torch
 
     method = config.method
@@ -59,7 +63,8 @@ def build_model(config: Config, path: str, device: Device, precision: str):
                         "use method.type: lora on this machine")
     compute = dtype if method.type != "qlora" else (torch.bfloat16 if device.bf16 else torch.float16)
     model = load_causal_lm(path, config, compute if method.type == "qlora" else dtype, bits=method.bits,
-                           attn_implementation=config.model.attn_implementation, what=repr(config.model.path))
+                           attn_implementation=attn_implementation or config.model.attn_implementation,
+                           what=repr(config.model.path))
     model.config.use_cache = False  # the KV cache only costs memory during training
 
     if method.type == "full":
@@ -84,7 +89,8 @@ def build_model(config: Config, path: str, device: Device, precision: str):
                         "(`sft-tui models inspect MODEL` lists them)") from None
 
 
-def training_arguments(config: Config, run: RunDir, device: Device, precision: str, has_eval: bool):
+def training_arguments(config: Config, run: RunDir, device: Device, precision: str, has_eval: bool,
+                       fast: "FastPaths | None" = None):
     from transformers import TrainingArguments
 
     t = config.training
@@ -125,7 +131,74 @@ def training_arguments(config: Config, run: RunDir, device: Device, precision: s
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
         disable_tqdm=True,
+        train_sampling_strategy="group_by_length" if fast is not None and fast.group_by_length else "random",
+        use_liger_kernel=bool(fast is not None and fast.liger),
     )
+
+
+def choose_fast_paths(config: Config, path: str) -> "FastPaths":
+    """The fast paths for this config on this machine (``fastpaths.decide`` on the model's own config)."""
+    from transformers import AutoConfig
+
+    from sft_tui.core.train.fastpaths import Capabilities, decide
+
+    try:
+        model_config = AutoConfig.from_pretrained(path, trust_remote_code=config.model.trust_remote_code)
+        model_type = getattr(model_config, "model_type", None)
+    except Exception:  # noqa: BLE001 - the model load itself reports an unreadable config, precisely
+        model_config, model_type = None, None
+    return decide(config, Capabilities.detect(model_type, model_config))
+
+
+def data_config_for(config: Config, fast: "FastPaths") -> Config:
+    """The config the data pipeline sees: packing only where the fast paths keep packed rows apart."""
+    if config.data.packing and not fast.packing:
+        config = config.model_copy(deep=True)
+        config.data.packing = False
+    return config
+
+
+def build_trainer(config: Config, model, tokenizer, data, args, fast: "FastPaths", callbacks: list):
+    """The trainer: transformers' Trainer (with the chunked loss when chosen) and sft-tui's collator."""
+    from sft_tui.core.data import make_collator
+    from sft_tui.core.train.fastpaths import trainer_class
+
+    has_eval = data.eval is not None and len(data.eval) > 0
+    cls = trainer_class(fast.loss)
+    return cls(
+        model=model, args=args, train_dataset=data.train, eval_dataset=data.eval if has_eval else None,
+        data_collator=make_collator(tokenizer, packing=fast.packing, padding_free=fast.padding_free),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+
+
+def mfu_basis(config: Config, model, data, total_params: int, device: Device) -> tuple[float | None, float | None]:
+    """(model FLOPs per token, the GPU's peak bf16 TFLOPS) for MFU; (…, None) on CPU or an unknown GPU."""
+    from sft_tui.core.train.fastpaths import flops_per_token, peak_tflops
+
+    peak = None
+    if device.kind == "cuda":
+        import torch
+
+        peak = peak_tflops(torch.cuda.get_device_name(0))
+    mc = getattr(model, "config", None)
+    layers = int(getattr(mc, "num_hidden_layers", 0) or 0)
+    hidden = int(getattr(mc, "hidden_size", 0) or 0)
+    emb = 0
+    try:
+        emb_module = model.get_input_embeddings()
+        out = model.get_output_embeddings()
+        if out is None or out.weight is not emb_module.weight:
+            emb = emb_module.weight.numel()
+    except Exception:  # noqa: BLE001 - any model without the usual accessors: count everything
+        emb = 0
+    try:
+        sample = data.train.select(range(min(len(data.train), 512)))["input_ids"]
+        seq = sum(map(len, sample)) / max(len(sample), 1)
+    except Exception:  # noqa: BLE001
+        seq = float(config.data.max_length)
+    return flops_per_token(total_params, config.method.type, layers, hidden, seq, emb), peak
 
 
 def run_training(run: RunDir, resume: bool = False, watcher: "ControlWatcher | None" = None) -> str:
@@ -141,6 +214,9 @@ def run_training(run: RunDir, resume: bool = False, watcher: "ControlWatcher | N
     writer = run.writer()
     config = run.load_config()
     watcher = watcher or ControlWatcher(run, writer, StopHandle(), run.control_seq())
+    from sft_tui.core.train.fastpaths import set_alloc_conf
+
+    set_alloc_conf()  # expandable segments, before the first CUDA allocation (unless the user set it)
     device = Device.detect()
     from sft_tui.core.train.preflight import preflight
 
@@ -170,14 +246,20 @@ def run_training(run: RunDir, resume: bool = False, watcher: "ControlWatcher | N
         finish_from_checkpoint(plan.checkpoint, tokenizer, run.adapter_dir)
         writer.write("saved", path=str(run.adapter_dir), method=config.method.type)
         return "done"
-    model = build_model(config, path, device, precision)
+    fast = choose_fast_paths(config, path)
+    writer.write("log", level="info", msg=fast.summary(), fast_paths=fast.to_dict())
+    for note in fast.notes:
+        writer.write("log", level="info", msg=note)
+    for warning in fast.warnings:
+        writer.write("log", level="warning", msg=warning)
+    model = build_model(config, path, device, precision, fast.attn_implementation)
     trainable, total = _count_params(model)
     writer.write("log", level="info", msg=f"model {config.model.path}: {total / 1e6:.2f}M parameters, "
                  f"{trainable / 1e6:.3f}M trainable ({100 * trainable / max(total, 1):.2f}%)",
                  trainable_params=trainable, total_params=total)
 
     writer.status("tokenizing")
-    from sft_tui.core.data import make_collator, prepare_datasets
+    from sft_tui.core.data import prepare_datasets
 
     last = [0.0]
 
@@ -187,16 +269,17 @@ def run_training(run: RunDir, resume: bool = False, watcher: "ControlWatcher | N
             last[0] = now
             writer.write("progress", stage=stage, fraction=round(float(fraction), 4))
 
-    data = prepare_datasets(config, tokenizer, progress=progress)
+    data = prepare_datasets(data_config_for(config, fast), tokenizer, progress=progress)
     for warning in data.warnings:
         writer.write("log", level="warning", msg=warning)
     writer.write("data", **_data_summary(data))
 
-    from transformers import EarlyStoppingCallback, Trainer
+    from transformers import EarlyStoppingCallback
 
     has_eval = data.eval is not None and len(data.eval) > 0
-    args = training_arguments(config, run, device, precision, has_eval)
+    args = training_arguments(config, run, device, precision, has_eval, fast)
     callback = EventCallback(run, writer, device.kind, watcher.stop, watcher)
+    callback.flops_per_token, callback.peak_tflops = mfu_basis(config, model, data, total, device)
     from sft_tui.core.train.resume import data_identity
 
     callback.record = (config, data_identity(config), len(data.train))
@@ -212,16 +295,7 @@ def run_training(run: RunDir, resume: bool = False, watcher: "ControlWatcher | N
     callbacks = [callback]
     if config.training.early_stopping_patience and has_eval:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.training.early_stopping_patience))
-    trainer = Trainer(
-        model=model, args=args, train_dataset=data.train, eval_dataset=data.eval if has_eval else None,
-        data_collator=make_collator(
-            tokenizer, packing=config.data.packing,
-            # one flat row per batch is only safe where attention honours position_ids resets
-            padding_free=config.data.packing and config.model.attn_implementation == "flash_attention_2",
-        ),
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
+    trainer = build_trainer(config, model, tokenizer, data, args, fast, callbacks)
     resume_from = str(plan.checkpoint) if plan is not None else None
     writer.status("training", resumed_from=resume_from)
     watcher.training_started()
