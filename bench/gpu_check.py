@@ -483,24 +483,13 @@ def fast_path_child(spec_path: str, out_path: str) -> int:
     from types import SimpleNamespace
 
     import torch
-    from transformers import TrainerCallback
 
+    from plain_trl import make_clock  # bench/ is on sys.path: this file runs as a script
     from sft_tui.core.config import load_config
     from sft_tui.core.data import prepare_datasets
     from sft_tui.core.models.load import load_tokenizer, model_folder
     from sft_tui.core.train.recipe import (
         Device, build_model, build_trainer, choose_fast_paths, data_config_for, resolve_precision, training_arguments)
-
-    class Clock(TrainerCallback):
-        begin = last = 0.0
-        tokens = 0
-
-        def on_train_begin(self, a, state, control, **kw):
-            self.begin = time.monotonic()
-
-        def on_log(self, a, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                self.last, self.tokens = time.monotonic(), state.num_input_tokens_seen or 0
 
     rows = []
     for item in json.loads(Path(spec_path).read_text()):
@@ -519,7 +508,7 @@ def fast_path_child(spec_path: str, out_path: str) -> int:
             work = Path(tempfile.mkdtemp(prefix="sft-fp-"))
             args = training_arguments(config, SimpleNamespace(checkpoints_dir=work), device, precision, False, fast)
             args.save_strategy, args.report_to = "no", []
-            clock = Clock()
+            clock = make_clock()
             trainer = build_trainer(config, model, tok, SimpleNamespace(train=data.train, eval=None), args, fast, [clock])
             if device.kind == "cuda":
                 torch.cuda.empty_cache()

@@ -25,6 +25,27 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def make_clock():
+    """A callback that records when training began, the last logged step's time and tokens seen.
+
+    Shared with gpu_check.py, so both sides of a throughput comparison are timed the same way.
+    """
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        begin = last = 0.0
+        tokens = 0
+
+        def on_train_begin(self, a, state, control, **kw):
+            self.begin = time.monotonic()
+
+        def on_log(self, a, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                self.last, self.tokens = time.monotonic(), state.num_input_tokens_seen or 0
+
+    return Clock()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("config")
@@ -37,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     from sft_tui.core.config import load_config
@@ -74,18 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         max_grad_norm=t.max_grad_norm, optim=t.optimizer, dataset_kwargs={"skip_prepare_dataset": False},
     )
 
-    class Clock(TrainerCallback):
-        begin = last = 0.0
-        tokens = 0
-
-        def on_train_begin(self, a, state, control, **kw):
-            self.begin = time.monotonic()
-
-        def on_log(self, a, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                self.last, self.tokens = time.monotonic(), state.num_input_tokens_seen or 0
-
-    clock = Clock()
+    clock = make_clock()
     trainer = SFTTrainer(model=model, args=sft, train_dataset=rows, processing_class=tokenizer, peft_config=lora,
                          callbacks=[clock])
     if cuda:
