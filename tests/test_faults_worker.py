@@ -242,3 +242,34 @@ def test_seeded_random_kills_end_resumable_or_refused_clearly(demo_model_dir):
     report = f"random kills: {kills} by phase {by_phase}; outcomes {outcomes}"
     print(report)
     (Path(os.environ["SFT_TUI_HOME"]) / "random-kill-outcomes.txt").write_text(report + "\n")
+
+
+def test_resume_guard_on_a_real_run(demo_model_dir, tmp_path):
+    """A real run's checkpoints record their config and data: a rank change is refused, an lr change
+    applied and listed, a data change warned about with the row counts."""
+    from sft_tui.core.config import save_config
+    from sft_tui.core.paths import resolve_sample
+
+    data = tmp_path / "data.jsonl"
+    shutil.copy(resolve_sample("sample:reviews_alpaca.jsonl"), data)
+    run = make_run("guarded", max_steps=12, save_steps=4, path=str(data))
+    proc = start_worker(run)
+    wait_for(lambda: has_event(run, "checkpoint", step=4), 180, "checkpoint-4")
+    run.send("stop")
+    assert proc.wait(timeout=120) == 0 and run.status().state == "stopped"
+    assert (run.latest_checkpoint() / "sft_tui_run.json").exists()
+    config = run.load_config()
+    config.method.lora_r = 32
+    save_config(config, run.config_path)
+    out = resume(run)
+    assert out.returncode == 2 and "method.lora_r: 16 → 32" in out.stderr
+    config.method.lora_r = 16
+    config.training.learning_rate = 1e-4
+    save_config(config, run.config_path)
+    lines = data.read_text().splitlines()
+    data.write_text("\n".join(lines[: len(lines) // 2]) + "\n")
+    out = resume(run)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "training.learning_rate 0.0002 → 0.0001 (applied)" in out.stderr
+    assert "data files changed since checkpoint-" in out.stderr
+    assert logged(run, "training rows:") and run.status().state == "done"
