@@ -97,18 +97,22 @@ def _first_char(path: Path) -> bytes:
     return head[:1]
 
 
-def _scan_jsonl(path: Path, limit: int | None = None) -> list[tuple[int, str]]:
-    """(line, error) for every line that is not a JSON object; only run when the fast reader failed."""
+def scan_jsonl(path: Path, limit: int | None = None, max_lines: int | None = None) -> list[tuple[int, str]]:
+    """(line, error) for every line that is not a JSON object, stopping after ``limit`` bad lines or
+    ``max_lines`` lines. The loader runs it only after the fast reader failed; the pre-flight runs it
+    on the first lines of every JSON-lines file."""
     bad: list[tuple[int, str]] = []
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
+            if max_lines and number > max_lines:
+                break
             if not raw.strip():
                 continue
             try:
                 value = json.loads(raw)
                 if not isinstance(value, dict):
                     bad.append((number, f"expected an object, got {type(value).__name__}"))
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 bad.append((number, str(exc)))
             if limit and len(bad) >= limit:
                 break
@@ -151,7 +155,7 @@ def _load_json(path: Path, skip_bad_rows: bool, problems: ProblemLog):
                 raise UserError(f"{path}: not valid JSON: {err}", "fix the file (a JSON array of objects)") from None
             raise UserError(f"{path}: could not read the JSON array: {str(exc).splitlines()[0]}",
                             "each element should be an object with the same fields") from None
-        bad = _scan_jsonl(path, limit=None if skip_bad_rows else 5)
+        bad = scan_jsonl(path, limit=None if skip_bad_rows else 5)
         if not bad:
             raise UserError(f"{path}: could not read the file: {str(exc).splitlines()[0]}",
                             "rows may mix types in one field (e.g. text in some rows, numbers in others)") from None

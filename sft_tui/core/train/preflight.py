@@ -255,25 +255,13 @@ def _check_data_content(report: Preflight, config: Config, files: list[Path], sc
 
 
 def _malformed_lines(path: Path, limit: int) -> list[tuple[int, str]]:
-    bad: list[tuple[int, str]] = []
+    """The loader's own line scan over the first ``limit`` lines of a JSON-lines file."""
+    from sft_tui.core.data.loading import _first_char, scan_jsonl
+
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(1).lstrip(b"\xef\xbb\xbf")
-            fh.seek(0)
-            if head in (b"[",):
-                return []  # a JSON array: the loader reports its own parse error precisely
-            for number, raw in enumerate(fh, 1):
-                if number > limit:
-                    break
-                if not raw.strip():
-                    continue
-                try:
-                    value = json.loads(raw)
-                except (ValueError, RecursionError) as exc:
-                    bad.append((number, str(exc)[:80]))
-                    continue
-                if not isinstance(value, dict):
-                    bad.append((number, f"expected an object, got {type(value).__name__}"))
+        if _first_char(path) == b"[":
+            return []  # a JSON array: the loader reports its own parse error precisely
+        bad = [(n, msg[:80]) for n, msg in scan_jsonl(path, max_lines=limit)]
     except OSError as exc:
         return [(0, f"cannot be read: {exc.strerror or exc}")]
     if len(bad) == 1 and bad[0][0] == 1 and path.suffix.lower() == ".json":
