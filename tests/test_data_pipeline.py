@@ -73,7 +73,7 @@ def test_unknown_mapped_column_is_a_user_error():
 
 
 def test_conversions_and_roles():
-    conv = to_conversation({"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "c"},
+    conv = to_conversation({"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": '{"name": "f", "arguments": {}}'},
                                               {"from": "observation", "value": "o"}, {"from": "gpt", "value": "a"}]},
                            "sharegpt", system_prompt="sys")
     assert [t["role"] for t in conv.turns] == ["system", "user", "assistant", "tool", "assistant"]

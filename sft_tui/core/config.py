@@ -59,6 +59,12 @@ class DataConfig(_Section):
         "auto", description="Prompt template; 'auto' uses the tokenizer's chat template, else chatml."
     )
     system_prompt: str | None = Field(None, description="System message added to rows that have none.")
+    multi_turn: Literal["final", "expand"] = Field(
+        "final",
+        description="Rows with several answers: 'final' trains each row once, as the chat template renders it "
+        "for its last answer (templates that drop earlier reasoning drop it here too); 'expand' makes one row per "
+        "answer, each ending on that answer, so every answer is trained with its reasoning.",
+    )
     validation_split: float = Field(
         0.1, ge=0.0, le=0.5, description="Share of rows held out for evaluation (0 disables evaluation)."
     )

@@ -29,17 +29,18 @@ PROBLEM_KINDS: dict[str, str] = {
 class Conversation:
     """A row as chat turns; ``raw`` rows (plain text, prompt/completion) are rendered without a template."""
 
-    turns: list[dict[str, str]]
+    turns: list[dict[str, Any]]
     line: int | None = None
     source: str | None = None
     raw: bool = False
+    tools: list[dict[str, Any]] | None = None  # function descriptions, passed to the chat template
 
     def without_last_assistant(self) -> "Conversation":
         """The prompt side of the conversation: what a model is given to generate the final answer."""
         turns = list(self.turns)
         while turns and turns[-1]["role"] == "assistant":
             turns.pop()
-        return Conversation(turns, self.line, self.source, self.raw)
+        return Conversation(turns, self.line, self.source, self.raw, self.tools)
 
     @property
     def last_assistant(self) -> str | None:
@@ -49,11 +50,15 @@ class Conversation:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"turns": self.turns, "line": self.line, "source": self.source, "raw": self.raw}
+        out = {"turns": self.turns, "line": self.line, "source": self.source, "raw": self.raw}
+        if self.tools:
+            out["tools"] = self.tools
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Conversation":
-        return cls([dict(t) for t in data["turns"]], data.get("line"), data.get("source"), bool(data.get("raw")))
+        return cls([dict(t) for t in data["turns"]], data.get("line"), data.get("source"), bool(data.get("raw")),
+                   data.get("tools"))
 
 
 class BadRow(UserError):

@@ -15,6 +15,7 @@ from sft_tui.core.config import choices
 from sft_tui.core.errors import UserError
 
 from .conversation import BadRow, Conversation
+from .messages import ROLE_MAP, as_text as _text, chat_turns as _chat_turns, check_turns as _check_turns, tools_list
 
 # The row formats the schema allows (data.format without "auto"); FIELDS must cover each one.
 FORMATS: tuple[str, ...] = choices("data.format", auto=False)
@@ -22,21 +23,13 @@ FORMATS: tuple[str, ...] = choices("data.format", auto=False)
 # The names each format reads; the first group is required.
 FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "alpaca": (("instruction", "output"), ("input", "system", "history")),
-    "messages": (("messages",), ("system",)),
-    "sharegpt": (("conversations",), ("system",)),
+    "messages": (("messages",), ("system", "tools")),
+    "sharegpt": (("conversations",), ("system", "tools")),
     "prompt_completion": (("prompt", "completion"), ()),
     "text": (("text",), ()),
 }
 CANONICAL = {name for req, opt in FIELDS.values() for name in req + opt}
 ITEM_KEYS = ("role", "content", "from", "value")
-
-ROLE_MAP = {
-    "system": "system",
-    "user": "user", "human": "user",
-    "assistant": "assistant", "gpt": "assistant", "model": "assistant", "bot": "assistant",
-    "chatgpt": "assistant", "function_call": "assistant",
-    "tool": "tool", "function": "tool", "observation": "tool", "ipython": "tool", "tool_response": "tool",
-}
 
 # Common column pairs that mean alpaca; only suggested, never applied silently.
 _ALPACA_GUESSES = [
@@ -185,66 +178,12 @@ def detect_format(dataset: Any, columns: dict[str, str] | None = None, sample: i
     return Detection(fmt, max(0.0, min(1.0, conf)), "; ".join(reasons), resolved)
 
 
-def _text(value: Any) -> str | None:
-    """Content as a string: lists of {type: text} parts are joined, numbers stringified, None stays None."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        parts = [p.get("text", "") if isinstance(p, dict) else str(p) for p in value]
-        return "".join(parts)
-    if isinstance(value, (int, float, bool)):
-        return str(value)
-    raise BadRow("bad_type", f"expected text, got {type(value).__name__}")
-
-
 def _field(row: dict[str, Any], columns: dict[str, str], name: str, required: bool) -> Any:
     col = columns.get(name, name)
     value = row.get(col)
     if value is None and required:
         raise BadRow("missing_field", f"missing field '{col}'" + (f" (mapped to {name})" if col != name else ""))
     return value
-
-
-def _chat_turns(items: Any, columns: dict[str, str], col: str) -> list[dict[str, str]]:
-    if not isinstance(items, list):
-        raise BadRow("bad_type" if items is not None else "missing_field",
-                     f"'{col}' should be a list of turns" if items is not None else f"missing field '{col}'")
-    role_key = columns.get("item:role")
-    content_key = columns.get("item:content")
-    turns = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise BadRow("bad_type", f"turn {i + 1} of '{col}' is not an object")
-        rk = role_key or ("role" if "role" in item else "from")
-        ck = content_key or ("content" if "content" in item or rk == "role" else "value")
-        role = item.get(rk)
-        if role is None:
-            raise BadRow("missing_field", f"turn {i + 1} has no '{rk}'")
-        norm = ROLE_MAP.get(str(role).strip().lower())
-        if norm is None:
-            raise BadRow("bad_role", f"turn {i + 1} has role '{role}'")
-        content = _text(item.get(ck))
-        if content is None:
-            if norm == "assistant" and item.get("tool_calls"):
-                content = str(item.get("tool_calls"))
-            else:
-                raise BadRow("missing_field", f"turn {i + 1} ({role}) has no '{ck}'")
-        turns.append({"role": norm, "content": content})
-    return turns
-
-
-def _check_turns(turns: list[dict[str, str]]) -> list[dict[str, str]]:
-    for i, turn in enumerate(turns):
-        if turn["role"] == "system" and i != 0:
-            raise BadRow("bad_role", f"turn {i + 1} is a system message after the start of the conversation")
-    while turns and turns[-1]["role"] != "assistant":
-        turns = turns[:-1]  # trailing prompts teach nothing
-    if not any(t["role"] == "assistant" for t in turns):
-        raise BadRow("no_assistant", "no assistant turn")
-    for i, turn in enumerate(turns):
-        if turn["role"] == "assistant" and not turn["content"].strip():
-            raise BadRow("empty_output", f"assistant turn {i + 1} is empty")
-    return turns
 
 
 def to_conversation(row: dict[str, Any], format: str, columns: dict[str, str] | None = None,
@@ -294,7 +233,8 @@ def _convert(row: dict[str, Any], fmt: str, columns: dict[str, str], system_prom
             pass
         elif system or system_prompt:
             turns.insert(0, {"role": "system", "content": system or system_prompt})
-        return Conversation(_check_turns(turns))
+        tools = tools_list(row.get(columns["tools"])) if columns.get("tools") else None
+        return Conversation(_check_turns(turns), tools=tools)
     if fmt == "prompt_completion":
         prompt = _field(row, columns, "prompt", True)
         completion = _field(row, columns, "completion", True)
@@ -314,3 +254,35 @@ def _convert(row: dict[str, Any], fmt: str, columns: dict[str, str], system_prom
             raise BadRow("empty_output", "the text is empty")
         return Conversation([{"role": "assistant", "content": text}], raw=True)
     raise UserError(f"unknown data format '{fmt}'", f"use one of: {', '.join(FORMATS)}", kind="config")
+
+
+def role_assignment(fmt: str, columns: dict[str, str], samples: list[dict[str, Any]] | None = None) -> dict[str, str]:
+    """Which column (or turn kind) each role's text comes from after the mapping.
+
+    Shown next to the rows so a wrong mapping ("question became the system prompt") is seen before
+    training, not after.
+    """
+    col = lambda name: columns.get(name, name)  # noqa: E731
+    if fmt == "alpaca":
+        out = {"system": f"column {col('system')}" if "system" in columns else "data.system_prompt (if set)",
+               "user": f"column {col('instruction')}" + (f" + column {col('input')}" if "input" in columns else ""),
+               "assistant": f"column {col('output')} (trained)"}
+        if "history" in columns:
+            out["user"] += f"; earlier turns from column {col('history')}"
+        return out
+    if fmt in ("messages", "sharegpt"):
+        where = col(FIELDS[fmt][0][0])
+        out = {"system": f"a leading system turn in {where}"
+                         + (f", else column {col('system')}" if "system" in columns else ""),
+               "user": f"user/human turns in {where}",
+               "assistant": f"assistant/gpt turns in {where} (trained; tool calls included)",
+               "tool": f"tool/observation turns in {where} (never trained)"}
+        if "tools" in columns:
+            out["tools"] = f"column {col('tools')} (passed to the chat template)"
+        seen = {t.get("role") for s in (samples or []) for t in s.get("turns", [])}
+        return {k: v for k, v in out.items() if k in seen or k in ("user", "assistant", "tools")}
+    if fmt == "prompt_completion":
+        return {"user": f"column {col('prompt')}", "assistant": f"column {col('completion')} (trained)"}
+    if fmt == "text":
+        return {"text": f"column {col('text')} (all trained)"}
+    return {}

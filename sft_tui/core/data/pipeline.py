@@ -26,16 +26,21 @@ from sft_tui.core.errors import UserError
 from sft_tui.core.paths import cache_dir
 
 from .conversation import BadRow, Conversation, ProblemLog
-from .formats import Detection, detect_for, to_conversation
+from .formats import Detection, detect_for, role_assignment, to_conversation
+from .lint import WARNING_KINDS, tokenizer_warnings
+from .lint import row_warnings
+from .messages import has_control_chars
+from .profile import template_profile
 from .loading import LoadedRows, file_identity, load_rows_detailed, resolve_paths
 from .masking import encode_spans_batch, tokenize_conversation
 from .report import DataReport
 from .stats import length_stats
 from .templates import Renderer, get_renderer, pieces_to_spans
 
-PIPELINE_VERSION = "2"
+PIPELINE_VERSION = "3"
 Progress = Callable[[str, float], None]
 MAP_BATCH = 5000
+SEP = "\x1f"  # joins several problems of one row in the __kind__/__msg__ columns
 TOKEN_COLUMNS = ["input_ids", "attention_mask", "labels", "length", "orig_length", "n_trained", "__row__"]
 
 
@@ -76,7 +81,7 @@ def _key(path: Any, tokenizer: Any, data: DataConfig) -> str:
         "files": file_identity(resolve_paths(path)),
         "tokenizer": [getattr(tokenizer, "name_or_path", ""), tokenizer_fingerprint(tokenizer)],
         "data": {k: getattr(data, k) for k in ("format", "columns", "template", "system_prompt", "max_length",
-                                               "truncation", "train_on_prompt")},
+                                               "truncation", "train_on_prompt", "multi_turn")},
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
@@ -98,54 +103,73 @@ def _detection(loaded: LoadedRows, data: DataConfig) -> Detection:
 class _RowProcessor:
     """Batched map function (Arrow in, Arrow out): raw rows → input_ids/labels, bad rows → empty + a problem note.
 
-    Each good row is rendered with the template (text and trained character spans), all rows of a
-    batch are tokenized in one Rust call and labelled with numpy by overlap with those spans.
+    Each good row is rendered with the template (text and trained character spans; with
+    ``multi_turn: expand`` one row per answer), all rows of a batch are tokenized in one Rust call,
+    labelled with numpy by overlap with those spans, and linted (``lint.py``). Problems travel in
+    ``__kind__``/``__msg__`` (several joined by ``SEP``); a row with only warnings keeps its tokens.
     """
 
     def __init__(self, fmt: str, columns: dict[str, str], data: DataConfig, tokenizer: Any,
                  renderer: Renderer, offset: int = 0) -> None:
         self.fmt, self.columns, self.data = fmt, columns, data
         self.tokenizer, self.renderer, self.offset = tokenizer, renderer, offset
+        self.stop_ids = template_profile(tokenizer, data.template).stop_token_ids
         self.on_batch: Callable[[int], None] | None = None
 
-    def _render_rows(self, batch: Any, kinds: list[str], msgs: list[str]
-                     ) -> tuple[list[str], list[list[tuple[int, int]]], list[int]]:
-        """(texts, trained spans, batch rows) of every good row; bad rows get kind and message."""
+    def _render_rows(self, batch: Any) -> tuple[list[int], list[list[tuple[str, str]]], list[str],
+                                                 list[list[tuple[int, int]]]]:
+        """Per output row: its batch row, problems, text and trained spans (bad rows: one row, no text)."""
+        src: list[int] = []
+        problems: list[list[tuple[str, str]]] = []
         texts: list[str] = []
         spans: list[list[tuple[int, int]]] = []
-        where: list[int] = []
         fmt, columns, system_prompt, pieces = self.fmt, self.columns, self.data.system_prompt, self.renderer.pieces
+        expand = self.data.multi_turn == "expand"
         for i, row in enumerate(batch.to_pylist()):
             try:
-                text, sp = pieces_to_spans(pieces(to_conversation(row, fmt, columns, system_prompt)))
+                conv = to_conversation(row, fmt, columns, system_prompt)
+                rendered = [pieces_to_spans(pieces(c)) for c in (expand_answers(conv) if expand else [conv])]
             except BadRow as exc:
-                kinds[i], msgs[i] = exc.kind, exc.detail
+                src.append(i)
+                problems.append([(exc.kind, exc.detail)])
+                texts.append("")
+                spans.append([])
                 continue
-            texts.append(text)
-            spans.append(sp)
-            where.append(i)
-        return texts, spans, where
+            control = has_control_chars(conv.turns)
+            for text, sp in rendered:
+                src.append(i)
+                problems.append([("control_chars", control)] if control else [])
+                texts.append(text)
+                spans.append(sp)
+        return src, problems, texts, spans
 
     def __call__(self, batch: Any, indices: Any) -> Any:
         import pyarrow as pa
 
         data = self.data
-        n = batch.num_rows
-        kinds, msgs = [""] * n, [""] * n
-        texts, spans, where = self._render_rows(batch, kinds, msgs)
-        enc = encode_spans_batch(texts, spans, self.tokenizer, data.max_length, data.train_on_prompt)
+        src, problems, texts, spans = self._render_rows(batch)
+        n = len(src)
+        good = [j for j in range(n) if not problems[j] or problems[j][0][0] in WARNING_KINDS]
+        enc = encode_spans_batch([texts[j] for j in good], [spans[j] for j in good], self.tokenizer,
+                                 data.max_length, data.train_on_prompt)
         kept, orig, trained = enc.lengths, enc.original_lengths, enc.trained
-        keep = np.ones(len(where), dtype=bool)
-        for j in np.nonzero(orig > kept)[0].tolist():
-            i = where[j]
-            kinds[i] = "too_long"
-            msgs[i] = f"{int(orig[j])} tokens > max_length {data.max_length}"
-            if data.truncation == "drop":
-                keep[j] = False
-            elif trained[j] == 0:
-                msgs[i] += " (nothing left to train after truncation, dropped)"
-                keep[j] = False
-        rows = np.asarray(where, dtype=np.int64)[keep]
+        ends = [spans[j][-1][0] if spans[j] and not data.train_on_prompt else None for j in good]
+        lints = row_warnings(enc, ends, [texts[j] for j in good], self.tokenizer, self.stop_ids, data.max_length)
+        keep = np.ones(len(good), dtype=bool)
+        for k, j in enumerate(good):
+            problems[j].extend(lints[k])
+            if orig[k] > kept[k]:
+                msg = f"{int(orig[k])} tokens > max_length {data.max_length}"
+                if data.truncation == "drop":
+                    keep[k] = False
+                elif trained[k] == 0:
+                    msg += " (nothing left to train after truncation, dropped)"
+                    keep[k] = False
+                problems[j].append(("too_long", msg))
+            elif trained[k] == 0 and not data.train_on_prompt:
+                problems[j].append(("nothing_trained", "no answer token is trained in this row"))
+                keep[k] = False
+        rows = np.asarray(good, dtype=np.int64)[keep]
         length = np.zeros(n, dtype=np.int64)
         orig_length = np.zeros(n, dtype=np.int64)
         n_trained = np.zeros(n, dtype=np.int64)
@@ -160,19 +184,33 @@ class _RowProcessor:
             return pa.ListArray.from_arrays(offsets_arr, pa.array(values))
 
         names = batch.column_names
+        take = pa.array(np.asarray(src, dtype=np.int64))
         out = {
             "input_ids": lists(ids.astype(np.int32)),
             "attention_mask": lists(np.ones(len(ids), dtype=np.int8)),
             "labels": lists(labels),
             "length": pa.array(length), "orig_length": pa.array(orig_length), "n_trained": pa.array(n_trained),
-            "__row__": pa.array(np.asarray(indices, dtype=np.int64) + self.offset),
-            "__kind__": pa.array(kinds, type=pa.string()), "__msg__": pa.array(msgs, type=pa.string()),
-            "__line__": batch.column("__line__") if "__line__" in names else pa.nulls(n, pa.int64()),
-            "__file__": batch.column("__file__") if "__file__" in names else pa.array(np.zeros(n, dtype=np.int64)),
+            "__row__": pa.array(np.asarray(indices, dtype=np.int64)[src] + self.offset),
+            "__kind__": pa.array([SEP.join(k for k, _ in p) for p in problems], type=pa.string()),
+            "__msg__": pa.array([SEP.join(m for _, m in p) for p in problems], type=pa.string()),
+            "__line__": batch.column("__line__").take(take) if "__line__" in names else pa.nulls(n, pa.int64()),
+            "__file__": (batch.column("__file__").take(take) if "__file__" in names
+                         else pa.array(np.zeros(n, dtype=np.int64))),
         }
         if self.on_batch:
-            self.on_batch(n)
+            self.on_batch(batch.num_rows)
         return pa.table(out)
+
+
+def expand_answers(conv: Conversation) -> list[Conversation]:
+    """``multi_turn: expand``: one conversation per trained answer, ending on it, earlier answers as context."""
+    out = []
+    for i, turn in enumerate(conv.turns):
+        if turn["role"] != "assistant" or not turn.get("train", True):
+            continue
+        turns = [dict(t, train=False) if t["role"] == "assistant" else t for t in conv.turns[:i]] + [turn]
+        out.append(Conversation(turns, conv.line, conv.source, conv.raw, conv.tools))
+    return out
 
 
 def _auto_num_proc(n_rows: int, requested: int | None) -> int:
@@ -224,20 +262,23 @@ def _tokenize_loaded(loaded: LoadedRows, det: Detection, tokenizer: Any, data: D
     return out.with_format(None)
 
 
-def _collect(out: Any, loaded: LoadedRows) -> tuple[np.ndarray, ProblemLog]:
-    """Indices of trainable rows and the problem log, read from the map output's Arrow columns."""
+def _collect(out: Any, loaded: LoadedRows) -> tuple[np.ndarray, ProblemLog, int]:
+    """Indices of trainable rows, the problem log, and how many source rows they came from."""
     table = out.data
     kinds = np.asarray(table.column("__kind__").to_pylist(), dtype=object)
     lengths = table.column("length").to_numpy()
     good = np.nonzero(lengths > 0)[0]
+    sources = int(np.unique(table.column("__row__").to_numpy()[good]).size) if good.size else 0
     problems = ProblemLog()
     problems.merge(loaded.problems)
     bad = np.nonzero(kinds != "")[0]
     if bad.size:
         sub = out.select_columns(["__kind__", "__msg__", "__line__", "__file__"]).select(bad[:200_000])
         for kind, msg, line, f in zip(sub["__kind__"], sub["__msg__"], sub["__line__"], sub["__file__"]):
-            problems.add(kind, msg, line, loaded.files[f] if f is not None and f < len(loaded.files) else None)
-    return good, problems
+            source = loaded.files[f] if f is not None and f < len(loaded.files) else None
+            for one_kind, one_msg in zip(kind.split(SEP), msg.split(SEP)):
+                problems.add(one_kind, one_msg, line, source)
+    return good, problems, sources
 
 
 class _quiet_datasets:
@@ -282,7 +323,7 @@ def _tokenized_inner(path: Any, tokenizer: Any, data: DataConfig, progress: Prog
     work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
     try:
         out = _tokenize_loaded(loaded, det, tokenizer, data, work, progress, key)
-        good, problems = _collect(out, loaded)
+        good, problems, sources = _collect(out, loaded)
         if progress:
             progress("saving", 0.99)
         good_ds = out.select(good).select_columns(TOKEN_COLUMNS)
@@ -290,18 +331,19 @@ def _tokenized_inner(path: Any, tokenizer: Any, data: DataConfig, progress: Prog
             # datasets cannot reload an empty saved dataset, and there is nothing worth caching:
             # report the problems from memory instead.
             meta = {"detection": det.to_dict(), "problems": problems.to_dict(), "rows": len(loaded.dataset),
-                    "rows_ok": 0, "files": loaded.files, "line_kind": loaded.line_kind,
+                    "rows_ok": 0, "examples": 0, "files": loaded.files, "line_kind": loaded.line_kind,
                     "template": get_renderer(tokenizer, data.template).name, "samples": []}
             return good_ds.flatten_indices(), meta, False
         good_ds.save_to_disk(str(work / "data"))
         samples = []
-        for idx in good[:5].tolist():
-            row = loaded.dataset[int(out[int(idx)]["__row__"])]
+        first_rows = dict.fromkeys(int(r) for r in out.data.column("__row__").to_numpy()[good[:50]])
+        for src_row in list(first_rows)[:5]:
+            row = loaded.dataset[src_row]
             conv = to_conversation(row, det.format, det.columns, data.system_prompt,
                                    source=loaded.files[row.get("__file__", 0) or 0])
             samples.append(conv.to_dict())
         meta = {"detection": det.to_dict(), "problems": problems.to_dict(), "rows": len(loaded.dataset),
-                "rows_ok": int(good.size), "files": loaded.files, "line_kind": loaded.line_kind,
+                "rows_ok": sources, "examples": int(good.size), "files": loaded.files, "line_kind": loaded.line_kind,
                 "template": get_renderer(tokenizer, data.template).name, "samples": samples}
         (work / "meta.json").write_text(json.dumps(meta))
         del out
@@ -337,9 +379,16 @@ def _report(data: DataConfig, meta: dict[str, Any], ds: Any, tokenizer: Any, bat
                                 batch_size=batch_size, original=_lengths(ds, "orig_length"), seed=seed)
     if "over_max_length" in report.stats:  # dropped rows are not in ds, but every long row is logged
         report.stats["over_max_length"] = report.problems.counts.get("too_long", 0)
+    report.examples = meta.get("examples", meta["rows_ok"])
+    report.roles = role_assignment(det["format"], det["columns"], meta.get("samples", []))
+    profile = template_profile(tokenizer, data.template)
+    report.template_notes = list(profile.notes)
+    report.warnings.extend(tokenizer_warnings(tokenizer, data.template, profile.stop_token_ids))
     renderer = get_renderer(tokenizer, data.template) if n_samples else None
-    for conv_dict in meta.get("samples", [])[:n_samples]:
-        conv = Conversation.from_dict(conv_dict)
+    convs = [Conversation.from_dict(c) for c in meta.get("samples", [])]
+    if data.multi_turn == "expand":
+        convs = [part for conv in convs for part in expand_answers(conv)]
+    for conv in convs[:n_samples]:
         row = tokenize_conversation(conv, tokenizer, renderer, data.max_length, data.train_on_prompt)
         report.samples.append({"line": conv.line, "source": conv.source, "turns": conv.turns,
                                "tokens": len(row.input_ids), "trained_tokens": row.trained_tokens,
@@ -350,7 +399,7 @@ def _report(data: DataConfig, meta: dict[str, Any], ds: Any, tokenizer: Any, bat
 
 
 def _raise_if_bad(report: DataReport, data: DataConfig) -> None:
-    fatal = {k: v for k, v in report.problems.to_dict().items() if k != "too_long"}
+    fatal = {k: v for k, v in report.problems.to_dict().items() if k not in WARNING_KINDS}
     if data.skip_bad_rows or not fatal:
         return
     kind, info = next(iter(fatal.items()))

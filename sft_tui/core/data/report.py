@@ -20,6 +20,9 @@ class DataReport:
     line_kind: str = "line"
     rows: int = 0  # rows read
     rows_ok: int = 0  # rows that will be trained on
+    examples: int | None = None  # training rows made from them (more than rows_ok with multi_turn: expand)
+    roles: dict[str, str] = field(default_factory=dict)  # role -> where its text comes from after the mapping
+    template_notes: list[str] = field(default_factory=list)  # what the chat template cannot show, and what we do
     train_rows: int | None = None
     eval_rows: int | None = None
     problems: ProblemLog = field(default_factory=ProblemLog)
@@ -38,7 +41,8 @@ class DataReport:
             "paths": self.paths, "format": self.format, "confidence": round(self.confidence, 3),
             "reason": self.reason, "columns": self.columns, "template": self.template,
             "tokenizer": self.tokenizer, "line_kind": self.line_kind, "rows": self.rows,
-            "rows_ok": self.rows_ok, "rows_bad": self.rows_bad, "train_rows": self.train_rows,
+            "rows_ok": self.rows_ok, "rows_bad": self.rows_bad, "examples": self.examples, "roles": self.roles,
+            "template_notes": self.template_notes, "train_rows": self.train_rows,
             "eval_rows": self.eval_rows, "problems": self.problems.to_dict(), "stats": self.stats,
             "samples": self.samples, "warnings": self.warnings, "from_cache": self.from_cache,
             "seconds": round(self.seconds, 3),

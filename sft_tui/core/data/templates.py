@@ -1,22 +1,27 @@
 """Rendering conversations into text pieces that are either trained or not.
 
-Masking is decided here, at the text level, from the structure of the conversation rather than
-by searching the rendered text for answers. For the tokenizer's own Jinja template we render the
-conversation incrementally (prompt with generation prompt for each assistant turn, then that turn
-completed) and require each render to extend the previous one; the assistant part is exactly
-the text a turn added after its generation prompt. Named templates are written in Python and
-emit their pieces directly. Either way the same pieces give the training text and, cut before
-the last answer, the generation prompt (``render_prompt``), so training and inference agree.
+Masking is decided at the text level from the structure of the conversation, never by searching
+the rendered text for answers. For the tokenizer's own Jinja template (see ``JinjaRenderer``) the
+row is rendered as the model meets it at inference: the prompt of its last answer exactly as
+``apply_chat_template(..., add_generation_prompt=True)`` gives it, then that answer as the
+template writes it. Earlier answers are located inside that prompt by rendering it once more with
+the answer replaced by a sentinel: the text that differs is the answer as the template renders it
+in history (reasoning dropped, system moved, whatever the template does), and the template's
+end-of-turn marker after it is trained too. Named templates are written in Python and emit their
+pieces directly. The same pieces give the training text and, cut before the last answer, the
+generation prompt (``render_prompt``), so training and inference agree.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sft_tui.core.config import choices
 from sft_tui.core.errors import UserError
 
 from .conversation import BadRow, Conversation
+from .profile import SENTINEL, TemplateProfile, template_profile
 
 Pieces = list[tuple[str, bool]]
 # The built-in templates the schema offers besides "auto" (the tokenizer's own).
@@ -61,10 +66,12 @@ class Renderer:
         self.eos = getattr(tokenizer, "eos_token", None) or ""
         self.bos = (getattr(tokenizer, "bos_token", None) or "") if _adds_bos(tokenizer) else ""
 
+    profile: TemplateProfile | None = None
+
     def pieces(self, conv: Conversation, add_generation_prompt: bool = False) -> Pieces:
         if conv.raw:
             return self._raw(conv, add_generation_prompt)
-        return self._chat(conv.turns, add_generation_prompt)
+        return self._chat(adapt_turns(conv.turns, self.profile or TEXT_ONLY), add_generation_prompt)
 
     def _raw(self, conv: Conversation, add_generation_prompt: bool) -> Pieces:
         # Plain text and prompt/completion: the text itself, answers and the EOS trained.
@@ -93,7 +100,7 @@ class ChatmlRenderer(Renderer):
         for turn in turns:
             head = f"<|im_start|>{turn['role']}\n"
             if turn["role"] == "assistant":
-                out += [(head, False), (turn["content"] + end, True), ("\n", False)]
+                out += [(head, False), (turn["content"] + end, turn.get("train", True)), ("\n", False)]
             else:
                 out.append((head + turn["content"] + "<|im_end|>\n", False))
         if add_generation_prompt:
@@ -115,7 +122,7 @@ class Llama3Renderer(Renderer):
             role = "ipython" if turn["role"] == "tool" else turn["role"]
             head = f"<|start_header_id|>{role}<|end_header_id|>\n\n"
             if turn["role"] == "assistant":
-                out += [(head, False), (turn["content"] + end, True)]
+                out += [(head, False), (turn["content"] + end, turn.get("train", True))]
             else:
                 out.append((head + turn["content"] + "<|eot_id|>", False))
         if add_generation_prompt:
@@ -136,56 +143,176 @@ class AlpacaRenderer(Renderer):
             elif turn["role"] == "tool":
                 out.append((f"### Input:\n{turn['content']}\n\n", False))
             elif turn["role"] == "assistant":
-                out += [("### Response:\n", False), (turn["content"] + self.eos, True), ("\n\n", False)]
+                out += [("### Response:\n", False), (turn["content"] + self.eos, turn.get("train", True)),
+                        ("\n\n", False)]
         if add_generation_prompt:
             out.append(("### Response:\n", False))
         return out
 
 
+# A profile for templates that render everything as plain text (the named ones): tool calls and
+# reasoning become text of the answer, tool results stay tool turns.
+TEXT_ONLY = TemplateProfile("text", renders_tool_calls=False, renders_reasoning=False)
+
+
+def _call_text(turn: dict[str, Any]) -> str:
+    return "\n".join(json.dumps({"name": c["function"]["name"], "arguments": c["function"]["arguments"]},
+                                ensure_ascii=False) for c in turn.get("tool_calls", []))
+
+
+def adapt_turns(turns: list[dict[str, Any]], profile: TemplateProfile) -> list[dict[str, Any]]:
+    """Turns as this template can render them, decided by its profile (see ``profile.py``).
+
+    Reasoning a template would drop is kept as ``<think>…</think>`` at the start of the answer;
+    tool calls it cannot write become JSON lines of the answer; tool results it cannot show become
+    user turns; where roles must alternate, consecutive turns of one role are joined with a blank
+    line (Gemma and Mistral expect that). Messages get ``reasoning_content``, the name templates read.
+    """
+    out: list[dict[str, Any]] = []
+    for turn in turns:
+        msg: dict[str, Any] = {"role": turn["role"], "content": turn["content"]}
+        if turn["role"] == "assistant":
+            if turn.get("reasoning"):
+                if profile.renders_reasoning:
+                    msg["reasoning_content"] = turn["reasoning"]
+                else:
+                    msg["content"] = f"<think>\n{turn['reasoning']}\n</think>\n\n{msg['content']}"
+            if turn.get("tool_calls"):
+                if profile.renders_tool_calls:
+                    msg["tool_calls"] = turn["tool_calls"]
+                else:
+                    msg["content"] = "\n".join(x for x in (msg["content"], _call_text(turn)) if x)
+            msg["train"] = turn.get("train", True)
+        elif turn["role"] == "tool":
+            if profile.renders_tool_role:
+                msg.update({k: turn[k] for k in ("tool_call_id", "name") if k in turn})
+            else:
+                msg["role"] = "user"
+        if profile.strict_alternation and out and out[-1]["role"] == msg["role"] and msg["role"] != "system":
+            prev = out[-1]
+            prev["content"] = "\n\n".join(x for x in (prev["content"], msg["content"]) if x)
+            if msg.get("tool_calls"):
+                prev["tool_calls"] = prev.get("tool_calls", []) + msg["tool_calls"]
+            if msg["role"] == "assistant":
+                prev["train"] = prev.get("train", True) or msg["train"]
+            continue
+        out.append(msg)
+    return out
+
+
+def _common_prefix(a: str, b: str, cap: int) -> int:
+    n = min(cap, len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _common_suffix(a: str, b: str, cap: int) -> int:
+    n = min(cap, len(a), len(b))
+    i = 0
+    while i < n and a[-1 - i] == b[-1 - i]:
+        i += 1
+    return i
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 class JinjaRenderer(Renderer):
-    """The tokenizer's own chat template, masked by incremental rendering (no markers needed)."""
+    """The tokenizer's own chat template, masked exactly whatever it does to history.
+
+    The prompt of the last answer is rendered with ``add_generation_prompt=True`` (what inference
+    sees), the last answer is what the full render adds after it, and each earlier answer is the
+    part of that prompt that changes when the answer is replaced by a sentinel (plus the template's
+    end-of-turn marker). Cost: two renders a row plus one per earlier answer.
+    """
 
     name = "tokenizer"
 
-    def _render(self, turns: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    def __init__(self, tokenizer: Any) -> None:
+        super().__init__(tokenizer)
+        self.profile = template_profile(tokenizer, "auto")
+
+    def _render(self, messages: list[dict[str, Any]], gen: bool, tools: list[dict[str, Any]] | None) -> str:
         # As a batch of one: transformers refuses an empty conversation on its own but renders one in
         # a batch, and that is the prompt of a row that starts with an assistant turn.
-        return self.tokenizer.apply_chat_template([turns], tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)[0]
-
-    def _chat(self, turns, add_generation_prompt):
+        clean = [{k: v for k, v in m.items() if k != "train"} for m in messages]
         try:
-            return self._incremental(turns, add_generation_prompt)
-        except BadRow:
-            raise
+            return self.tokenizer.apply_chat_template([clean], tools=tools, tokenize=False,
+                                                      add_generation_prompt=gen)[0]
         except Exception as exc:  # jinja's raise_exception, TemplateError, type errors in templates
-            raise BadRow("template_error", f"chat template failed: {str(exc).splitlines()[0] if str(exc) else exc}")
+            raise BadRow("template_error", f"the chat template refused the row: {_first_line(exc)}") from None
 
-    def _incremental(self, turns, add_generation_prompt):
+    def pieces(self, conv: Conversation, add_generation_prompt: bool = False) -> Pieces:
+        if conv.raw:
+            return self._raw(conv, add_generation_prompt)
+        msgs = adapt_turns(conv.turns, self.profile)
+        if add_generation_prompt or not msgs or msgs[-1]["role"] != "assistant":
+            if msgs and msgs[-1]["role"] == "assistant":
+                msgs = msgs[:-1]
+            return [(self._render(msgs, True, conv.tools), False)]
+        text, spans = self.render_row(msgs, conv.tools)
         out: Pieces = []
-        done = ""
-        for i, turn in enumerate(turns):
-            if turn["role"] != "assistant":
-                continue
-            prompt = self._render(turns[:i], True)
-            full = self._render(turns[: i + 1], False)
-            if not prompt.startswith(done) or not full.startswith(prompt):
-                raise BadRow("template_error",
-                             "the chat template changes earlier text when a turn is added, so answers cannot be "
-                             "masked reliably")
-            answer = full[len(prompt):]
-            body = answer.rstrip()
-            tail = answer[len(body):]
-            if self.eos and self.eos not in body:
-                body += self.eos
-            out += [(prompt[len(done):], False), (body, True), (tail, False)]
-            done = full
-        if add_generation_prompt or not turns or turns[-1]["role"] != "assistant":
-            final = self._render(turns, add_generation_prompt)
-            if not final.startswith(done):
-                raise BadRow("template_error", "the chat template changes earlier text when the prompt is added")
-            out.append((final[len(done):], False))
+        pos = 0
+        for start, end in spans:
+            out += [(text[pos:start], False), (text[start:end], True)]
+            pos = end
+        out.append((text[pos:], False))
         return [p for p in out if p[0]]
+
+    def render_row(self, msgs: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+                   ) -> tuple[str, list[tuple[int, int]]]:
+        """(training text, trained char spans) of template-ready messages that end with an answer."""
+        last = len(msgs) - 1
+        prompt = self._render(msgs[:last], True, tools)
+        full = self._render(msgs, False, tools)
+        if full.startswith(prompt):
+            answer = full[len(prompt):]
+        else:  # the template renders history differently once the answer is there (Mistral's system)
+            answer = full[self._answer_start(msgs, full, tools):]
+        body = answer.rstrip()
+        tail = answer[len(body):]
+        if not self.profile.end_of_turn and self.eos and not body.endswith(self.eos):
+            body += self.eos  # a template with no end-of-turn marker: the EOS is what stops generation
+        text = prompt + body + tail
+        spans = [self._locate(msgs[:last], j, prompt, tools) for j in range(last)
+                 if msgs[j]["role"] == "assistant" and msgs[j].get("train", True)]
+        if msgs[last].get("train", True):
+            spans.append((len(prompt), len(prompt) + len(body)))
+        return text, [s for s in spans if s[1] > s[0]]
+
+    def _sentinel_render(self, msgs: list[dict[str, Any]], j: int, gen: bool,
+                         tools: list[dict[str, Any]] | None) -> tuple[str, int, int]:
+        alt = list(msgs)
+        alt[j] = {"role": "assistant", "content": SENTINEL}
+        rendered = self._render(alt, gen, tools)
+        if rendered.count(SENTINEL) != 1:
+            raise BadRow("template_error", "the chat template writes an answer more than once (or not at all), "
+                                           "so it cannot be masked exactly; pick data.template: chatml")
+        s = rendered.index(SENTINEL)
+        return rendered, s, s + len(SENTINEL)
+
+    def _answer_start(self, msgs: list[dict[str, Any]], full: str, tools: list[dict[str, Any]] | None) -> int:
+        rendered, s, _ = self._sentinel_render(msgs, len(msgs) - 1, False, tools)
+        return _common_prefix(full, rendered, s)
+
+    def _locate(self, msgs: list[dict[str, Any]], j: int, prompt: str,
+                tools: list[dict[str, Any]] | None) -> tuple[int, int]:
+        """Span of answer ``j`` inside ``prompt`` (the rendered history), its end-of-turn marker included."""
+        rendered, s, e = self._sentinel_render(msgs, j, True, tools)
+        start = _common_prefix(prompt, rendered, s)
+        end = len(prompt) - _common_suffix(prompt, rendered, len(rendered) - e)
+        if end <= start:
+            return (start, start)  # the template leaves this answer out of the history: nothing to train
+        eot = self.profile.end_of_turn
+        if eot:
+            rest = prompt[end:]
+            stripped = rest.lstrip()
+            if stripped.startswith(eot):
+                end += len(rest) - len(stripped) + len(eot)
+        return (start, end)
 
 
 def get_renderer(tokenizer: Any, template: str = "auto") -> Renderer:

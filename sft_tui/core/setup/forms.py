@@ -32,7 +32,7 @@ GROUPS: list[tuple[str, str, list[str]]] = [
     ("schedule", "Schedule", ["training.epochs", "training.max_steps", "training.scheduler",
                               "training.warmup_ratio", "training.seed"]),
     ("sequences", "Sequences", ["data.max_length", "data.truncation", "data.packing", "data.padding_free",
-                                "data.group_by_length", "data.train_on_prompt", "data.num_proc"]),
+                                "data.group_by_length", "data.train_on_prompt", "data.multi_turn", "data.num_proc"]),
     ("evaluation", "Evaluation", ["data.validation_split", "data.validation_path", "training.eval_steps",
                                   "training.early_stopping_patience"]),
     ("saving", "Saving", ["training.save_steps", "training.save_total_limit", "training.logging_steps",
@@ -54,7 +54,7 @@ _LABELS = {
     "gradient_accumulation": "grad accumulation", "gradient_checkpointing": "grad checkpointing",
     "max_grad_norm": "max grad norm", "attn_implementation": "attention",
     "trust_remote_code": "trust remote code", "early_stopping_patience": "early stop patience",
-    "save_total_limit": "keep checkpoints", "num_proc": "tokenize processes",
+    "save_total_limit": "keep checkpoints", "num_proc": "tokenize processes", "multi_turn": "multi-turn rows",
 }
 
 

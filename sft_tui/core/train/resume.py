@@ -25,7 +25,8 @@ RECORD = "sft_tui_run.json"
 # Changes that make a resume fail or meaningless: the weights, their shapes, or what a token means.
 BREAKING = ("model.path", "model.revision", "method.type", "method.quantization_bits", "method.lora_r",
             "method.lora_alpha", "method.target_modules", "method.use_dora", "method.use_rslora",
-            "data.max_length", "data.packing", "data.template", "data.train_on_prompt")
+            "data.max_length", "data.packing", "data.template", "data.train_on_prompt",
+            "data.multi_turn")
 
 # What a checkpoint holds of the model itself (the rest is optimizer/scheduler/trainer state).
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_config.json", "model.safetensors",
