@@ -88,8 +88,14 @@ def print_report(report: Any, console: Any = None) -> None:
     console.print(f"format: [bold]{r['format']}[/bold] (confidence {r['confidence']:.0%}: {r['reason']})")
     if r["template"]:
         console.print(f"template: {r['template']}" + (f"   tokenizer: {r['tokenizer']}" if r["tokenizer"] else ""))
+    expanded = r.get("examples") not in (None, r["rows_ok"])
     console.print(f"rows: {r['rows']}  usable: {r['rows_ok']}  left out: {r['rows_bad']}"
+                  + (f"  training rows: {r['examples']} (one per answer)" if expanded else "")
                   + ("   (from cache)" if r["from_cache"] else ""))
+    if r.get("roles"):
+        console.print("roles: " + "; ".join(f"{role} ← {where}" for role, where in r["roles"].items()), markup=False)
+    for note in r.get("template_notes", []):
+        console.print(f"template: {note}", markup=False)
     s = r["stats"]
     if s.get("length"):
         unit = s.get("unit", "tokens")

@@ -17,11 +17,17 @@ PROBLEM_KINDS: dict[str, str] = {
     "bad_json": "line is not valid JSON",
     "missing_field": "a required field is missing",
     "empty_output": "the answer is empty",
-    "bad_role": "a turn has a role that is not system/user/assistant/tool",
+    "bad_role": "a turn has a role that is not system/user/assistant/tool, or a system turn mid-conversation",
     "no_assistant": "no assistant turn to train on",
     "bad_type": "a field has the wrong type",
     "template_error": "the chat template could not render the row",
+    "nothing_trained": "no answer token is left to train",
     "too_long": "longer than max_length",
+    # Warnings: the row is kept (see lint.py).
+    "render_mismatch": "kept: the trained prompt tokenizes differently from the inference prompt",
+    "no_stop_token": "kept: the answer does not end with a token generation stops on",
+    "double_bos": "kept: two BOS tokens at the start",
+    "control_chars": "kept: control bytes in the text",
 }
 
 
@@ -78,7 +84,13 @@ _HINTS = {
     "empty_output": "give the row an answer, or set data.skip_bad_rows: true",
     "bad_role": "roles must be system/user/assistant/tool (sharegpt: system/human/gpt/function_call/observation)",
     "no_assistant": "every row needs at least one assistant answer",
-    "template_error": "pick a named template with data.template: chatml",
+    "template_error": "the model's own template refuses the row for the reason given; fix those rows, leave them "
+                      "out with data.skip_bad_rows: true, or train a format the model does not know "
+                      "(data.template: chatml)",
+    "nothing_trained": "check data.train_on_prompt and any weight: 0 on answers",
+    "render_mismatch": "the template's generation prompt ends where the answer's first token begins; "
+                       "usually harmless for a few rows, a template problem for all",
+    "no_stop_token": "the model may not learn to stop: check the chat template's end of turn",
     "too_long": "raise data.max_length, or set data.truncation",
 }
 

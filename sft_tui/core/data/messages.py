@@ -104,6 +104,11 @@ def tool_call(raw: Any, index: int) -> dict[str, Any]:
         raise BadRow("missing_field", "a tool call has no function name")
     args = fn.get("arguments", fn.get("parameters", {}))
     args = _json(args, f"the arguments of tool call '{name}'") if args not in ("", None) else {}
+    if isinstance(args, str):  # JSON encoded twice (glaive-style data): one more decode
+        args = _json(args, f"the arguments of tool call '{name}'")
+    if not isinstance(args, dict):
+        raise BadRow("bad_type", f"the arguments of tool call '{name}' should be a JSON object, "
+                                 f"got {type(args).__name__}")
     call_id = call.get("id")
     return {"type": "function", "id": str(call_id) if call_id else f"call{index:05d}",
             "function": {"name": name, "arguments": drop_none(args)}}
@@ -179,6 +184,8 @@ def normalise_turn(item: Any, index: int, col: str, role_key: str | None = None,
             if match:
                 reasoning, content = match.group(1).strip("\n"), content[match.end():]
                 turn["content"] = content
+            elif content.lstrip().startswith("<think>"):
+                raise BadRow("bad_type", f"turn {index + 1}: the answer opens <think> but never closes it")
         if reasoning:
             turn["reasoning"] = reasoning
         if calls:

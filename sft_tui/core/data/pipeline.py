@@ -110,11 +110,24 @@ class _RowProcessor:
     """
 
     def __init__(self, fmt: str, columns: dict[str, str], data: DataConfig, tokenizer: Any,
-                 renderer: Renderer, offset: int = 0) -> None:
+                 renderer: Renderer, offset: int = 0, features: Any = None) -> None:
         self.fmt, self.columns, self.data = fmt, columns, data
         self.tokenizer, self.renderer, self.offset = tokenizer, renderer, offset
         self.stop_ids = template_profile(tokenizer, data.template).stop_token_ids
         self.on_batch: Callable[[int], None] | None = None
+        # datasets stores objects of mixed shapes (messages whose content is text in one row and a part
+        # list in another) as Json features: Arrow batches hold them as JSON text until decoded.
+        self.features = features
+        self.json_columns = [name for name, feat in (features or {}).items() if "Json" in repr(feat)]
+
+    def _rows(self, batch: Any) -> list[dict[str, Any]]:
+        rows = batch.to_pylist()
+        if self.json_columns:
+            decoded = self.features.decode_batch({c: batch.column(c).to_pylist() for c in self.json_columns})
+            for c in self.json_columns:
+                for row, value in zip(rows, decoded[c]):
+                    row[c] = value
+        return rows
 
     def _render_rows(self, batch: Any) -> tuple[list[int], list[list[tuple[str, str]]], list[str],
                                                  list[list[tuple[int, int]]]]:
@@ -125,7 +138,7 @@ class _RowProcessor:
         spans: list[list[tuple[int, int]]] = []
         fmt, columns, system_prompt, pieces = self.fmt, self.columns, self.data.system_prompt, self.renderer.pieces
         expand = self.data.multi_turn == "expand"
-        for i, row in enumerate(batch.to_pylist()):
+        for i, row in enumerate(self._rows(batch)):
             try:
                 conv = to_conversation(row, fmt, columns, system_prompt)
                 rendered = [pieces_to_spans(pieces(c)) for c in (expand_answers(conv) if expand else [conv])]
@@ -244,7 +257,7 @@ def _tokenize_loaded(loaded: LoadedRows, det: Detection, tokenizer: Any, data: D
     if progress:
         progress("tokenizing", 0.0)
     if num_proc == 1:
-        proc = _RowProcessor(det.format, det.columns, data, tokenizer, renderer)
+        proc = _RowProcessor(det.format, det.columns, data, tokenizer, renderer, features=ds.features)
         proc.on_batch = tick
         out = ds.map(proc, cache_file_name=str(workdir / "map.arrow"), new_fingerprint=key, **kwargs)
     else:
@@ -253,7 +266,8 @@ def _tokenize_loaded(loaded: LoadedRows, det: Detection, tokenizer: Any, data: D
         bounds = np.linspace(0, n, chunks + 1).astype(int)
         parts = []
         for c, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-            proc = _RowProcessor(det.format, det.columns, data, tokenizer, renderer, offset=int(a))
+            proc = _RowProcessor(det.format, det.columns, data, tokenizer, renderer, offset=int(a),
+                                 features=ds.features)
             part = ds.select(range(int(a), int(b)))
             parts.append(part.map(proc, num_proc=num_proc, cache_file_name=str(workdir / f"map{c}.arrow"),
                                   new_fingerprint=f"{key}-{c}", **kwargs))

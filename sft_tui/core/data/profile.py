@@ -31,6 +31,9 @@ class TemplateProfile:
     renders_tool_role: bool = True
     renders_reasoning: bool = True
     strict_alternation: bool = False
+    call_prefix: str = ""  # what the template writes between an answer's start and a tool call's name
+    one_call_per_turn: bool = False  # Llama 3.1 refuses parallel tool calls in one answer
+    short_call_ids: bool = False  # Mistral's templates refuse tool call ids that are not 9 letters/digits
     generation_markers: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -72,6 +75,10 @@ def _stop_ids(tokenizer: Any, end_of_turn: str) -> list[int]:
     return ids
 
 
+def _stop_strings(tokenizer: Any, end_of_turn: str) -> list[str]:
+    return list(dict.fromkeys(s for s in (end_of_turn.strip(), getattr(tokenizer, "eos_token", None) or "") if s))
+
+
 def _end_of_turn(full: str, sentinel: str) -> str:
     """Text after the answer up to the first whitespace run: ``<|im_end|>`` of ``…X<|im_end|>\\n``."""
     tail = full[full.rindex(sentinel) + len(sentinel):]
@@ -98,21 +105,32 @@ def probe_jinja(tokenizer: Any) -> TemplateProfile:
     # Roles that must alternate: two user turns in a row are refused by e.g. Gemma and Mistral.
     pair = _try(tokenizer, [user, {"role": "user", "content": "Pz9Again"}, answer])
     prof.strict_alternation = pair is None
-    system = _try(tokenizer, [{"role": "system", "content": "Pz9System"}, user, answer])
+    # At inference (generation prompt): Mistral's templates write the system text into the last user turn.
+    system = _try(tokenizer, [{"role": "system", "content": "Pz9System"}, user], gen=True)
     prof.renders_system = system is not None and "Pz9System" in system
     call = {"role": "assistant", "content": "",
             "tool_calls": [{"type": "function", "id": "call00001",
                             "function": {"name": "get_weather", "arguments": dict(_PROBE_ARGS)}}]}
     with_call = _try(tokenizer, [user, call], tools=[PROBE_TOOL])
     prof.renders_tool_calls = with_call is not None and "Pz9Paris" in with_call
+    call_prompt = _try(tokenizer, [user], gen=True, tools=[PROBE_TOOL])
+    if prof.renders_tool_calls and call_prompt and with_call.startswith(call_prompt) and "get_weather" in with_call[len(call_prompt):]:
+        after = with_call[len(call_prompt):]
+        prof.call_prefix = after[: after.index("get_weather")]
     result = {"role": "tool", "content": "Pz9Sunny", "tool_call_id": "call00001", "name": "get_weather"}
     with_result = _try(tokenizer, [user, call, result, {"role": "assistant", "content": SENTINEL}],
                        tools=[PROBE_TOOL])
     prof.renders_tool_role = with_result is not None and "Pz9Sunny" in with_result
+    if prof.renders_tool_calls:
+        two = dict(call, tool_calls=call["tool_calls"] + [
+            {"type": "function", "id": "call00002", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}])
+        prof.one_call_per_turn = _try(tokenizer, [user, two], tools=[PROBE_TOOL]) is None
+        long_id = {"role": "assistant", "content": "", "tool_calls": [dict(call["tool_calls"][0], id="call_abc_0001")]}
+        prof.short_call_ids = _try(tokenizer, [user, long_id], tools=[PROBE_TOOL]) is None
     thought = _try(tokenizer, [user, {"role": "assistant", "content": SENTINEL, "reasoning_content": "Pz9Thought"}])
     prof.renders_reasoning = thought is not None and "Pz9Thought" in thought
     prof.stop_token_ids = _stop_ids(tokenizer, prof.end_of_turn)
-    prof.stop_strings = [s for s in [prof.end_of_turn.strip(), getattr(tokenizer, "eos_token", None) or ""] if s]
+    prof.stop_strings = _stop_strings(tokenizer, prof.end_of_turn)
     if not prof.renders_tool_calls:
         prof.notes.append("the template has no tool-call format: tool calls are written into the answer as JSON")
     if not prof.renders_reasoning:
@@ -128,7 +146,7 @@ def named_profile(tokenizer: Any, name: str) -> TemplateProfile:
     eot = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>"}.get(name, "")
     prof = TemplateProfile(name, end_of_turn=eot)
     prof.stop_token_ids = _stop_ids(tokenizer, eot)
-    prof.stop_strings = [s for s in [eot, getattr(tokenizer, "eos_token", None) or ""] if s]
+    prof.stop_strings = _stop_strings(tokenizer, eot)
     return prof
 
 

@@ -169,19 +169,27 @@ def adapt_turns(turns: list[dict[str, Any]], profile: TemplateProfile) -> list[d
     line (Gemma and Mistral expect that). Messages get ``reasoning_content``, the name templates read.
     """
     out: list[dict[str, Any]] = []
+    turns = _fit_calls(turns, profile)
+    if not profile.renders_system and turns and turns[0]["role"] == "system" and len(turns) > 1:
+        # A template with no system role (Gemma 2 refuses one): its text leads the first user turn.
+        first = dict(turns[1], content=f"{turns[0]['content']}\n\n{turns[1]['content']}")
+        turns = [first] + list(turns[2:])
     for turn in turns:
         msg: dict[str, Any] = {"role": turn["role"], "content": turn["content"]}
         if turn["role"] == "assistant":
+            think = calls = ""
             if turn.get("reasoning"):
                 if profile.renders_reasoning:
                     msg["reasoning_content"] = turn["reasoning"]
                 else:
-                    msg["content"] = f"<think>\n{turn['reasoning']}\n</think>\n\n{msg['content']}"
+                    think = f"<think>\n{turn['reasoning']}\n</think>"
             if turn.get("tool_calls"):
                 if profile.renders_tool_calls:
                     msg["tool_calls"] = turn["tool_calls"]
                 else:
-                    msg["content"] = "\n".join(x for x in (msg["content"], _call_text(turn)) if x)
+                    calls = _call_text(turn)
+            if think or calls:
+                msg["content"] = "\n\n".join(x for x in (think, msg["content"], calls) if x)
             msg["train"] = turn.get("train", True)
         elif turn["role"] == "tool":
             if profile.renders_tool_role:
@@ -197,6 +205,32 @@ def adapt_turns(turns: list[dict[str, Any]], profile: TemplateProfile) -> list[d
                 prev["train"] = prev.get("train", True) or msg["train"]
             continue
         out.append(msg)
+    return out
+
+
+def _fit_calls(turns: list[dict[str, Any]], profile: TemplateProfile) -> list[dict[str, Any]]:
+    """Tool calls as the template accepts them: one call per answer (Llama 3.1), 9-character ids (Mistral)."""
+    if not profile.renders_tool_calls or not any(t.get("tool_calls") for t in turns):
+        return turns
+    ids: dict[str, str] = {}
+    out: list[dict[str, Any]] = []
+    for turn in turns:
+        if profile.short_call_ids:
+            if turn.get("tool_calls"):
+                calls = []
+                for call in turn["tool_calls"]:
+                    ids.setdefault(call["id"], f"call{len(ids) + 1:05d}")
+                    calls.append(dict(call, id=ids[call["id"]]))
+                turn = dict(turn, tool_calls=calls)
+            elif turn["role"] == "tool" and turn.get("tool_call_id") in ids:
+                turn = dict(turn, tool_call_id=ids[turn["tool_call_id"]])
+        calls = turn.get("tool_calls") or []
+        if profile.one_call_per_turn and len(calls) > 1:
+            out.append(dict(turn, tool_calls=calls[:1]))
+            out += [{"role": "assistant", "content": "", "tool_calls": [c], "train": turn.get("train", True)}
+                    for c in calls[1:]]
+            continue
+        out.append(turn)
     return out
 
 
@@ -285,33 +319,69 @@ class JinjaRenderer(Renderer):
 
     def _sentinel_render(self, msgs: list[dict[str, Any]], j: int, gen: bool,
                          tools: list[dict[str, Any]] | None) -> tuple[str, int, int]:
+        """Render with answer ``j``'s text, reasoning and call names replaced by sentinels.
+
+        The message keeps its shape (same fields, same number of calls): templates treat a message
+        with tool calls differently (Mistral leaves it out of the role alternation check).
+        Returns the render and where its first and last sentinel lie (-1, -1 when none shows).
+        """
+        msg = msgs[j]
+        alt_msg = dict(msg)
+        marks = []
+        if msg.get("content"):
+            alt_msg["content"] = SENTINEL + "C"
+            marks.append(alt_msg["content"])
+        if msg.get("reasoning_content"):
+            alt_msg["reasoning_content"] = SENTINEL + "R"
+            marks.append(alt_msg["reasoning_content"])
+        if msg.get("tool_calls"):
+            alt_msg["tool_calls"] = [dict(c, function={"name": f"{SENTINEL}F{k}", "arguments": {}})
+                                     for k, c in enumerate(msg["tool_calls"])]
+            marks += [c["function"]["name"] for c in alt_msg["tool_calls"]]
         alt = list(msgs)
-        alt[j] = {"role": "assistant", "content": SENTINEL}
+        alt[j] = alt_msg
         rendered = self._render(alt, gen, tools)
-        if rendered.count(SENTINEL) != 1:
-            raise BadRow("template_error", "the chat template writes an answer more than once (or not at all), "
-                                           "so it cannot be masked exactly; pick data.template: chatml")
-        s = rendered.index(SENTINEL)
-        return rendered, s, s + len(SENTINEL)
+        if any(rendered.count(m) > 1 for m in marks):
+            raise BadRow("template_error", "the chat template writes an answer more than once, so it cannot be "
+                                           "masked exactly; pick data.template: chatml")
+        found = [(rendered.index(m), rendered.index(m) + len(m)) for m in marks if m in rendered]
+        if not found:
+            return rendered, -1, -1
+        return rendered, min(a for a, _ in found), max(b for _, b in found)
 
     def _answer_start(self, msgs: list[dict[str, Any]], full: str, tools: list[dict[str, Any]] | None) -> int:
         rendered, s, _ = self._sentinel_render(msgs, len(msgs) - 1, False, tools)
+        if s < 0:
+            raise BadRow("template_error", "the chat template leaves the last answer out of the conversation, "
+                                           "so there is nothing to train")
         return _common_prefix(full, rendered, s)
 
     def _locate(self, msgs: list[dict[str, Any]], j: int, prompt: str,
                 tools: list[dict[str, Any]] | None) -> tuple[int, int]:
         """Span of answer ``j`` inside ``prompt`` (the rendered history), its end-of-turn marker included."""
         rendered, s, e = self._sentinel_render(msgs, j, True, tools)
+        if s < 0:
+            return (0, 0)  # the template leaves this answer out of the history: nothing to train
         start = _common_prefix(prompt, rendered, s)
         end = len(prompt) - _common_suffix(prompt, rendered, len(rendered) - e)
         if end <= start:
-            return (start, start)  # the template leaves this answer out of the history: nothing to train
-        eot = self.profile.end_of_turn
+            return (start, start)
+        # The sentinels mark what the answer's own text changes; the answer starts where the template's
+        # generation prompt for it ends (exact where history renders as it did then), else before the
+        # tool-call opening the probe saw (Mistral: [TOOL_CALLS][{"name": "), and ends with its end-of-turn.
+        before = self._render(msgs[:j], True, tools)
+        prof = self.profile
+        if prompt.startswith(before) and len(before) <= start:
+            start = len(before)
+        elif msgs[j].get("tool_calls") and not msgs[j].get("content") and prof.call_prefix \
+                and prompt[max(0, start - len(prof.call_prefix)):start] == prof.call_prefix:
+            start -= len(prof.call_prefix)
+        eot = prof.end_of_turn
         if eot:
-            rest = prompt[end:]
-            stripped = rest.lstrip()
-            if stripped.startswith(eot):
-                end += len(rest) - len(stripped) + len(eot)
+            found = prompt.find(eot, end)
+            nxt = [prompt.find(m["content"], end) for m in msgs[j + 1:] if len(m.get("content") or "") > 3]
+            if found >= 0 and not any(0 <= n < found for n in nxt):
+                end = found + len(eot)
         return (start, end)
 
 

@@ -244,9 +244,14 @@ def report_lines(report: Any) -> list[str]:
     lines = [f"{report.rows} rows read, {report.rows_ok} usable"
              + (f", {report.rows_bad} with problems" if report.rows_bad else "")
              + (" (from cache)" if report.from_cache else "")]
+    if report.examples not in (None, report.rows_ok):
+        lines.append(f"{report.examples} training rows: one per answer (multi-turn rows: expand)")
     if report.template:
         template = "the tokenizer's chat template" if report.template == "tokenizer" else report.template
         lines.append(f"format {report.format}, rendered with {template}")
+    lines += [f"template: {note}" for note in report.template_notes]
+    if report.roles:
+        lines.append("roles: " + "; ".join(f"{role} ← {where}" for role, where in report.roles.items()))
     length = s.get("length")
     if length:
         unit = s.get("unit", "tokens")
