@@ -97,10 +97,48 @@ def _first_char(path: Path) -> bytes:
     return head[:1]
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _DuplicateKey(f"the key {key!r} appears twice in one object")
+        seen.add(key)
+    return dict(pairs)
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+# A \uD800-\uDFFF escape; Python keeps a lone one as a surrogate, pyarrow refuses the line.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _line_problem(raw: bytes) -> str | None:
+    """Why the fast reader would refuse this line, or None. Python's json accepts duplicate keys
+    and unpaired surrogates; pyarrow does not, so they are checked here as well."""
+    try:
+        value = _DECODER.decode(raw.decode("utf-8-sig" if raw.startswith(b"\xef\xbb\xbf") else "utf-8"))
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+    except (ValueError, RecursionError) as exc:
+        return str(exc)
+    if not isinstance(value, dict):
+        return f"expected an object, got {type(value).__name__}"
+    if _SURROGATE_ESCAPE.search(raw):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return "a \\uD800-\\uDFFF escape without its pair (not a character)"
+    return None
+
+
 def scan_jsonl(path: Path, limit: int | None = None, max_lines: int | None = None) -> list[tuple[int, str]]:
-    """(line, error) for every line that is not a JSON object, stopping after ``limit`` bad lines or
-    ``max_lines`` lines. The loader runs it only after the fast reader failed; the pre-flight runs it
-    on the first lines of every JSON-lines file."""
+    """(line, error) for every line the fast reader would refuse (not a JSON object, a key twice,
+    an unpaired surrogate), stopping after ``limit`` bad lines or ``max_lines`` lines. The loader
+    runs it only after the fast reader failed; the pre-flight runs it on the first lines of every
+    JSON-lines file."""
     bad: list[tuple[int, str]] = []
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
@@ -108,15 +146,75 @@ def scan_jsonl(path: Path, limit: int | None = None, max_lines: int | None = Non
                 break
             if not raw.strip():
                 continue
-            try:
-                value = json.loads(raw)
-                if not isinstance(value, dict):
-                    bad.append((number, f"expected an object, got {type(value).__name__}"))
-            except (ValueError, RecursionError) as exc:
-                bad.append((number, str(exc)))
+            problem = _line_problem(raw)
+            if problem is not None:
+                bad.append((number, problem))
             if limit and len(bad) >= limit:
                 break
     return bad
+
+
+# pyarrow numbers rows from 0 within each block it parses, so its "row 20" is no file line.
+_ARROW_ROW = re.compile(r"\s*in row (\d+)")
+_BATCH = 10 << 20  # datasets' JSON-lines batch (JsonConfig.chunksize): it reads this much, then to the line end
+
+
+def _reader_message(exc: BaseException) -> str:
+    """The reason behind datasets' "An error occurred while generating the dataset": the pyarrow
+    or JSON message further down the exception chain, when there is one."""
+    seen: set[int] = set()
+    found = None
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current)
+        if "JSON parse error" in text or type(current).__name__ in ("ArrowInvalid", "ArrowNotImplementedError"):
+            found = found or text
+        current = current.__cause__ or current.__context__
+    text = found or str(exc) or type(exc).__name__
+    return text.splitlines()[0].replace("JSON parse error: ", "")
+
+
+def _nth_data_line(batch: bytes, row: int) -> int | None:
+    """1-based line (within ``batch``) of its ``row``-th (0-based) non-blank line, as pyarrow counts."""
+    seen = -1
+    for number, raw in enumerate(batch.split(b"\n"), 1):
+        if raw.strip():
+            seen += 1
+            if seen == row:
+                return number
+    return None
+
+
+def _arrow_failure_line(path: Path, message: str) -> int | None:
+    """The file line of pyarrow's failure: each batch is parsed again as one block, so the row it
+    names counts from the batch start, and a batch failing with the same message is the one."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.json as paj
+
+    if not _ARROW_ROW.search(message):
+        return None
+    wanted = _ARROW_ROW.sub("", message)
+    before = 0  # file lines before the current batch
+    try:
+        with open(path, "rb") as f:
+            while batch := f.read(_BATCH):
+                batch += f.readline()
+                body = batch[3:] if before == 0 and batch.startswith(b"\xef\xbb\xbf") else batch
+                try:
+                    paj.read_json(io.BytesIO(body), read_options=paj.ReadOptions(block_size=len(body) + 1))
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+                    text = str(err).splitlines()[0].replace("JSON parse error: ", "")
+                    found = _ARROW_ROW.search(text)
+                    if found and _ARROW_ROW.sub("", text) == wanted:
+                        line = _nth_data_line(body, int(found.group(1)))
+                        return before + line if line else None
+                before += batch.count(b"\n")
+    except OSError:
+        return None
+    return None
 
 
 def _line_numbers(path: Path, n_rows: int) -> list[int] | None:
@@ -144,6 +242,7 @@ def _load_json(path: Path, skip_bad_rows: bool, problems: ProblemLog):
     kwargs: dict[str, Any] = {"cache_dir": _hf_cache(), "split": "train"}
     if first == b"{" and not _is_jsonl(path):
         return _load_json_object(path), False
+    quiet_datasets()
     try:
         ds = datasets.load_dataset("json", data_files=str(path), **kwargs)
         return ds, first != b"["
@@ -153,11 +252,15 @@ def _load_json(path: Path, skip_bad_rows: bool, problems: ProblemLog):
                 json.loads(path.read_text(encoding="utf-8"))
             except ValueError as err:
                 raise UserError(f"{path}: not valid JSON: {err}", "fix the file (a JSON array of objects)") from None
-            raise UserError(f"{path}: could not read the JSON array: {str(exc).splitlines()[0]}",
-                            "each element should be an object with the same fields") from None
+            reason = _ARROW_ROW.sub("", _reader_message(exc))  # a block-relative row means nothing here
+            raise UserError(f"{path}: could not read the JSON array: {reason}",
+                            "each element should be an object with the same fields, each key once") from None
         bad = scan_jsonl(path, limit=None if skip_bad_rows else 5)
         if not bad:
-            raise UserError(f"{path}: could not read the file: {str(exc).splitlines()[0]}",
+            reason = _reader_message(exc)
+            line = _arrow_failure_line(path, reason)
+            reason = _ARROW_ROW.sub("", reason)
+            raise UserError(f"{path}{f':{line}' if line else ''}: could not read the file: {reason}",
                             "rows may mix types in one field (e.g. text in some rows, numbers in others)") from None
         if not skip_bad_rows:
             line, err = bad[0]
@@ -192,16 +295,45 @@ def _is_jsonl(path: Path) -> bool:
     return True
 
 
+def _is_turn_list(value: Any) -> bool:
+    from .formats import ITEM_KEYS
+
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(t, dict) and any(k in t for k in ITEM_KEYS) for t in value))
+
+
+def _single_record(obj: dict[str, Any]) -> bool:
+    """One row of a known format (a ShareGPT ``conversations``, a ``messages`` list, an alpaca or
+    prompt/completion record) rather than a table: its lists are turns, its texts are texts."""
+    from .formats import FIELDS
+
+    for fmt, (required, _optional) in FIELDS.items():
+        if not all(k in obj for k in required):
+            continue
+        values = [obj[k] for k in required]
+        if fmt in ("messages", "sharegpt"):
+            if _is_turn_list(values[0]):
+                return True
+        elif fmt == "prompt_completion":
+            if all(isinstance(v, str) or _is_turn_list(v) for v in values):
+                return True
+        elif all(isinstance(v, str) for v in values):
+            return True
+    return False
+
+
 def _load_json_object(path: Path):
-    """{"col": [...], ...} (columns) or {"data": [{...}, ...]} (records under one key)."""
+    """{"col": [...], ...} (columns), {"data": [{...}, ...]} (records under one key), or one record."""
     import datasets
 
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8-sig"))
     except ValueError as err:
         raise UserError(f"{path}: not valid JSON: {err}", "fix the file, or write one JSON object per line") from None
     if not isinstance(obj, dict):
         raise UserError(f"{path}: expected rows", "use JSON lines, an array of objects, or an object of arrays")
+    if _single_record(obj):
+        return datasets.Dataset.from_list([obj])
     lists = {k: v for k, v in obj.items() if isinstance(v, list)}
     records = [k for k, v in lists.items() if v and all(isinstance(x, dict) for x in v[:5])]
     if len(records) == 1 and len(lists) == 1:
@@ -279,9 +411,24 @@ def _derived(ds: Any, what: str) -> str:
     return hashlib.sha256(f"{getattr(ds, '_fingerprint', '')}|{what}".encode()).hexdigest()[:16]
 
 
+def quiet_datasets() -> None:
+    """datasets' tqdm bars ("Generating train split") and its own error log would land on the
+    user's terminal, over the TUI; the loader reports progress and errors itself. Process-wide and
+    left off on purpose: switching them back on after a load races loads in other threads."""
+    import logging
+
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity_error()
+    # Its "Failed to load JSON from file" is logged at error level; the loader re-explains it with the line.
+    logging.getLogger("datasets.packaged_modules.json.json").setLevel(logging.CRITICAL)
+
+
 def load_rows_detailed(path: str | list[str], skip_bad_rows: bool = False) -> LoadedRows:
     import datasets
 
+    quiet_datasets()
     problems = ProblemLog()
     parts = []
     names: list[str] = []

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sft_tui.core.errors import UserError
-from sft_tui.core.eval.generate import WHICH, GenSettings, ModelPair, load_pair
+from sft_tui.core.eval.generate import WHICH, GenSettings, ModelPair, answer_only, load_pair
 from sft_tui.core.run.rundir import RunDir
 
 Progress = Callable[[str, float], None]
@@ -275,6 +275,8 @@ def evaluate_run(run: RunDir, data_path: str | None = None, limit: int | None = 
         if convs:
             preds = pair.generate(name_, prompts, settings, batch_size,
                                   progress=lambda d, n, w=name_: say(f"{w}: generating", d / max(n, 1)))
+            # Only the answer is scored: a turn the model made up after its end-of-turn marker is not.
+            preds = [answer_only(p, pair.stop_texts) for p in preds]
             predictions[name_] = preds
             metrics.update(generation_metrics(preds, references))
         metrics["seconds"] = round(time.perf_counter() - t0, 2)

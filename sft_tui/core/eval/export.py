@@ -130,12 +130,49 @@ def model_card(run: RunDir, merged: bool = False, note: str | None = None) -> st
 
 def write_model_card(run: RunDir, folder: str | Path | None = None, merged: bool = False,
                      note: str | None = None) -> Path:
+    """README.md for the folder; a generation_config.json there (full fine-tunes) gets the run's stop ids."""
     folder = Path(folder) if folder is not None else run.adapter_dir
     if not folder.is_dir():
         raise UserError(f"{folder} does not exist", "train the run to the end first (the adapter is saved last)")
     path = folder / "README.md"
     path.write_text(model_card(run, merged=merged, note=note), encoding="utf-8")
+    if (folder / "generation_config.json").is_file():
+        write_stop_ids(run, folder)
     return path
+
+
+def run_stop_ids(run: RunDir, tokenizer: Any = None, model: Any = None) -> list[int]:
+    """The ids the run's chat template ends a turn with, then the EOS: what ``generate`` must stop on."""
+    from sft_tui.core.eval.generate import generation_stop_ids, load_tokenizer
+
+    config = run.load_config()
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(run.adapter_dir, config)
+    return generation_stop_ids(tokenizer, config.data.template, model)
+
+
+def write_stop_ids(run: RunDir, folder: str | Path, tokenizer: Any = None) -> list[int]:
+    """Set ``eos_token_id`` in the folder's generation_config.json to the run's stop ids.
+
+    Plain ``model.generate()`` (and vLLM, TGI, llama.cpp's converter) read it from there; with only
+    the base model's EOS a chat model that ends turns with another token writes the next turn itself.
+    """
+    import json
+
+    path = Path(folder) / "generation_config.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    ids = run_stop_ids(run, tokenizer)
+    ids += [i for i in (data.get("eos_token_id") if isinstance(data.get("eos_token_id"), list)
+                        else [data.get("eos_token_id")]) if isinstance(i, int) and i not in ids]
+    data["eos_token_id"] = ids
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return ids
 
 
 # --------------------------------------------------------------------------- merge
@@ -171,6 +208,10 @@ def merge(run: RunDir, out_dir: str | Path | None = None, overwrite: bool = Fals
     kwargs: dict[str, Any] = dict(trust_remote_code=config.model.trust_remote_code, local_files_only=hub_offline())
     from transformers import AutoModelForCausalLM
 
+    from sft_tui.core.models.load import quiet_transformers
+
+    quiet_transformers()  # "Loading weights" / "Writing model shards" bars: we say what happens through ``say``
+
     if method == "full":
         say(f"loading the fine-tuned model from {folder}")
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype="auto", **kwargs)
@@ -203,6 +244,8 @@ def merge(run: RunDir, out_dir: str | Path | None = None, overwrite: bool = Fals
     tokenizer = load_tokenizer(folder, config)
     if getattr(model.generation_config, "pad_token_id", None) is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+    # A merged chat model must stop where its template ends a turn, not only at the base model's EOS.
+    model.generation_config.eos_token_id = run_stop_ids(run, tokenizer, model)
     dtype_name = str(next(model.parameters()).dtype).replace("torch.", "")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))

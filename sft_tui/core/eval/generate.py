@@ -206,7 +206,11 @@ class ModelPair:
             self._tuned = load_causal_lm(self.tuned_dir, self.config, self.device, self.dtype)
             say(f"loading the base model {self.config.model.path}")
             self._base = load_causal_lm(self.base_path, self.config, self.device, self.dtype, quantize=quantize)
-        self.stop_ids = _stop_ids(self.tokenizer, self._tuned)
+        template = self.config.data.template
+        self.stop_ids = generation_stop_ids(self.tokenizer, template, self._tuned)
+        self.stop_texts = answer_stop_strings(self.tokenizer, template)
+        # Stop ids cover one-token markers; a marker the tokenizer splits into pieces is matched as text.
+        self._stop_strings = [s for s in self.stop_texts if len(self.encode(s)) > 1]
 
     @contextlib.contextmanager
     def use(self, which: str) -> Iterator[Any]:
@@ -249,6 +253,8 @@ class ModelPair:
     def _gen_kwargs(self, settings: GenSettings) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(max_new_tokens=settings.max_new_tokens, eos_token_id=self.stop_ids,
                                       pad_token_id=self.tokenizer.pad_token_id)
+        if self._stop_strings:
+            kwargs.update(stop_strings=self._stop_strings, tokenizer=self.tokenizer)
         if settings.temperature > 0:
             kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0)
         else:
@@ -280,11 +286,18 @@ class ModelPair:
                 out = model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                      **self._gen_kwargs(settings))
             for row, i in enumerate(idx):
-                answers[i] = self.tokenizer.decode(out[row, longest:], skip_special_tokens=True).strip()
+                answers[i] = self.decode_answer(out[row, longest:].tolist())
             done += len(idx)
             if progress:
                 progress(done, len(texts))
         return answers
+
+    def decode_answer(self, ids: list[int]) -> str:
+        """The answer alone: up to the first stop token (a sequence in a batch runs on, or pads,
+        after it), and up to a stop text that decoding leaves in (a marker that is no special token)."""
+        stops = set(self.stop_ids)
+        end = next((n for n, token in enumerate(ids) if token in stops), len(ids))
+        return answer_only(self.tokenizer.decode(ids[:end], skip_special_tokens=True), self.stop_texts)
 
     def stream(self, which: str, prompt: str, settings: GenSettings | None = None,
                stop: threading.Event | None = None) -> Iterator[str]:
@@ -300,9 +313,11 @@ class ModelPair:
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         errors: list[BaseException] = []
 
+        halt = threading.Event()  # set when the answer is complete (a stop text) or the reader left
+
         class _Stop(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):  # noqa: ANN001
-                return bool(stop is not None and stop.is_set())
+                return bool(halt.is_set() or (stop is not None and stop.is_set()))
 
         def target() -> None:
             try:
@@ -317,24 +332,112 @@ class ModelPair:
         thread = threading.Thread(target=target, name=f"sft-tui-generate-{which}", daemon=True)
         thread.start()
         first = True
-        for chunk in streamer:
+        cutter = _StopCutter(self.stop_texts)
+        try:
+            for piece in streamer:
+                chunk = cutter.feed(piece)
+                if first:
+                    chunk, first = chunk.lstrip(), chunk.strip() == ""
+                if chunk:
+                    yield chunk
+                if cutter.done:
+                    break
+            tail = "" if cutter.done else cutter.flush().rstrip()
             if first:
-                chunk, first = chunk.lstrip(), chunk.strip() == ""
-            if chunk:
-                yield chunk
+                tail = tail.lstrip()
+            if tail:
+                yield tail
+        finally:
+            halt.set()  # the generating thread stops at its next token
         thread.join()
         if errors:
             raise errors[0]
 
 
-def _stop_ids(tokenizer: Any, model: Any) -> list[int]:
+def _single_token(tokenizer: Any, token_id: int, texts: list[str]) -> bool:
+    """A stop id is only safe when it stands for a whole marker: a special token or a stop text."""
+    special = set(getattr(tokenizer, "all_special_ids", None) or [])
+    if token_id in special:
+        return True
+    try:
+        return tokenizer.decode([token_id]).strip() in texts
+    except Exception:  # pragma: no cover - exotic tokenizers
+        return False
+
+
+def generation_stop_ids(tokenizer: Any, template: str | None = "auto", model: Any = None) -> list[int]:
+    """The ids generation stops on: the template's end-of-turn token, the EOS, then the model's own.
+
+    A base model's EOS is often not the token that closes a chat turn (Qwen: ``<|endoftext|>`` vs
+    ``<|im_end|>``): stopping on the EOS alone lets the model write the next, made-up, user turn.
+    """
+    from sft_tui.core.data.profile import stop_strings, stop_token_ids
+
+    texts = stop_strings(tokenizer, template)
     ids: list[int] = []
-    cfg = getattr(model, "generation_config", None)
-    for value in (tokenizer.eos_token_id, getattr(cfg, "eos_token_id", None)):
+    eos = getattr(tokenizer, "eos_token_id", None)
+    for value in stop_token_ids(tokenizer, template):
+        # The profile takes the first token of the marker; when the tokenizer splits the marker
+        # into pieces that token is e.g. '<', and stopping on it would cut answers anywhere.
+        if isinstance(value, int) and value not in ids and (value == eos or _single_token(tokenizer, value, texts)):
+            ids.append(value)
+    cfg = getattr(model, "generation_config", None) if model is not None else None
+    for value in (eos, getattr(cfg, "eos_token_id", None)):
         for v in (value if isinstance(value, (list, tuple)) else [value]):
             if isinstance(v, int) and v not in ids:
                 ids.append(v)
     return ids
+
+
+def answer_stop_strings(tokenizer: Any, template: str | None = "auto") -> list[str]:
+    from sft_tui.core.data.profile import stop_strings
+
+    return [s for s in stop_strings(tokenizer, template) if s]
+
+
+def answer_only(text: str, stops: list[str]) -> str:
+    """The answer up to the first stop text, stripped: what is scored, shown and saved.
+
+    Whatever follows an end-of-turn marker (a made-up next turn) is not part of the answer.
+    """
+    cut = len(text)
+    for marker in stops:
+        if marker:
+            at = text.find(marker)
+            if 0 <= at < cut:
+                cut = at
+    return text[:cut].strip()
+
+
+class _StopCutter:
+    """Streams text up to the first stop text, holding back a tail that could begin one."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.buffer = ""
+        self.done = False
+
+    def feed(self, piece: str) -> str:
+        if self.done:
+            return ""
+        self.buffer += piece
+        cut = min((at for at in (self.buffer.find(s) for s in self.stops) if at >= 0), default=-1)
+        if cut >= 0:
+            out, self.buffer, self.done = self.buffer[:cut], "", True
+            return out
+        keep = 0
+        for marker in self.stops:  # the longest buffer tail that is the start of a marker
+            for n in range(min(len(marker) - 1, len(self.buffer)), keep, -1):
+                if self.buffer.endswith(marker[:n]):
+                    keep = n
+                    break
+        out = self.buffer[:len(self.buffer) - keep]
+        self.buffer = self.buffer[len(out):]
+        return out
+
+    def flush(self) -> str:
+        out, self.buffer = self.buffer, ""
+        return out
 
 
 _CACHE: dict[str, Any] = {}

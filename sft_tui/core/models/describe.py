@@ -211,12 +211,28 @@ def classify(cfg: dict[str, Any]) -> tuple[bool, str | None]:
 # --------------------------------------------------------------------------- parameters and layers
 
 
-def _from_headers(files: list[Path]) -> tuple[int, str | None, dict[str, LinearShape]]:
+_HEADS = ("lm_head.weight", "model.lm_head.weight")
+
+
+def _from_headers(files: list[Path], tied: bool | None = None) -> tuple[int, str | None, dict[str, LinearShape], bool]:
+    """Count from the safetensors headers, and say whether the head is tied.
+
+    A tied head saved as its own tensor anyway is the embedding again, so it is left out
+    (transformers loads it as one shared matrix). ``tied`` None (config.json does not say): tied
+    when the files hold an embedding but no head.
+    """
     total = 0
     dtype_elems: Counter[str] = Counter()
     linear: dict[str, LinearShape] = {}
-    for file in files:
-        for name, meta in read_safetensors_header(file).items():
+    headers = [read_safetensors_header(file) for file in files]
+    names = {name for header in headers for name in header}
+    has_embedding = any(n.endswith(("embed_tokens.weight", "wte.weight")) for n in names)
+    if tied is None:
+        tied = has_embedding and not any(n in names for n in _HEADS)
+    for header in headers:
+        for name, meta in header.items():
+            if tied and has_embedding and name in _HEADS:
+                continue
             shape = meta.get("shape") or []
             n = 1
             for d in shape:
@@ -228,7 +244,7 @@ def _from_headers(files: list[Path]) -> tuple[int, str | None, dict[str, LinearS
                     and any(p.isdigit() for p in parts[:-2]) and not _NOT_LINEAR.search(parts[-2])):
                 _add_linear(linear, parts[-2], int(shape[1]), int(shape[0]))
     top = dtype_elems.most_common(1)[0][0] if dtype_elems else None
-    return total, _ST_DTYPES.get(top, (top, 0))[0] if top else None, linear
+    return total, _ST_DTYPES.get(top, (top, 0))[0] if top else None, linear, tied
 
 
 def _add_linear(linear: dict[str, LinearShape], leaf: str, fan_in: int, fan_out: int) -> None:
@@ -241,11 +257,13 @@ def _add_linear(linear: dict[str, LinearShape], leaf: str, fan_in: int, fan_out:
         cur.params += fan_in * fan_out
 
 
-def _from_meta(path: Path, trust_remote_code: bool) -> tuple[int, dict[str, LinearShape]]:
-    """Build the model with no storage and count what it would hold.
+def _from_meta(path: Path, trust_remote_code: bool) -> tuple[int, dict[str, LinearShape], bool]:
+    """Build the model with no storage and count what it would hold; also whether the head is tied.
 
-    ``init_empty_weights`` puts parameters on the meta device; ``parameters()`` yields tied weights
-    once, so the count matches what the published figures and safetensors files report.
+    ``init_empty_weights`` puts parameters on the meta device. Built from a config alone, the output
+    head is not yet tied to the input embedding (transformers ties weights while loading them), so
+    it is tied here first: ``parameters()`` then yields the shared matrix once, and the count
+    matches what the published figures and safetensors files report (Qwen2.5-0.5B: 494M, not 630M).
     """
     import torch
     from accelerate import init_empty_weights
@@ -257,6 +275,13 @@ def _from_meta(path: Path, trust_remote_code: bool) -> tuple[int, dict[str, Line
         del config.quantization_config
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    try:
+        model.tie_weights()
+    except Exception:  # custom code without tying support: counted as built
+        pass
+    out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
+    tied = bool(out_emb is not None and in_emb is not None
+                and getattr(out_emb, "weight", None) is getattr(in_emb, "weight", False))
     total = sum(p.numel() for p in model.parameters())
     linear: dict[str, LinearShape] = {}
     try:
@@ -264,13 +289,12 @@ def _from_meta(path: Path, trust_remote_code: bool) -> tuple[int, dict[str, Line
         kinds: tuple[type, ...] = (torch.nn.Linear, Conv1D)
     except ImportError:  # pragma: no cover
         kinds = (torch.nn.Linear,)
-    out_emb = model.get_output_embeddings()
     for name, module in model.named_modules():
         if isinstance(module, kinds) and module is not out_emb and name:
             w = module.weight
             fan_out, fan_in = (w.shape[0], w.shape[1]) if isinstance(module, torch.nn.Linear) else (w.shape[1], w.shape[0])
             _add_linear(linear, name.split(".")[-1], int(fan_in), int(fan_out))
-    return int(total), linear
+    return int(total), linear, tied
 
 
 def _estimate_params(cfg: dict[str, Any]) -> int | None:
@@ -285,10 +309,31 @@ def _estimate_params(cfg: dict[str, Any]) -> int | None:
     kv = cfg.get("num_key_value_heads") or heads
     head_dim = cfg.get("head_dim") or h // heads
     attn = h * heads * head_dim * 2 + 2 * h * kv * head_dim
+    if cfg.get("attention_bias") or (cfg.get("attention_bias") is None and cfg.get("model_type") in _QKV_BIAS):
+        attn += heads * head_dim + 2 * kv * head_dim
     mlp = 3 * h * inter
     per_layer = attn + mlp + 2 * h
-    emb = vocab * h * (1 if cfg.get("tie_word_embeddings", False) else 2)
+    # A tied output head is the input embedding itself: counted once.
+    emb = vocab * h * (1 if _tied(cfg) else 2)
     return int(n_layers * per_layer + emb + h)
+
+
+# Model types whose attention has q/k/v biases without saying so in config.json.
+_QKV_BIAS = {"qwen2", "qwen2_moe", "qwen2_vl", "qwen2_5_vl"}
+
+
+def _says_tied(cfg: dict[str, Any], raw_cfg: dict[str, Any] | None = None) -> bool:
+    return "tie_word_embeddings" in cfg or "tie_word_embeddings" in (raw_cfg or {})
+
+
+def _tied(cfg: dict[str, Any], raw_cfg: dict[str, Any] | None = None) -> bool:
+    """tie_word_embeddings from the text config, else the top level. When neither says, the default
+    is the architecture's own (GPT-2 ties, Llama does not): building the model empty answers that,
+    and without it the head is counted (an estimate that errs towards more memory)."""
+    for source in (cfg, raw_cfg or {}):
+        if "tie_word_embeddings" in source:
+            return bool(source["tie_word_embeddings"])
+    return False
 
 
 def _linear_from_config(cfg: dict[str, Any]) -> dict[str, LinearShape]:
@@ -337,12 +382,14 @@ def describe_model(path_or_id: str | Path, *, require_causal: bool = True, allow
     source = "estimate"
     st_dtype: str | None = None
     linear: dict[str, LinearShape] = {}
+    tied = _tied(cfg, raw_cfg)
     if st_files and quant is None:
-        param_count, st_dtype, linear = _from_headers(st_files)
+        said = tied if _says_tied(cfg, raw_cfg) else None
+        param_count, st_dtype, linear, tied = _from_headers(st_files, said)
         source = "safetensors"
     if param_count is None or not linear:
         try:
-            meta_count, meta_linear = _from_meta(path, trust_remote_code)
+            meta_count, meta_linear, tied = _from_meta(path, trust_remote_code)
             if param_count is None:
                 param_count, source = meta_count, "meta"
             linear = linear or meta_linear
@@ -381,7 +428,7 @@ def describe_model(path_or_id: str | Path, *, require_causal: bool = True, allow
         intermediate_size=_first(cfg, "intermediate_size", "n_inner"),
         num_attention_heads=heads,
         num_key_value_heads=cfg.get("num_key_value_heads") or heads,
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        tie_word_embeddings=tied,
         not_causal_reason=why_not,
         warnings=warnings,
     )

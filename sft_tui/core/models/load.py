@@ -92,8 +92,10 @@ def resolve_model(name_or_path: str | Path, allow_download: bool = False, revisi
     if not text:
         raise UserError("No model given.", "use 'demo', a model folder, or a hub id such as Qwen/Qwen2.5-0.5B")
     if text == DEMO_MODEL:
-        from sft_tui.core.models.demo import ensure_demo_model
+        from sft_tui.core.models.demo import demo_model_dir, ensure_demo_model
 
+        if not (demo_model_dir() / "config.json").exists():
+            quiet_transformers()  # building it saves a model ("Writing model shards")
         return Path(ensure_demo_model(progress=progress))
     path = Path(text).expanduser()
     if path.exists():
@@ -165,6 +167,54 @@ def model_folder(config: "Config", progress: Callable[[str], None] | None = None
 
 # --------------------------------------------------------------------------- tokenizer
 
+# Model types transformers checks for the Mistral tokenizer regex flaw (tokenization_utils_tokenizers).
+_MISTRAL_TYPES = {"mistral", "mistral3", "voxtral", "ministral", "pixtral"}
+
+
+def quiet_transformers() -> None:
+    """transformers' tqdm bars ("Loading weights", "Writing model shards") would land on the user's
+    terminal, over the TUI and the CLI's own progress lines; sft-tui says what it loads itself.
+    Process-wide and left off on purpose: loads run in several threads."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def mistral_regex_flag(path: str | Path) -> bool | None:
+    """``fix_mistral_regex`` for a local folder, or None where transformers does not ask for it.
+
+    transformers warns (and tokenizes with a flawed split pattern) for a folder whose config.json
+    names a Mistral model type and a transformers version before 5. The fix swaps in the corrected
+    split regex, which only makes sense for a byte-level (tekken) tokenizer; a sentencepiece one
+    (Mistral 7B) has no such regex, and the fix would replace its pre-tokenizer, so there the flag
+    is False: no change, and no false warning.
+    """
+    import json
+
+    folder = Path(path)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or config.get("model_type") not in _MISTRAL_TYPES:
+        return None
+    version = str(config.get("transformers_version") or "0")
+    try:
+        from packaging.version import Version
+
+        if Version(version) >= Version("5.0.0"):
+            return None
+    except Exception:  # an unparsable version: transformers treats it like an old one
+        pass
+    try:
+        pre = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("pre_tokenizer")
+    except (OSError, ValueError, AttributeError):
+        return False
+    if not isinstance(pre, dict):
+        return False
+    parts = pre.get("pretokenizers") or [pre]
+    return any(isinstance(p, dict) and p.get("type") == "Split" for p in parts)
+
 
 def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False, revision: str | None = None,
                    what: str | None = None):
@@ -175,9 +225,14 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False, revisio
     """
     from transformers import AutoTokenizer
 
+    quiet_transformers()
+    kwargs: dict[str, Any] = {}
+    flag = mistral_regex_flag(path)
+    if flag is not None:
+        kwargs["fix_mistral_regex"] = flag
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code,
-                                                  revision=revision, local_files_only=hub_offline())
+                                                  revision=revision, local_files_only=hub_offline(), **kwargs)
     except (OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"could not load a tokenizer from {what or path}: {reason}",
@@ -219,9 +274,8 @@ def load_causal_lm(path: str | Path, config: "Config", dtype: Any, *, bits: int 
     """
     import torch
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # a tqdm bar on stderr would scribble over the TUI
+    quiet_transformers()
     kwargs: dict[str, Any] = dict(dtype=dtype, trust_remote_code=config.model.trust_remote_code,
                                   local_files_only=hub_offline(), revision=revision)
     if attn_implementation and attn_implementation != "auto":
