@@ -58,7 +58,7 @@ PROBE_TOOL = {"type": "function", "function": {
 
 
 def _stop_ids(tokenizer: Any, end_of_turn: str) -> list[int]:
-    """The token generation stops on: the first token of the end-of-turn text, then the EOS."""
+    """The tokens generation stops on: the end-of-turn marker when it is one token, then the EOS."""
     ids: list[int] = []
     text = end_of_turn.strip()
     if text:
@@ -66,7 +66,7 @@ def _stop_ids(tokenizer: Any, end_of_turn: str) -> list[int]:
             encoded = tokenizer(text, add_special_tokens=False)["input_ids"]
         except Exception:  # pragma: no cover - exotic tokenizers
             encoded = []
-        if encoded:
+        if len(encoded) == 1:  # a marker the vocabulary splits (<, |, eot…) is no token to stop on
             ids.append(int(encoded[0]))
     eos = getattr(tokenizer, "eos_token_id", None)
     for value in (eos if isinstance(eos, list) else [eos]):
