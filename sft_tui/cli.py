@@ -288,6 +288,72 @@ def _status(run: RunDir) -> Any:
         return RunStatus(name=run.name, state="unreadable")
 
 
+# The runs table's columns, and the order they give way in on a narrow terminal: the run name and
+# status are what every other command needs, so they are never dropped or shortened; the model and
+# method are usually in the name already.
+RUN_COLUMNS = ("run", "status", "model", "method", "step", "loss", "best eval", "started", "duration")
+RUN_COLUMNS_DROP_ORDER = ("method", "model", "started", "duration", "best eval", "loss", "step")
+
+
+def _run_cells(st: Any) -> dict[str, str]:
+    step = f"{st.step}/{st.max_steps}" if st.max_steps else str(st.step)
+    return {"run": st.name, "status": st.state, "model": str(st.model or "-"), "method": str(st.method or "-"),
+            "step": step, "loss": fixed(st.last_loss, ".4f"), "best eval": fixed(st.best_eval_loss, ".4f"),
+            "started": human_time(st.started), "duration": human_duration(st.duration)}
+
+
+def runs_plain(rows: list[dict[str, str]]) -> str:
+    """The runs as aligned plain text for a pipe or a file: every value in full, never cut or wrapped.
+
+    The run name and status come first and never hold a space, so ``awk '{print $1}'`` gives the names.
+    """
+    widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in RUN_COLUMNS}
+    lines = []
+    for r in [dict(zip(RUN_COLUMNS, RUN_COLUMNS))] + rows:
+        lines.append("  ".join(r[c].ljust(widths[c]) for c in RUN_COLUMNS).rstrip())
+    return "\n".join(lines)
+
+
+def runs_table(rows: list[dict[str, str]], width: int, target: Console | None = None) -> tuple[Table, list[str]]:
+    """The runs table for a terminal ``width`` columns wide, and the columns left out to fit it.
+
+    Less important columns give way first (RUN_COLUMNS_DROP_ORDER), each time trying the boxed
+    table and then a borderless one; the run name and status are always shown whole: at a width
+    too small even for them the name folds onto a second line rather than being cut with an ellipsis.
+    """
+    from rich import box
+    from rich.measure import Measurement
+
+    measure = target or Console(width=width, force_terminal=True)
+    options = measure.options.update_width(100_000)  # the table's natural width, not one clamped to the screen
+
+    def build(columns: list[str], compact: bool, fold: bool = False) -> Table:
+        table = (Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0)) if compact
+                 else Table())
+        for col in columns:
+            longest = max([len(col)] + [len(r[col]) for r in rows])
+            if fold and col == "run":
+                table.add_column(col, overflow="fold")
+            else:
+                table.add_column(col, no_wrap=True, min_width=longest)
+        for r in rows:
+            table.add_row(*[Text(r[c], style=STATE_STYLES.get(r[c], "")) if c == "status" else r[c]
+                            for c in columns])
+        return table
+
+    columns = list(RUN_COLUMNS)
+    hidden: list[str] = []
+    for drop in (None,) + RUN_COLUMNS_DROP_ORDER:
+        if drop is not None:
+            columns.remove(drop)
+            hidden.append(drop)
+        for compact in (False, True):
+            table = build(columns, compact)
+            if Measurement.get(measure, options, table).maximum <= width:
+                return table, hidden
+    return build(columns, True, fold=True), hidden
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     runs = list_runs(args.runs_dir)
     statuses = [_status(run) for run in runs]
@@ -300,19 +366,19 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not statuses:
         console.print("no runs yet; start one with: sft-tui train CONFIG")
         return 0
-    table = Table("run", "status", "model", "method", "step", "loss", "best eval", "started", "duration")
-    unreadable = [st for st in statuses if st.unreadable]
+    cells = [_run_cells(st) for st in statuses]
+    if console.is_terminal:
+        table, hidden = runs_table(cells, console.width, console)
+        console.print(table)
+        if hidden:
+            console.print(f"[dim]hidden at this width: {', '.join(c for c in RUN_COLUMNS if c in hidden)} "
+                          "(`sft-tui runs --json` has every field)[/]")
+    else:
+        print(runs_plain(cells), flush=True)
     for st in statuses:
-        step = f"{st.step}/{st.max_steps}" if st.max_steps else str(st.step)
-        table.add_row(
-            st.name, Text(st.state, style=STATE_STYLES.get(st.state, "")), st.model, st.method, step,
-            fixed(st.last_loss, ".4f"), fixed(st.best_eval_loss, ".4f"),
-            human_time(st.started), human_duration(st.duration),
-        )
-    console.print(table)
-    for st in unreadable:
-        err_console.print(f"note: {st.name}: {st.unreadable} line(s) of events.jsonl could not be read and were "
-                          "skipped", markup=False)
+        if st.unreadable:
+            err_console.print(f"note: {st.name}: {st.unreadable} line(s) of events.jsonl could not be read and were "
+                              "skipped", markup=False)
     return 0
 
 

@@ -106,3 +106,73 @@ def test_format_event_covers_every_type():
                                                              "method": "lora", "time": 0})
     assert "12 training rows" in format_event({"type": "data", "train_rows": 12, "eval_rows": 3, "time": 0})
     assert "50%" in format_event({"type": "progress", "stage": "tokenizing", "fraction": 0.5, "time": 0})
+
+
+# --------------------------------------------------------------------------- the table at any width
+
+LONG_NAMES = ["demo-lora-20240611-143015-a-long-descriptive-name", "qwen2.5-0.5b-instruct-qlora-20240611-150102"]
+
+
+@pytest.fixture
+def long_runs(tmp_path):
+    synthetic.write_run(tmp_path, LONG_NAMES[0], steps=20, eval_every=10)
+    synthetic.write_run(tmp_path, LONG_NAMES[1], steps=4, max_steps=20, final="stopped")
+    return tmp_path
+
+
+def terminal_output(monkeypatch, runs_dir, width: int) -> str:
+    """`sft-tui runs` as drawn on a terminal ``width`` columns wide (COLUMNS=width)."""
+    import io
+
+    from rich.console import Console
+
+    from sft_tui import cli
+
+    buf = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=buf, width=width, force_terminal=True, color_system=None,
+                                                highlight=False))
+    assert main(["--runs-dir", str(runs_dir), "runs"]) == 0
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("width", [120, 80, 60])
+def test_runs_table_keeps_whole_names_and_statuses_at_narrow_widths(monkeypatch, long_runs, width):
+    out = terminal_output(monkeypatch, long_runs, width)
+    lines = out.splitlines()
+    assert "…" not in out
+    assert all(len(line) <= width for line in lines)
+    for name, state in zip(LONG_NAMES, ["done", "stopped"]):
+        row = next(line for line in lines if name in line)  # the whole name on one line
+        assert state in row
+    if width < 100:
+        assert "hidden at this width:" in out and "--json" in out  # says what it left out and where it is
+
+
+def test_runs_table_at_80_columns_keeps_step_and_loss(monkeypatch, long_runs):
+    out = terminal_output(monkeypatch, long_runs, 80)
+    row = next(line for line in out.splitlines() if LONG_NAMES[1] in line)
+    assert "4/20" in row and "2.0203" in row
+    assert "hidden at this width: model, method, best eval, started, duration" in " ".join(out.split())
+
+
+def test_runs_table_too_narrow_for_a_name_folds_it_rather_than_cutting_it(monkeypatch, long_runs):
+    out = terminal_output(monkeypatch, long_runs, 40)
+    assert "…" not in out
+    lines = out.splitlines()
+    cut = lines[0].index("status")
+    run_column = "".join(line[:cut].strip() for line in lines[2:] if not line.startswith("hidden"))
+    for name in LONG_NAMES:
+        assert name in run_column
+
+
+def test_runs_piped_prints_every_value_in_full(long_runs, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "60")
+    assert main(["--runs-dir", str(long_runs), "runs"]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out and "┃" not in out
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["run", "status"] and "best eval" in lines[0] and "duration" in lines[0]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert set(rows) == set(LONG_NAMES)  # `awk '{print $1}'` gives the names
+    assert rows[LONG_NAMES[0]][1:6] == ["done", "demo", "lora", "20/20", "0.9803"]
+    assert rows[LONG_NAMES[1]][1] == "stopped"

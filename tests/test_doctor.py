@@ -34,7 +34,7 @@ def test_run_checks_covers_every_item():
         assert expected in names
     assert all(isinstance(c, Check) and c.detail for c in checks)
     hub = next(c for c in checks if c.name == "huggingface hub")
-    assert "offline" in hub.detail  # the test suite runs with HF_HUB_OFFLINE=1
+    assert hub.detail.startswith("not checked (offline mode set")  # the test suite runs with HF_HUB_OFFLINE=1
 
 
 def test_a_crashing_check_is_reported(monkeypatch):
@@ -112,3 +112,77 @@ def test_models_inspect_rejects_bert(tmp_path):
     args = parse("models", "inspect", str(folder))
     with pytest.raises(UserError, match="not a causal language model"):
         args.func(args)
+
+
+# --------------------------------------------------------------------------- the hub check is honest
+
+
+@pytest.fixture
+def online(monkeypatch):
+    """The hub check as on a machine where no offline variable is set (the suite sets HF_HUB_OFFLINE)."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "HTTPS_PROXY", "https_proxy",
+                "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+
+
+class _Conn:
+    def close(self):
+        pass
+
+
+def test_hub_not_checked_in_offline_mode(monkeypatch):
+    import socket
+
+    def never(*a, **k):
+        raise AssertionError("offline mode must not touch the network")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket, "create_connection", never)
+    check = doctor.check_hub()
+    assert check.ok is None and check.detail.startswith("not checked (offline mode set")
+
+
+def test_hub_unreachable_is_not_called_online(monkeypatch, online):
+    import socket
+
+    def no_network(address, timeout=None):
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    check = doctor.check_hub()
+    assert check.ok is None and check.detail.startswith("unreachable") and "huggingface.co" in check.detail
+    assert "online" not in check.detail and "HF_HUB_OFFLINE=1" in check.detail
+
+
+def test_hub_check_never_hangs(monkeypatch, online):
+    """A resolver that never answers: the check gives up after HUB_TIMEOUT (2 s), not the resolver's 10+ s."""
+    import socket
+    import threading
+    import time
+
+    release = threading.Event()
+    monkeypatch.setattr(socket, "create_connection", lambda address, timeout=None: (release.wait(30), _Conn())[1])
+    monkeypatch.setattr(doctor, "HUB_TIMEOUT", 0.3)
+    start = time.monotonic()
+    check = doctor.check_hub()
+    release.set()
+    assert time.monotonic() - start < 1.5
+    assert check.ok is None and "no answer within 0.3 s" in check.detail
+
+
+def test_hub_check_limit_is_about_two_seconds():
+    assert 0 < doctor.HUB_TIMEOUT <= 2.0
+
+
+def test_hub_reachable_names_where_it_connected(monkeypatch, online):
+    import socket
+
+    seen = []
+    monkeypatch.setattr(socket, "create_connection", lambda address, timeout=None: seen.append((address, timeout))
+                        or _Conn())
+    check = doctor.check_hub()
+    assert check.ok is True and check.detail.startswith("reachable (huggingface.co:443 answered in")
+    assert seen == [(("huggingface.co", 443), doctor.HUB_TIMEOUT)]
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
+    seen.clear()
+    assert doctor.check_hub().ok is True and seen[0][0] == ("proxy.corp", 3128)

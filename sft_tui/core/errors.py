@@ -2,6 +2,8 @@
 
 The CLI prints a UserError as "error: message / hint" with no traceback; the worker writes it as an
 ``error`` event; the TUI shows it in a panel. One classifier serves all three so the hints agree.
+Hints name config keys (``data.skip_bad_rows: true``); the app shows them through
+``sft_tui.core.hints.screen_hint``, which names the on-screen field instead.
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ def explain(exc: BaseException, disk: str | Path | None = None, details: str = W
         path = getattr(exc, "filename", None) or text
         return Explained("missing_file", f"File not found: {path}", "check the path in your config")
     if "nan" in low and "loss" in low:
-        return Explained("nan_loss", text, "lower training.learning_rate (try 10× smaller) or use precision: fp32")
+        return Explained("nan_loss", text,
+                         "lower training.learning_rate (try 10× smaller) or set training.precision: fp32")
     if name in ("OSError", "HFValidationError", "RepositoryNotFoundError", "LocalEntryNotFoundError") and (
         "does not appear to have" in low or "is not a local folder" in low or "offline" in low or "repository" in low
     ):

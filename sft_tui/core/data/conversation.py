@@ -91,7 +91,8 @@ _HINTS = {
     "render_mismatch": "the template's generation prompt ends where the answer's first token begins; "
                        "usually harmless for a few rows, a template problem for all",
     "no_stop_token": "the model may not learn to stop: check the chat template's end of turn",
-    "too_long": "raise data.max_length, or set data.truncation",
+    "too_long": "raise data.max_length so the whole row fits; data.truncation says whether a longer row is cut "
+                "(truncate) or left out (drop)",
 }
 
 

@@ -36,12 +36,27 @@ class DataReport:
     def rows_bad(self) -> int:
         return self.rows - self.rows_ok
 
+    @property
+    def unreadable(self) -> int:
+        """Lines the loader could not parse: never among ``rows``, but read and left out all the same."""
+        return self.problems.counts.get("bad_json", 0)
+
+    @property
+    def read(self) -> int:
+        """Rows and unreadable lines: what a person counts in the file."""
+        return self.rows + self.unreadable
+
+    @property
+    def left_out(self) -> int:
+        """Everything read that will not be trained on, unreadable lines included."""
+        return self.rows_bad + self.unreadable
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "paths": self.paths, "format": self.format, "confidence": round(self.confidence, 3),
             "reason": self.reason, "columns": self.columns, "template": self.template,
             "tokenizer": self.tokenizer, "line_kind": self.line_kind, "rows": self.rows,
-            "rows_ok": self.rows_ok, "rows_bad": self.rows_bad, "examples": self.examples, "roles": self.roles,
+            "rows_ok": self.rows_ok, "rows_bad": self.rows_bad, "read": self.read, "left_out": self.left_out, "examples": self.examples, "roles": self.roles,
             "template_notes": self.template_notes, "train_rows": self.train_rows,
             "eval_rows": self.eval_rows, "problems": self.problems.to_dict(), "stats": self.stats,
             "samples": self.samples, "warnings": self.warnings, "from_cache": self.from_cache,

@@ -128,15 +128,85 @@ def check_disk(runs_dir: str | Path | None = None) -> Check:
     return Check("disk", True, detail)
 
 
+HUB_TIMEOUT = 2.0  # seconds: the whole reachability check (DNS included) never takes longer
+
+
+def _hub_address() -> tuple[str, int, str]:
+    """(host, port, what) to open a TCP connection to: the hub endpoint, or the HTTPS proxy on the way to it."""
+    from urllib.parse import urlsplit
+
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    hub = urlsplit(endpoint if "://" in endpoint else "https://" + endpoint)
+    host = hub.hostname or "huggingface.co"
+    port = hub.port or (80 if hub.scheme == "http" else 443)
+    proxy = (os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or os.environ.get("ALL_PROXY")
+             or os.environ.get("all_proxy") or "")
+    no_proxy = os.environ.get("NO_PROXY") or os.environ.get("no_proxy") or ""
+    skip = any(part.strip() and (part.strip() == "*" or host.endswith(part.strip().lstrip(".")))
+               for part in no_proxy.split(","))
+    if proxy and not skip:
+        p = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        if p.hostname:
+            return p.hostname, p.port or 8080, f"{host} via proxy {p.hostname}:{p.port or 8080}"
+    return host, port, f"{host}:{port}"
+
+
+def hub_reachable(timeout: float | None = None) -> tuple[bool, str]:
+    """(reachable, detail): a TCP connection to the hub (or its proxy), name lookup included, within ``timeout``.
+
+    The lookup has no timeout of its own (a resolver with no network can take 10 s or more), so the
+    check runs in a daemon thread and is abandoned when the time is up.
+    """
+    import socket
+    import threading
+    import time
+
+    timeout = HUB_TIMEOUT if timeout is None else timeout
+    host, port, what = _hub_address()
+    result: list[tuple[bool, str]] = []
+
+    def probe() -> None:
+        start = time.monotonic()
+        try:
+            conn = socket.create_connection((host, port), timeout=timeout)
+        except socket.gaierror as exc:
+            result.append((False, f"{what}: the name does not resolve ({exc.strerror or exc})"))
+        except OSError as exc:
+            result.append((False, f"{what}: {exc.strerror or exc.__class__.__name__}"))
+        except Exception as exc:  # noqa: BLE001 - a check never raises
+            result.append((False, f"{what}: {exc.__class__.__name__}: {exc}"))
+        else:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+            result.append((True, f"{what} answered in {(time.monotonic() - start) * 1000:.0f} ms"))
+
+    thread = threading.Thread(target=probe, name="sft-tui-hub-check", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not result:
+        return False, f"{what}: no answer within {timeout:g} s"
+    return result[0]
+
+
 def check_hub() -> Check:
     from sft_tui.core.models.load import hf_cache_dir, hub_offline
 
     cache = hf_cache_dir()
     where = f"cache {cache}" + ("" if cache.exists() else " (not created yet)")
     if hub_offline():
-        return Check("huggingface hub", None, f"offline (HF_HUB_OFFLINE set): only local and cached models; {where}")
+        var = next((v for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+                    if os.environ.get(v, "").strip().lower() in ("1", "on", "yes", "true")), "HF_HUB_OFFLINE")
+        return Check("huggingface hub", None, f"not checked (offline mode set: {var}): only local and "
+                                              f"cached models; {where}")
+    reachable, detail = hub_reachable()
+    if not reachable:
+        return Check("huggingface hub", None, f"unreachable ({detail}): only local and cached models work; "
+                                              f"set HF_HUB_OFFLINE=1 so nothing waits on the network; {where}")
     token = bool(os.environ.get("HF_TOKEN")) or (cache.parent / "token").exists()
-    return Check("huggingface hub", True, f"online mode; {where}; {'token found' if token else 'no token (gated models need `hf auth login`)'}")
+    login = "token found" if token else "no token (gated models need `hf auth login`)"
+    return Check("huggingface hub", True, f"reachable ({detail}); {where}; {login}")
 
 
 def check_libraries() -> Check:
