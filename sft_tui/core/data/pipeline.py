@@ -173,6 +173,8 @@ class _RowProcessor:
             problems[j].extend(lints[k])
             if orig[k] > kept[k]:
                 msg = f"{int(orig[k])} tokens > max_length {data.max_length}"
+                if trained[k] and data.truncation != "drop":
+                    msg += ": the last answer is cut, its end-of-turn not trained"
                 if data.truncation == "drop":
                     keep[k] = False
                 elif trained[k] == 0:
