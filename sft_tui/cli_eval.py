@@ -2,7 +2,9 @@
 
 Registered into the main parser by ``sft_tui.cli``. Handlers return the exit code and raise
 ``UserError`` for problems the user can fix (printed as "error: … / hint: …", exit 2).
-``eval --json`` prints the saved result (the same JSON as ``RUN/eval/*.json``); it is an API.
+``eval --json`` prints the saved result (the same JSON as ``RUN/eval/*.json``, verdict included); it is
+an API, and so are ``eval --gate``'s exit codes: 0 when the tuned model is clearly better than the
+base, 1 when it is not, 2 for a usage error.
 """
 
 from __future__ import annotations
@@ -35,6 +37,18 @@ def _progress_printer(quiet: bool):
     return progress
 
 
+def _once_each():
+    """A progress printer that says each message once (loading steps may report the same one twice)."""
+    seen: set[str] = set()
+
+    def say(message: str) -> None:
+        if message not in seen:
+            seen.add(message)
+            _err(message)
+
+    return say
+
+
 def _gen_settings(args: argparse.Namespace):
     from sft_tui.core.eval.generate import GenSettings
 
@@ -44,30 +58,50 @@ def _gen_settings(args: argparse.Namespace):
 # --------------------------------------------------------------------------- eval
 
 
+VERDICT_STYLE = {"better": "bold green", "worse": "bold red", "mixed": "bold yellow", "unclear": "bold yellow",
+                 "unknown": "bold yellow"}
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    from sft_tui.core.eval.evaluate import evaluate_run
+    from sft_tui.core.errors import UserError
+    from sft_tui.core.eval.evaluate import evaluate_run, latest_result
     from sft_tui.core.run.rundir import find_run
 
+    if args.gate and args.no_base:
+        raise UserError("--gate compares the tuned model with the base, and --no-base skips the base",
+                        "drop --no-base to gate on the verdict")
     run = find_run(args.run, args.runs_dir)
-    which = ("tuned",) if args.no_base else ("base", "tuned")
-    result = evaluate_run(run, data_path=args.data, limit=args.limit, which=which, settings=_gen_settings(args),
-                          source=args.source, batch_size=args.batch_size, loss_limit=args.loss_limit,
-                          progress=_progress_printer(args.json or args.quiet), name=args.name)
+    if args.last:
+        result = latest_result(run)
+        if result is None:
+            raise UserError(f"run {run.name} has no saved evaluation in {run.path / 'eval'}",
+                            f"evaluate it first: sft-tui eval {run.name}")
+    else:
+        which = ("tuned",) if args.no_base else ("base", "tuned")
+        result = evaluate_run(run, data_path=args.data, limit=args.limit, which=which, settings=_gen_settings(args),
+                              source=args.source, batch_size=args.batch_size, loss_limit=args.loss_limit,
+                              progress=_progress_printer(args.json or args.quiet), name=args.name)
+    verdict = result.get_verdict(run)  # saved with the result; computed now for an older file
+    code = (0 if verdict.better else 1) if args.gate else 0
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
-        return 0
+        return code
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console(highlight=False)
     table = Table(title=f"{run.name}: base vs tuned ({result.source})", title_justify="left")
-    for i, col in enumerate(result.columns()):
+    for i, col in enumerate(result.columns(verdict)):
         table.add_column(col, justify="left" if i == 0 else "right")
-    for label, cells in result.table():
+    for label, cells in result.table(verdict):
         table.add_row(label, *cells)
     console.print(table)
     console.print(f"data: {result.data}; loss over {result.rows_loss} rows, generation on "
                   f"{result.rows_generated} rows; {result.seconds:.1f} s", markup=False)
+    console.print(Text.assemble(("verdict: ", "bold"), (verdict.line, VERDICT_STYLE.get(verdict.decision, "bold"))))
+    for warning in verdict.warnings:
+        console.print(Text.assemble(("warning: ", "bold yellow"), warning["text"]))
     for sample in result.samples[: args.show]:
         console.print(f"\n[bold]prompt[/]: {sample['prompt']}")
         console.print(f"  reference: {sample['reference']}", markup=False)
@@ -75,7 +109,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             if name in sample:
                 console.print(f"  {name:>9}: {sample[name]}", markup=False)
     console.print(f"\nsaved: {result.path}", markup=False)
-    return 0
+    if args.gate:
+        console.print(f"gate: {'passed' if code == 0 else 'failed'} (exit {code}: the tuned model is "
+                      f"{'' if code == 0 else 'not '}clearly better than the base)", markup=False)
+    return code
 
 
 # --------------------------------------------------------------------------- chat
@@ -89,7 +126,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     settings = _gen_settings(args)
     which = "base" if args.base else "tuned"
     interactive = sys.stdin.isatty()
-    pair = load_pair(run, args.source, progress=None if not interactive else (lambda m: _err(m)))
+    pair = load_pair(run, args.source, progress=_once_each() if interactive else None)
     if interactive:
         _err(f"chatting with the {which} model of {run.name}; one prompt a line (\\n for a newline), "
              "Ctrl-D or /quit to leave")
@@ -196,7 +233,8 @@ def register(sub: Any) -> None:
         p.set_defaults(func=func)
         return p
 
-    p = add("eval", cmd_eval, "evaluate a run against its base model: loss, perplexity, ROUGE-L, BLEU, exact match")
+    p = add("eval", cmd_eval, "evaluate a run against its base model: loss, perplexity, ROUGE-L, BLEU, exact match, "
+            "and a verdict (is the tuned model better, by how much, with paired bootstrap intervals)")
     p.add_argument("run", help="run name or folder")
     p.add_argument("--data", help="evaluate on this file instead of the run's held-out rows")
     p.add_argument("--limit", type=int, default=50, help="rows to generate answers for (default 50; 0 skips generation)")
@@ -205,7 +243,12 @@ def register(sub: Any) -> None:
     p.add_argument("--no-base", action="store_true", help="evaluate only the tuned model")
     p.add_argument("--name", help="save as eval/NAME.json (default: a timestamp)")
     p.add_argument("--show", type=int, default=3, help="sample answers to print (default 3)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON (progress is not printed)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON, verdict included "
+                   "(progress is not printed)")
+    p.add_argument("--gate", action="store_true", help="exit 0 when the tuned model is clearly better than the base "
+                   "(the verdict), 1 when it is not (worse, mixed or no clear difference): for scripts and CI")
+    p.add_argument("--last", action="store_true", help="show (and --gate on) the latest saved evaluation "
+                   "instead of evaluating again")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     _add_gen_args(p, 64)
 

@@ -95,6 +95,16 @@ def test_eval_metrics_computed_and_saved(run, result):
     assert latest_result(run).path == result.path
     assert len(saved["samples"]) == 16 and {"prompt", "reference", "base", "tuned"} <= set(saved["samples"][0])
     assert result.stages[-1] == ("done", 1.0)
+    # Per-row scores and losses are kept (the verdict's evidence) and add up to the table's numbers.
+    for name in ("base", "tuned"):
+        rows, metrics = saved["per_row"][name], result.models[name]
+        assert len(rows["loss_sum"]) == len(rows["loss_tokens"]) == 200
+        assert sum(rows["loss_tokens"]) == metrics["trained_tokens"]
+        assert sum(rows["loss_sum"]) / sum(rows["loss_tokens"]) == pytest.approx(metrics["eval_loss"], rel=1e-6)
+        assert len(rows["rouge_l"]) == len(rows["exact_match"]) == len(rows["stopped"]) == len(rows["bleu_stats"]) == 16
+        assert sum(rows["rouge_l"]) / 16 == pytest.approx(metrics["rouge_l"])
+    assert all(saved["per_row"]["tuned"]["stopped"])  # tuned answers end on the end-of-turn token
+    assert saved["verdict"]["line"] == result.verdict["line"]
 
 
 def test_tuned_beats_base_on_held_out_rows(result):
@@ -105,6 +115,23 @@ def test_tuned_beats_base_on_held_out_rows(result):
     assert tuned["bleu"] > base["bleu"]
     table = dict(result.table())
     assert table["exact match"][2].endswith("✓") and table["eval loss"][2].endswith("✓")
+    verdict = result.get_verdict()
+    assert verdict.decision == "better", verdict.line
+    assert verdict.line.startswith("Tuned is better than base on 4 of 4 metrics: ROUGE-L +")
+    assert "(n=16 rows; loss on 200 rows; paired bootstrap 95%)" in verdict.line
+    assert dict(result.table(verdict))["eval loss"][3].startswith("[−")  # the interval column
+
+
+def test_generation_says_which_answers_never_stopped(pair):
+    from sft_tui.core.eval.generate import GenSettings
+
+    prompts = [pair.render("Read the review and give its sentiment and topic.\n\nThe soup was cold."),
+               pair.render("hi")]
+    flags: list[bool] = []
+    short = pair.generate("tuned", prompts, GenSettings(max_new_tokens=3), stopped=flags)
+    assert flags == [False, False] and all(short)  # cut at 3 tokens: no end-of-turn token yet
+    pair.generate("tuned", prompts[:1], GenSettings(max_new_tokens=24), stopped=flags)
+    assert flags == [True]
 
 
 def test_loss_counts_only_trained_tokens(pair):
@@ -238,9 +265,14 @@ def test_compare_streams_both_and_keeps_history(run, pair):
 def test_cli_eval_json(run, pair, capsys):
     from sft_tui.cli import main
 
-    assert main(["eval", str(run.path), "--json", "--limit", "4", "--max-new-tokens", "14", "--loss-limit", "20"]) == 0
+    assert main(["eval", str(run.path), "--json", "--limit", "4", "--max-new-tokens", "14", "--loss-limit", "20",
+                 "--gate"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["rows_generated"] == 4 and data["rows_loss"] == 20
+    # The loss on 20 rows is a clear win; 4 generated rows are too few to call one on the answers.
+    assert data["verdict"]["decision"] == "better" and data["verdict"]["better"] is True
+    assert "too few rows to tell on ROUGE-L" in data["verdict"]["line"]
+    assert [w["kind"] for w in data["verdict"]["warnings"]] == ["few_rows"]
     assert data["models"]["tuned"]["rouge_l"] > data["models"]["base"]["rouge_l"]
     assert (run.path / "eval").is_dir() and data["path"].endswith(".json")
 
@@ -252,6 +284,7 @@ def test_cli_eval_table_and_unknown_run(run, pair, capsys):
                  "--no-base", "-q"]) == 0
     out = capsys.readouterr().out
     assert "exact match" in out and "tuned" in out and "saved:" in out
+    assert "verdict: No verdict: the base model was not evaluated" in out
     assert main(["eval", "no-such-run"]) == 2
     assert "no run named" in capsys.readouterr().err
 
@@ -277,3 +310,23 @@ def test_cli_chat_with_piped_stdin(run, pair, capsys, monkeypatch):
     base_answer = capsys.readouterr().out.strip()
     assert base_answer and not base_answer.startswith("Sentiment:")
     assert len(load_history(run)) == before + 2
+
+
+def test_cli_chat_says_each_loading_step_once(run, pair, capsys, monkeypatch):
+    """At a terminal, chat reports what it loads, each step once."""
+    from sft_tui.cli import main
+    from sft_tui.core.eval import generate
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    def no_more_input(prompt: str = "") -> str:
+        raise EOFError
+
+    monkeypatch.setattr(generate, "_CACHE", {})  # a fresh load, so the loading steps are reported
+    monkeypatch.setattr("sys.stdin", Terminal(""))
+    monkeypatch.setattr("builtins.input", no_more_input)
+    assert main(["chat", str(run.path)]) == 0
+    steps = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("loading", "attaching"))]
+    assert steps[0] == "loading the tokenizer" and len(steps) == len(set(steps)) >= 3, steps

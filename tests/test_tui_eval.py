@@ -60,6 +60,90 @@ async def test_evaluate_screen_runs_an_evaluation_and_shows_base_vs_tuned(run):
         assert float(tuned_em.rstrip("%")) > float(base_em.rstrip("%"))
         assert "saved" in str(screen.query_one("#eval-status").render())
         assert list((run.path / "eval").glob("eval-*.json"))
+        # The verdict: the loss over 200 rows is a clear win, six generated rows are too few to call one.
+        verdict = screen.query_one("#eval-verdict")
+        assert str(verdict.render()).startswith("Verdict: Tuned is better than base on 1 of 4 metrics: eval loss −")
+        assert "too few rows to tell on ROUGE-L" in str(verdict.render()) and verdict.has_class("-better")
+        assert "Only 6 rows generated" in str(screen.query_one("#eval-warnings").render())
+        assert len(screen.query(".example")) == 6
+
+
+def _shown(screen, widget):
+    """The part of ``widget`` on screen: its region clipped by every scrolling container and the screen."""
+    from textual.errors import NoWidget
+    from textual.geometry import Region
+
+    try:
+        geometry = screen.find_widget(widget)
+    except NoWidget:
+        return Region()
+    return geometry.region.intersection(geometry.clip).intersection(screen.region)
+
+
+async def test_every_example_is_reachable_by_keyboard_at_80x24(tmp_path):
+    """At 80×24 the examples box is reached by Tab and scrolled by End / PageDown / Down until the
+    last row's tuned answer is on screen, whole; the verdict sits above the table, warnings under it."""
+    from textual.containers import VerticalScroll
+
+    from test_verdict import write_evaluated_run
+
+    run = write_evaluated_run(tmp_path / "runs")
+    app = _app(run, "evaluate")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _wait_workers(pilot, app)
+        screen = app.screen
+        verdict = str(screen.query_one("#eval-verdict").render())
+        assert verdict.startswith("Verdict: Tuned is better than base on 4 of 4 metrics")
+        assert screen.query_one("#eval-verdict").has_class("-better")
+        assert "Overfitting" in str(screen.query_one("#eval-warnings").render())
+        box = screen.query_one("#eval-examples", VerticalScroll)
+        examples = list(box.query(".example"))
+        assert len(examples) == 12
+        last = examples[-1]
+        text = str(last.render())
+        assert "tuned: Sentiment: positive. Topic: movie. Sentiment" in text and "did not stop" in text
+        assert _shown(screen, last).area == 0  # below the fold at first
+        for _ in range(8):
+            if app.focused is box:
+                break
+            await pilot.press("tab")
+        assert app.focused is box, app.focused
+        await pilot.press("end")
+        await pilot.pause()
+        assert _shown(screen, last) == last.region and last.region.area > 0  # whole, tuned answer included
+        assert _shown(screen, box) == box.region  # and the box itself fits the screen
+        await pilot.press("home")
+        await pilot.pause()
+        assert _shown(screen, examples[0]).area > 0 and _shown(screen, last).area == 0
+        await pilot.press("down")
+        await pilot.pause()
+        assert box.scroll_y == 1
+        for _ in range(30):
+            await pilot.press("pagedown")
+            await pilot.pause()
+            if _shown(screen, last) == last.region:
+                break
+        assert _shown(screen, last) == last.region
+
+
+async def test_an_evaluation_saved_before_verdicts_gets_one(tmp_path):
+    """An older eval file (no per-row scores, no verdict): weighed in the background from its answers."""
+    import json
+
+    from test_verdict import write_evaluated_run
+
+    run = write_evaluated_run(tmp_path / "runs")
+    path = run.path / "eval" / "eval-example.json"
+    data = json.loads(path.read_text())
+    del data["per_row"], data["verdict"]
+    path.write_text(json.dumps(data))
+    app = _app(run, "evaluate")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await _wait_workers(pilot, app)
+        verdict = str(app.screen.query_one("#eval-verdict").render())
+        assert verdict.startswith("Verdict: Tuned is better than base on 3 of 4 metrics: ROUGE-L +0.92 [")
+        assert "not weighed: eval loss −0.88 (no interval: per-row losses not saved)" in verdict
+        assert len(app.screen.query(".example")) == 12
 
 
 async def test_playground_streams_base_and_tuned_answers(run, monkeypatch):

@@ -14,7 +14,7 @@ from typing import Any
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal
+from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select, Static, TabbedContent, TabPane
 
@@ -35,13 +35,23 @@ held-out rows (the ones training left out), and generates answers for up to *row
 with ROUGE-L, BLEU and exact match against the reference answers. The table shows base and tuned
 side by side; each evaluation is saved in the run folder as `eval/eval-TIME.json`.
 
+The **verdict** above the table says whether the tuned model is better than the base on these rows,
+on which metrics and by how much, each difference with a 95% interval from a paired bootstrap over
+the rows: a metric counts only when its interval excludes zero and it rests on at least 10 rows, and
+"better" needs one clear win and no clear loss. Warnings under it flag an overfit run (final train
+loss far below the eval loss), one answer given to different prompts, and answers that never stop.
+
+**Examples** below the table hold every evaluated row (prompt, reference, base and tuned answer):
+**Tab** to the box, then **↓ ↑ PgDn PgUp Home End** scroll it.
+
 **Playground tab** (**Ctrl+T** switches tabs) — type a prompt and press **Enter**: the base model's
 and the tuned model's answers stream into the two panes, with the chat template applied exactly as
 in training. Max new tokens, temperature (0 = greedy) and top-p are editable; **Escape** stops
 generating. Write `\\n` for a line break inside the prompt. Every exchange is kept in
 `chat/history.jsonl` in the run folder.
 
-From the command line: `sft-tui eval RUN`, `sft-tui chat RUN [--base]`.
+From the command line: `sft-tui eval RUN` (`--gate` exits 0 only when the tuned model is better),
+`sft-tui chat RUN [--base]`.
 """
 
 
@@ -56,6 +66,14 @@ class EvalProgress(Message):
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, EvalProgress)
+
+
+class VerdictReady(Message):
+    """A verdict computed in the background for a result saved without one."""
+
+    def __init__(self, result: Any, verdict: Any) -> None:
+        super().__init__()
+        self.result, self.verdict = result, verdict
 
 
 class EvalDone(Message):
@@ -114,8 +132,14 @@ class EvaluateScreen(StepScreen):
                     yield Button("Evaluate (Ctrl+R)", id="eval-start", variant="primary")
                 yield ProgressBar(total=1.0, id="eval-progress", show_eta=False)
                 yield Static("", id="eval-status", markup=False)
+                yield Static("", id="eval-verdict", markup=False)
+                yield Static("", id="eval-warnings", markup=False)
                 yield DataTable(id="eval-table", cursor_type="row", zebra_stripes=True)
-                yield Static("", id="eval-sample", markup=False)
+                examples = VerticalScroll(id="eval-examples")
+                examples.border_title = "Examples"
+                examples.can_focus = True
+                with examples:
+                    yield Static("", id="eval-sample", markup=False)
             with TabPane("Playground", id="tab-play"):
                 with Horizontal(id="play-settings"):
                     yield Label("max new tokens", classes="field-label")
@@ -182,27 +206,92 @@ class EvaluateScreen(StepScreen):
     def _set_status(self, text: str) -> None:
         self.query_one("#eval-status", Static).update(text)
 
-    def _fill_table(self, result: Any) -> None:
+    def _fill_table(self, result: Any, verdict: Any = None, examples: bool = True) -> None:
         self.result = result
+        if result is not None and verdict is None and isinstance(result.verdict, dict):
+            verdict = result.get_verdict()
         table = self.query_one("#eval-table", DataTable)
         table.clear(columns=True)
-        sample = self.query_one("#eval-sample", Static)
+        self._show_verdict(result, verdict)
         if result is None:
             table.add_columns("metric", "base", "tuned", "change")
-            sample.update("")
+            self._show_examples(None)
             return
-        rows = result.table()
+        rows = result.table(verdict)
         # Explicit widths: the table is filled after the columns exist, so size them to the content.
-        for i, column in enumerate(result.columns()):  # a tuned-only evaluation has no base column
+        for i, column in enumerate(result.columns(verdict)):  # a tuned-only evaluation has no base column
             width = max([len(column)] + [len(label if i == 0 else cells[i - 1]) for label, cells in rows if i == 0 or i - 1 < len(cells)])
             table.add_column(column, width=width)
         for label, cells in rows:
             table.add_row(label, *cells)
-        if result.samples:
-            s = result.samples[0]
-            lines = [f"example — prompt: {s['prompt']}", f"  reference: {s['reference']}"]
-            lines += [f"  {w:>9}: {s[w]}" for w in ("base", "tuned") if w in s]
-            sample.update("\n".join(lines))
+        if examples:
+            self._show_examples(result)
+        if verdict is None and {"base", "tuned"} <= set(result.models):
+            self._compute_verdict(result, self.selected_run())
+
+    def _show_verdict(self, result: Any, verdict: Any) -> None:
+        line = self.query_one("#eval-verdict", Static)
+        warnings = self.query_one("#eval-warnings", Static)
+        line.remove_class("-better", "-worse", "-unclear")
+        if result is None:
+            line.update("")
+            warnings.update("")
+            line.display = warnings.display = False
+            return
+        line.display = True
+        if verdict is None:
+            pending = {"base", "tuned"} <= set(result.models)
+            line.update("Verdict: weighing the evidence…" if pending else
+                        "Verdict: none — only the tuned model was evaluated, so there is nothing to compare.")
+            line.add_class("-unclear")
+            warnings.display = False
+            return
+        line.update(f"Verdict: {verdict.line}")
+        line.add_class({"better": "-better", "worse": "-worse"}.get(verdict.decision, "-unclear"))
+        warnings.update("\n".join(f"⚠ {w['text']}" for w in verdict.warnings))
+        warnings.display = bool(verdict.warnings)
+
+    def _show_examples(self, result: Any) -> None:
+        """Every evaluated row, whole and wrapped, in a box the keyboard can scroll."""
+        from rich.text import Text
+
+        box = self.query_one("#eval-examples", VerticalScroll)
+        sample = self.query_one("#eval-sample", Static)
+        box.remove_children(".example")
+        samples = [x for x in result.samples if isinstance(x, dict)] if result is not None else []
+        box.display = bool(samples)
+        if not samples:
+            sample.update("")
+            return
+        n = len(samples)
+        box.border_title = f"Examples: {n} rows, base vs tuned"
+        box.border_subtitle = "Tab here, then ↓ ↑ PgDn End"
+        stopped = ((result.per_row or {}).get("tuned") or {}).get("stopped") or []
+        cap = (result.settings or {}).get("max_new_tokens")
+        sample.update("Every evaluated row: the prompt, the reference answer and each model's answer, whole.")
+        widgets = []
+        for i, s in enumerate(samples):
+            text = Text()
+            text.append(f"#{i + 1} of {n}", style="bold")
+            if s.get("line"):
+                text.append(f"  (line {s['line']} of the data)", style="dim")
+            for label, key in (("prompt", "prompt"), ("reference", "reference"), ("base", "base"), ("tuned", "tuned")):
+                if key in s:
+                    text.append(f"\n{label:>9}: ", style="bold")
+                    text.append(str(s[key]).replace("\n", "\n" + " " * 11))  # a prompt's own lines stay indented
+            if i < len(stopped) and not stopped[i]:
+                text.append(f"\n           (did not stop: ran to the {cap or 'max'}-token cap)", style="italic")
+            widgets.append(Static(text, classes="example"))
+        box.mount_all(widgets)
+        box.scroll_home(animate=False)
+
+    @background(group="verdict", description="weigh an older evaluation's evidence (paired bootstrap)")
+    def _compute_verdict(self, result: Any, run: RunDir | None) -> VerdictReady:
+        return VerdictReady(result, result.get_verdict(run))
+
+    def on_verdict_ready(self, message: VerdictReady) -> None:
+        if message.result is self.result:
+            self._fill_table(message.result, message.verdict, examples=False)
 
     def action_evaluate(self) -> None:
         run = self.selected_run()
@@ -245,7 +334,10 @@ class EvaluateScreen(StepScreen):
         return EvalDone(result)
 
     def work_failed(self, worker: Any) -> None:
-        if worker.group == "evaluate":
+        if worker.group == "verdict":
+            self._show_verdict(self.result, None)
+            self.query_one("#eval-verdict", Static).update("Verdict: could not be computed (see the error)")
+        elif worker.group == "evaluate":
             self.on_eval_done(EvalDone(error="see the error"))
         elif worker.group == "playground":
             self.on_gen_done(GenDone(None, "see the error"))

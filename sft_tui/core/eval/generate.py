@@ -262,14 +262,20 @@ class ModelPair:
         return kwargs
 
     def generate(self, which: str, texts: list[str], settings: GenSettings | None = None,
-                 batch_size: int = 8, progress: Callable[[int, int], None] | None = None) -> list[str]:
-        """Answers for rendered prompt texts, batched with left padding (longest first)."""
+                 batch_size: int = 8, progress: Callable[[int, int], None] | None = None,
+                 stopped: list[bool] | None = None) -> list[str]:
+        """Answers for rendered prompt texts, batched with left padding (longest first).
+
+        ``stopped``, when given, is filled with one flag per text: whether the answer ended on a
+        stop token or stop text (False: it ran to ``max_new_tokens``, the answer never stopped).
+        """
         import torch
 
         settings = (settings or GenSettings()).validated()
         encoded = [self.encode(t) for t in texts]
         order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
         answers: list[str] = [""] * len(texts)
+        ended: list[bool] = [False] * len(texts)
         pad = self.tokenizer.pad_token_id
         done = 0
         for start in range(0, len(order), batch_size):
@@ -287,10 +293,22 @@ class ModelPair:
                                      **self._gen_kwargs(settings))
             for row, i in enumerate(idx):
                 answers[i] = self.decode_answer(out[row, longest:].tolist())
+                ended[i] = self._ended(out[row, longest:].tolist(), settings.max_new_tokens)
             done += len(idx)
             if progress:
                 progress(done, len(texts))
+        if stopped is not None:
+            stopped[:] = ended
         return answers
+
+    def _ended(self, ids: list[int], max_new_tokens: int) -> bool:
+        """An answer ended when it holds a stop token or a stop text, or is shorter than the cap
+        (a batch runs on until its last sequence ends; the finished ones are padded)."""
+        stops = set(self.stop_ids)
+        if any(token in stops for token in ids) or len(ids) < max_new_tokens:
+            return True
+        text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        return any(marker and marker in text for marker in self.stop_texts)
 
     def decode_answer(self, ids: list[int]) -> str:
         """The answer alone: up to the first stop token (a sequence in a batch runs on, or pads,
