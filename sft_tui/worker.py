@@ -32,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     write_pid(run)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     writer = run.writer()
+    # The first sign of life, before anything slow (torch, transformers, a first demo build): the run
+    # says what it is doing from its first second; the recipe reports each later stage the same way.
+    from sft_tui.core.train.recipe import STAGE_WORKER, StageProgress
+
+    stages = StageProgress(writer)
+    stages(STAGE_WORKER, 0.0)
 
     # Commands are read from here on, before anything slow: a stop sent while the model loads counts.
     from sft_tui.core.train.control import ControlWatcher, StopHandle
@@ -55,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         watcher.start()
         from sft_tui.core.train.recipe import run_training
 
-        state = run_training(run, resume=args.resume, watcher=watcher)
+        state = run_training(run, resume=args.resume, watcher=watcher, stages=stages)
     except BaseException as exc:  # noqa: BLE001 - every failure must become an event
         return _failed(run, writer, exc, watcher)
     finally:

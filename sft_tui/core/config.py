@@ -232,9 +232,16 @@ def choices(key: str, auto: bool = True) -> tuple[Any, ...]:
 # --------------------------------------------------------------------------- presets
 
 PRESETS: dict[str, dict[str, Any]] = {
+    # 60 steps at the usual LoRA rate (2e-4) barely move a model: on the demo the tuned answers were
+    # still reviews and Evaluate showed ROUGE-L and BLEU falling. At 1e-3 (high, but for 60 steps and
+    # warmed up over 6) the same steps teach the demo's task: eval loss 1.45 -> 0.20, ROUGE-L 0.02 ->
+    # 0.83, BLEU 0.3 -> 80, exact match 0% -> 38% (seed 42, 50 rows; tests/test_demo_wins.py).
     "quick-test": {
-        "_about": "A few minutes on any machine: check the pipeline end to end before a real run.",
-        "training": {"epochs": 1.0, "max_steps": 60, "logging_steps": 2, "save_steps": 30, "eval_steps": 30},
+        "_about": "A few minutes on any machine (the demo model: under a minute on a CPU): 60 steps at a high "
+                  "learning rate, so even a short run shows what training does. Check the pipeline end to end "
+                  "before a real run.",
+        "training": {"epochs": 1.0, "max_steps": 60, "learning_rate": 1e-3, "warmup_ratio": 0.1,
+                     "logging_steps": 2, "save_steps": 30, "eval_steps": 30},
         "data": {"max_length": 256},
         "method": {"lora_r": 8, "lora_alpha": 16},
     },

@@ -8,6 +8,13 @@ what SFT is for.
 
 The build is deterministic and cached under ``cache_dir()/demo-model/<version>``; concurrent
 builders (tests, a CLI and the TUI) each build into a temporary folder and rename it into place.
+
+It runs on one torch thread: at this size (hidden 128) a second thread buys little on an idle
+machine, and on a busy 2-core one two threads were measured 7x slower per step (1.38 s vs 0.20 s),
+which is what stretched the build past four minutes. One thread also keeps the arithmetic, and so
+the built weights, the same on every machine. Measured on 2 cores shared with other jobs: 67-80 s
+at a load average of 2-3, 133 s at 5 (``BUILD_ESTIMATE`` is what the UI should say beforehand); the
+progress callbacks report each stage and the share of pre-training steps done, with the time left.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from typing import Callable
 from sft_tui.core.paths import cache_dir, sample_data_dir
 
 # Bump when anything below changes the built model, so old caches are not reused.
-BUILD_VERSION = "5"
+BUILD_VERSION = "6"
 
 VOCAB_SIZE = 1024
 HIDDEN = 128
@@ -33,8 +40,9 @@ HEADS = 4
 KV_HEADS = 2
 INTERMEDIATE = 352
 CONTEXT = 512
-PRETRAIN_SECONDS_CAP = 240.0  # safety net only: a fixed step count keeps the build deterministic
+PRETRAIN_SECONDS_CAP = 600.0  # safety net only: a fixed step count keeps the build deterministic
 PRETRAIN_STEPS = 400
+PROGRESS_EVERY = 20  # a text message every this many pre-training steps (5%); fractions go out every step
 PRETRAIN_SEQ = 96
 PRETRAIN_BATCH = 16
 
@@ -52,7 +60,11 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# What the UI may say before the build starts (measured on 2 shared CPU cores, see the docstring).
+BUILD_ESTIMATE = "about 1-2 minutes on a CPU"
+
 Progress = Callable[[str], None]
+Fraction = Callable[[float], None]  # share of the build done, 0..1 (pre-training steps dominate)
 
 
 def _sample_files() -> list[Path]:
@@ -76,15 +88,20 @@ def is_built() -> bool:
     return (demo_model_dir() / "config.json").exists()
 
 
-def ensure_demo_model(progress: Progress | None = None, force: bool = False) -> Path:
-    """Return the demo model folder, building it first if needed (~20 s on 2 CPU cores)."""
+def ensure_demo_model(progress: Progress | None = None, force: bool = False,
+                      fraction: Fraction | None = None) -> Path:
+    """Return the demo model folder, building it first if needed (``BUILD_ESTIMATE``).
+
+    ``progress`` gets a line of text per stage and every ``PROGRESS_EVERY`` pre-training steps (with
+    the share done and the time left); ``fraction`` gets the share of the build done after every step.
+    """
     target = demo_model_dir()
     if (target / "config.json").exists() and not force:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
-        build_demo_model(tmp, progress=progress)
+        build_demo_model(tmp, progress=progress, fraction=fraction)
         if force and target.exists():
             shutil.rmtree(target, ignore_errors=True)
         try:
@@ -183,16 +200,35 @@ def _pretrain_text(tokenizer) -> list[str]:
     return docs
 
 
-def build_demo_model(out_dir: Path, progress: Progress | None = None) -> Path:
+def build_demo_model(out_dir: Path, progress: Progress | None = None, fraction: Fraction | None = None) -> Path:
     """Build tokenizer and model into ``out_dir`` (deterministic given the sample data)."""
+    say = progress or (lambda msg: None)
+    done = fraction or (lambda f: None)
+    done(0.0)
+    say("loading torch")
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see the module docstring: faster on a busy machine, same bits everywhere
+    try:
+        return _build(out_dir, say, done)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(out_dir: Path, say: Progress, done: Fraction) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    say = progress or (lambda msg: None)
+    from sft_tui.core.models.load import quiet_transformers
+
+    quiet_transformers()  # its "Writing model shards" bar would land between our own progress lines
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     say("training the demo tokenizer on the sample data")
     tokenizer = build_tokenizer(_corpus_texts())
+    done(TOKENIZER_SHARE)
 
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -212,24 +248,33 @@ def build_demo_model(out_dir: Path, progress: Progress | None = None) -> Path:
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     say(f"pre-training a {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M-parameter Llama on plain review text")
-    _pretrain(model, tokenizer, say)
+    _pretrain(model, tokenizer, say, done)
     torch.random.set_rng_state(generator_state)
 
+    say("saving the demo model")
     model.config.use_cache = True
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    # Generation ends at the end of the turn, and at the end of a document: pre-training separates
+    # documents with <|endoftext|>, so the base model (and a lightly tuned one) writes it after an
+    # answer and then a made-up next chat; stopping there is what real models' generation configs do.
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|endoftext|>")]
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     (out_dir / "README.md").write_text(
         "# sft-tui demo model\n\nA tiny Llama-architecture causal LM and byte-level BPE tokenizer built by "
-        "`sft_tui.core.models.demo` from the bundled sample data, pre-trained for a few seconds on plain review "
+        "`sft_tui.core.models.demo` from the bundled sample data, pre-trained for a minute or two on plain review "
         "text. For trying sft-tui and for tests, not for real use.\n",
         encoding="utf-8",
     )
+    done(1.0)
     return out_dir
 
 
-def _pretrain(model, tokenizer, say: Progress) -> None:
+TOKENIZER_SHARE = 0.03  # of the build's fraction; pre-training takes the rest up to SAVE_SHARE
+SAVE_SHARE = 0.99
+
+
+def _pretrain(model, tokenizer, say: Progress, done: Fraction) -> None:
     import torch
 
     ids: list[int] = []
@@ -253,10 +298,20 @@ def _pretrain(model, tokenizer, say: Progress) -> None:
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        if step % 50 == 0 or step == PRETRAIN_STEPS - 1:
-            say(f"pre-training step {step + 1}/{PRETRAIN_STEPS}, loss {loss.item():.2f}")
+        steps = step + 1
+        done(TOKENIZER_SHARE + (SAVE_SHARE - TOKENIZER_SHARE) * steps / PRETRAIN_STEPS)
+        if steps == 1 or steps % PROGRESS_EVERY == 0 or steps == PRETRAIN_STEPS:
+            elapsed = time.monotonic() - start
+            left = elapsed / steps * (PRETRAIN_STEPS - steps)
+            say(f"pre-training step {steps}/{PRETRAIN_STEPS} ({100 * steps / PRETRAIN_STEPS:.0f}%), "
+                f"loss {loss.item():.2f}" + (f", about {_seconds(left)} left" if steps < PRETRAIN_STEPS else ""))
         if time.monotonic() - start > PRETRAIN_SECONDS_CAP:
             # A slow machine still gets a usable (if weaker) model instead of a long wait.
             say(f"pre-training stopped at the {PRETRAIN_SECONDS_CAP:.0f} s cap")
             break
     model.eval()
+
+
+def _seconds(value: float) -> str:
+    value = max(int(round(value)), 1)
+    return f"{value} s" if value < 90 else f"{value // 60} min {value % 60:02d} s"

@@ -7,18 +7,68 @@ imported inside functions so importing this module stays cheap.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sft_tui.core.config import Config, Environment
+from sft_tui.core.config import DEMO_MODEL, Config, Environment
 from sft_tui.core.errors import UserError
 from sft_tui.core.models.load import load_causal_lm, load_tokenizer, model_folder
 from sft_tui.core.run.rundir import RunDir
 
 if TYPE_CHECKING:
+    from sft_tui.core.run.events import EventWriter
     from sft_tui.core.train.control import ControlWatcher
     from sft_tui.core.train.fastpaths import FastPaths
+
+# The stages a run reports as ``progress`` events before training (``stage``, ``fraction`` 0..1), so
+# ``sft-tui logs`` and the monitor say what a run is doing from its first second, not just "starting".
+STAGE_WORKER = "starting the worker"
+STAGE_LIBRARIES = "loading the training libraries"
+STAGE_DEMO = "building the demo model (first use only)"
+STAGE_MODEL = "loading the model"
+
+
+class StageProgress:
+    """Writes ``progress`` events: every change of stage and every finished stage at once, and
+    within a stage at most one a second (a demo build reports after each of its 400 steps)."""
+
+    def __init__(self, writer: "EventWriter", every: float = 1.0) -> None:
+        self.writer, self.every = writer, every
+        self.stage: str | None = None
+        self.fraction = -1.0
+        self.last = 0.0
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        now = time.monotonic()
+        fraction = round(min(max(float(fraction), 0.0), 1.0), 4)
+        if stage == self.stage and fraction == self.fraction:
+            return  # nothing new (a stage's end reported twice)
+        if stage != self.stage or fraction >= 1.0 or now - self.last >= self.every:
+            self.stage, self.fraction, self.last = stage, fraction, now
+            self.writer.write("progress", stage=stage, fraction=fraction)
+
+
+# A CPU model this small gains little from a second torch thread, and on a busy machine two threads
+# fight over the cores: quick-test on the demo model took 158 s with torch's default two threads and
+# 24 s with one, on 2 cores shared with other jobs. Larger models keep torch's default.
+SMALL_CPU_MODEL_PARAMS = 20_000_000
+
+
+def pin_cpu_threads(total_params: int, device: "Device") -> str | None:
+    """One torch thread for a small model on CPU, unless the user chose a count; returns what it did."""
+    if device.kind != "cpu" or total_params >= SMALL_CPU_MODEL_PARAMS:
+        return None
+    if any(os.environ.get(var) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")):
+        return None
+    import torch
+
+    if torch.get_num_threads() <= 1:
+        return None
+    torch.set_num_threads(1)
+    return (f"CPU: training this {total_params / 1e6:.2f}M-parameter model on one torch thread (a second thread "
+            "only adds contention at this size); set OMP_NUM_THREADS to choose")
 
 
 @dataclass
@@ -53,7 +103,10 @@ def build_model(config: Config, path: str, device: Device, precision: str, attn_
     ``attn_implementation`` is the fast-path decision (``fastpaths.decide``); the config's value by default.
     """
     import torch
+    from transformers import set_seed
 
+    # The adapter's initial weights come from the global RNG: seeded, a run is repeatable.
+    set_seed(config.training.seed)
     method = config.method
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     if config.model.dtype != "auto":
@@ -201,17 +254,50 @@ def mfu_basis(config: Config, model, data, total_params: int, device: Device) ->
     return flops_per_token(total_params, config.method.type, layers, hidden, seq, emb), peak
 
 
-def run_training(run: RunDir, resume: bool = False, watcher: "ControlWatcher | None" = None) -> str:
+def resolve_base(config: Config, writer: "EventWriter", stages: StageProgress, device: Device,
+                 precision: str) -> str:
+    """The base model's folder, with the ``loading`` status (carrying that folder) written as early as
+    it is known: the demo model's folder is known before it is built, so a first run reports the
+    build (``progress`` events with the share of pre-training steps done) under ``loading``."""
+    from sft_tui.core.models.load import quiet_transformers
+
+    def log(msg: str) -> None:
+        writer.write("log", level="info", msg=msg)
+
+    if config.model.path == DEMO_MODEL:
+        from sft_tui.core.models.demo import demo_model_dir, ensure_demo_model, is_built
+
+        path = str(demo_model_dir())
+        writer.status("loading", device=device.kind, precision=precision, model_path=path)
+        if not is_built():
+            quiet_transformers()
+            stages(STAGE_DEMO, 0.0)
+            path = str(ensure_demo_model(progress=log, fraction=lambda f: stages(STAGE_DEMO, f)))
+            stages(STAGE_DEMO, 1.0)
+        stages(STAGE_MODEL, 0.0)
+        return path
+    stages(STAGE_MODEL, 0.0)
+    path = model_folder(config, progress=log)
+    # The resolved folder, not just a hub id: what this run was trained from, exactly.
+    writer.status("loading", device=device.kind, precision=precision, model_path=path)
+    return path
+
+
+def run_training(run: RunDir, resume: bool = False, watcher: "ControlWatcher | None" = None,
+                 stages: StageProgress | None = None) -> str:
     """Train the run's config; returns the final state ('done' or 'stopped'). Raises on failure.
 
     ``watcher`` is the worker's control watcher (it has been reading control.json since the worker
-    started); without one, commands are read from the first training step on.
+    started); without one, commands are read from the first training step on. ``stages`` writes the
+    ``progress`` events of the start (the worker passes the one it wrote its first event with).
     """
+    writer = run.writer()
+    stages = stages or StageProgress(writer)
+    stages(STAGE_LIBRARIES, 0.0)  # importing transformers and torch takes seconds on a busy machine
     from sft_tui.core.train import faults
     from sft_tui.core.train.callback import EventCallback
     from sft_tui.core.train.control import ControlWatcher, StopHandle
 
-    writer = run.writer()
     config = run.load_config()
     watcher = watcher or ControlWatcher(run, writer, StopHandle(), run.control_seq())
     from sft_tui.core.train.fastpaths import set_alloc_conf
@@ -232,11 +318,10 @@ def run_training(run: RunDir, resume: bool = False, watcher: "ControlWatcher | N
             writer.write("log", level="warning", msg=f"{moved.name} is incomplete ({why}), resuming from "
                          f"{plan.checkpoint.name}; the partial folder was moved to {moved.parent.name}/")
     faults.install(writer)
+    stages(STAGE_LIBRARIES, 1.0)
 
     precision = resolve_precision(config, device)
-    path = model_folder(config, progress=lambda msg: writer.write("log", level="info", msg=msg))
-    # The resolved folder, not just 'demo' or a hub id: what this run was trained from, exactly.
-    writer.status("loading", device=device.kind, precision=precision, model_path=path)
+    path = resolve_base(config, writer, stages, device, precision)
     tokenizer = load_tokenizer(path, trust_remote_code=config.model.trust_remote_code, what=repr(config.model.path))
     if plan is not None and plan.finish_only:
         from sft_tui.core.train.resume import finish_from_checkpoint
@@ -254,22 +339,18 @@ def run_training(run: RunDir, resume: bool = False, watcher: "ControlWatcher | N
         writer.write("log", level="warning", msg=warning)
     model = build_model(config, path, device, precision, fast.attn_implementation)
     trainable, total = _count_params(model)
+    stages(STAGE_MODEL, 1.0)
     writer.write("log", level="info", msg=f"model {config.model.path}: {total / 1e6:.2f}M parameters, "
                  f"{trainable / 1e6:.3f}M trainable ({100 * trainable / max(total, 1):.2f}%)",
                  trainable_params=trainable, total_params=total)
+    threads = pin_cpu_threads(total, device)
+    if threads:
+        writer.write("log", level="info", msg=threads)
 
     writer.status("tokenizing")
     from sft_tui.core.data import prepare_datasets
 
-    last = [0.0]
-
-    def progress(stage: str, fraction: float) -> None:
-        now = time.monotonic()
-        if fraction >= 1.0 or now - last[0] > 1.0:
-            last[0] = now
-            writer.write("progress", stage=stage, fraction=round(float(fraction), 4))
-
-    data = prepare_datasets(data_config_for(config, fast), tokenizer, progress=progress)
+    data = prepare_datasets(data_config_for(config, fast), tokenizer, progress=stages)
     for warning in data.warnings:
         writer.write("log", level="warning", msg=warning)
     writer.write("data", **_data_summary(data))
