@@ -244,7 +244,8 @@ async def test_a_chosen_format_without_its_columns_shows_the_problem(setup_env, 
         assert detected.has_class("bad")
         text = text_of(pilot, "#detected")
         assert "alpaca" in text and "instruction" in text and "output" in text, text
-        assert "map them with data.columns" in text, text
+        # in the screen's words: the field to use and where it is, not the config key
+        assert "map them with 'column mapping' on the Data screen's Mapping tab" in text, text
         assert "set the format or the mapping" in text_of(pilot, "#preview-summary")
 
 

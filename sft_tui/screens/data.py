@@ -13,7 +13,10 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select, Static, Switch, TabbedContent, TabPane
 
+from sft_tui.widgets.toggle import Toggle
+
 from sft_tui.core.config import choices
+from sft_tui.core.hints import screen_hint
 from sft_tui.core.setup import presenters as P
 from sft_tui.screens.base import StepScreen
 from sft_tui.screens.work import background
@@ -35,9 +38,11 @@ Choose the **training data** and check that it is read the way you mean.
 * **Mapping** tab: which column feeds each field of the format (e.g. a CSV with `question`/`answer`
   is alpaca with instruction ← question and output ← answer).
 * **Rows** tab: ↑/↓ through the rows; below, the **rendered training text** of the highlighted row:
-  dim text is the prompt (masked, not trained), coloured text is what the model learns, with counts.
+  dim text is the prompt (masked, not trained); **bold underlined** text is what the model learns,
+  with counts.
 * **Tokenize** tab (**Ctrl+T**): tokenizes every row in the background and shows the length
-  histogram, truncated rows, padding waste and problems with their line numbers.
+  histogram, truncated rows, padding waste and problems with their line numbers. A line that
+  cannot be read at all (bad JSON) is counted out of the usable rows and named at the top.
 """
 
     BINDINGS = [
@@ -49,16 +54,22 @@ Choose the **training data** and check that it is read the way you mean.
     DEFAULT_CSS = """
     DataScreen .data-row { height: 1; margin: 0 1; }
     DataScreen .data-row Label { width: 7; }
+    DataScreen #format-row { height: auto; }
     DataScreen #data-path { width: 1fr; }
     DataScreen #data-sample { width: 30; margin-left: 1; }
     DataScreen #data-format { width: 22; }
-    DataScreen #detected { width: 1fr; margin-left: 1; }
+    /* The detection and the lines that could not be read, wrapped: cut at 80 columns, they were lost. */
+    DataScreen #detected { width: 1fr; height: auto; margin-left: 1; }
     DataScreen #detected.bad { color: $error; }
     DataScreen TabbedContent { height: 1fr; }
     DataScreen TabPane { padding: 0 1; }
     DataScreen #rows { height: 1fr; min-height: 4; }
-    DataScreen #preview-summary { height: 1; color: $text-muted; }
-    DataScreen #preview { height: 45%; border-top: solid $panel-lighten-2; }
+    DataScreen #preview-summary { height: auto; max-height: 2; color: $text-muted; }
+    /* Scrollable text areas show focus with a bar on the left (kept blank otherwise: nothing moves). */
+    DataScreen #preview { height: 45%; border-top: solid $panel-lighten-2; padding-left: 1; }
+    DataScreen #preview:focus { border-top: solid $primary; border-left: thick $primary; padding-left: 0; }
+    DataScreen #stats { padding-left: 1; }
+    DataScreen #stats:focus { border-left: thick $primary; padding-left: 0; }
     DataScreen #mapping-fields { height: auto; }
     DataScreen .map-row { height: 1; margin-bottom: 1; }
     DataScreen .map-row Label { width: 18; }
@@ -123,6 +134,8 @@ Choose the **training data** and check that it is read the way you mean.
         self.tokenizer_error: str = ""
         self._loaded_path: Any = None
         self._mapping_sig: tuple = ()
+        self._status_parts: list[tuple[str, str]] = []
+        self._status_width = 0
 
     # ------------------------------------------------------------------ layout
     def compose_body(self) -> ComposeResult:
@@ -134,7 +147,7 @@ Choose the **training data** and check that it is read the way you mean.
                         id="data-path", compact=True)
             yield Select(samples, prompt="samples…", id="data-sample", compact=True,
                          value=data.path if data.path in {v for _, v in samples} else Select.NULL)
-        with Horizontal(classes="data-row"):
+        with Horizontal(classes="data-row", id="format-row"):
             yield Label("format")
             yield Select([(f, f) for f in choices("data.format")], value=data.format, allow_blank=False,
                          id="data-format", compact=True)
@@ -145,7 +158,8 @@ Choose the **training data** and check that it is read the way you mean.
                 yield Static("", id="preview-summary")
                 yield VerticalScroll(Static("", id="preview-text"), id="preview")
             with TabPane("Mapping", id="tab-mapping"):
-                with VerticalScroll():
+                with VerticalScroll(id="mapping-scroll") as mapping:
+                    mapping.can_focus = False  # its fields take the focus and scroll it; no blind stop
                     yield Static("Which column feeds each field of the format (* = required):", classes="muted")
                     yield Vertical(id="mapping-fields")
                     with Horizontal(classes="map-row"):
@@ -158,7 +172,7 @@ Choose the **training data** and check that it is read the way you mean.
                                     id="data-system", compact=True)
                     with Horizontal(classes="map-row"):
                         yield Label("skip bad rows")
-                        yield Switch(data.skip_bad_rows, id="data-skip")
+                        yield Toggle(data.skip_bad_rows, id="data-skip", animate=False)
             with TabPane("Tokenize", id="tab-tokenize"):
                 with Horizontal(id="tokenize-row"):
                     yield Button("Tokenize", id="tokenize", variant="primary", compact=True)
@@ -215,7 +229,12 @@ Choose the **training data** and check that it is read the way you mean.
                 resolved = resolve_columns(loaded.dataset.column_names, data.columns)
             except UserError:
                 resolved = {}
-            reason = exc.message + (f" — {exc.hint}" if exc.hint else "")
+            reason = screen_hint(exc.message)
+            if data.format == "auto":  # the fix is on this screen: say where, not "in the config"
+                reason += (" — or choose the format above" if "Mapping tab" in reason
+                           else " — choose the format above, or map the columns in the Mapping tab")
+            elif exc.hint:
+                reason += f" — {screen_hint(exc.hint)}"
             return Detection("unknown", 0.0, reason, resolved)
 
     def work_failed(self, worker: Any) -> None:
@@ -231,7 +250,7 @@ Choose the **training data** and check that it is read the way you mean.
         if message.loaded is None:
             self.loaded, self.rows, self.detection = None, [], None
             self.query_one("#rows", DataTable).clear(columns=True)
-            self._status(message.message + (f" — {message.hint}" if message.hint else ""), True)
+            self._status(message.message + (f" — {screen_hint(message.hint)}" if message.hint else ""), True)
             self.query_one("#preview-text", Static).update("")
             self.query_one("#preview-summary", Static).update("")
             return
@@ -255,18 +274,34 @@ Choose the **training data** and check that it is read the way you mean.
         self.detection = detection
         total = len(self.loaded.dataset) if self.loaded is not None else 0
         if detection.format == "unknown":
-            self._status(detection.reason, True)
+            parts = [(detection.reason, "")]
         else:
             how = "→ " if self.session.config.data.format == "auto" else ""
-            self._status(f"{how}{detection.format} ({detection.confidence:.0%} sure) · {total} rows · "
-                         f"{detection.reason}", False)
+            parts = [(f"{how}{detection.format} ({detection.confidence:.0%} sure) · {total} rows", ""),
+                     (f" · {detection.reason}", "dim")]
+        skipped = P.skipped_lines_text(self.loaded.problems) if self.loaded is not None else ""
+        if skipped:  # where the eye is: under the format, before any tab, named by line
+            parts.append((f"\n⚠ {skipped}", f"bold {self.app.current_theme.error or 'red'}"))
+        self._status(parts, detection.format == "unknown")
         self.call_after_refresh(self._rebuild_mapping)
         self._preview_highlighted()
 
-    def _status(self, text: str, bad: bool) -> None:
+    def _status(self, text: str | list[tuple[str, str]], bad: bool) -> None:
+        """The line under the path: (words, style) parts, wrapped, long paths shortened to fit."""
+        self._status_parts = [(text, "")] if isinstance(text, str) else text
         label = self.query_one("#detected", Static)
         label.set_class(bad, "bad")
-        label.update(Text(text))
+        self._draw_status()
+
+    def _draw_status(self) -> None:
+        label = self.query_one("#detected", Static)
+        width = label.content_region.width or max(20, self.size.width - 32)
+        self._status_width = width
+        label.update(Text.assemble(*((P.fit_paths(words, width), style) for words, style in self._status_parts)))
+
+    def on_resize(self) -> None:
+        if self._status_parts and self.query_one("#detected", Static).content_region.width != self._status_width:
+            self._draw_status()
 
     def redetect(self) -> None:
         if self.loaded is not None:
@@ -291,8 +326,20 @@ Choose the **training data** and check that it is read the way you mean.
         sig = (fmt, tuple(columns), tuple(sorted(values.items())))
         if sig == self._mapping_sig:
             return
+        same_fields = sig[:2] == self._mapping_sig[:2]
         self._mapping_sig = sig
         box = self.query_one("#mapping-fields", Vertical)
+        selects = {select.name: select for select in box.query(Select)}
+        if same_fields and all(name in selects for name, _ in fields):
+            # Only the values moved (the user just chose one): update the dropdowns in place, so the one
+            # in use keeps the focus. Rebuilding them threw it to the top of the screen.
+            for name, _ in fields:
+                value = values[name] if values[name] in columns else ""
+                if selects[name].value != value:
+                    selects[name].value = value
+            return
+        focused = self.focused
+        focused_name = focused.name if isinstance(focused, Select) and box in focused.ancestors else None
         await box.remove_children()
         widgets = []
         options = [(NONE, "")] + [(c, c) for c in columns]
@@ -302,6 +349,9 @@ Choose the **training data** and check that it is read the way you mean.
                             compact=True, id=f"map-{name}")
             widgets.append(Horizontal(Label(f"{name}{' *' if required else ''}"), select, classes="map-row"))
         await box.mount_all(widgets)
+        if focused_name is not None:  # the format changed under it: the same field, else the first
+            again = box.query(f"#map-{focused_name}")
+            (again.first() if again else box.query(Select).first()).focus()
 
     # ------------------------------------------------------------------ tokenizer and preview (workers)
     def load_tokenizer(self) -> None:
@@ -350,11 +400,13 @@ Choose the **training data** and check that it is read the way you mean.
         row, view = message.row, message.view
         where = f"line {row.get('__line__')}: " if row.get("__line__") is not None else ""
         summary = Text(where + view.summary, style="red" if view.error else "")
-        if not view.error:
-            summary.append("   ")
-            summary.append("prompt (masked)", style=self._masked_style)
-            summary.append(" · ")
-            summary.append("trained", style=self._trained_style)
+        if not view.error:  # the legend: a style a colour-blind eye or a monochrome terminal tells apart
+            legend = Text.assemble(("dim: prompt, masked", self._masked_style), " · ",
+                                   ("bold underlined: trained", self._trained_style))
+            width = self.query_one("#preview-summary", Static).content_region.width or self.size.width
+            # beside the counts when both fit, else on a line of its own (never split mid-legend)
+            summary.append("   " if len(summary) + 3 + len(legend) <= width else "\n")
+            summary.append_text(legend)
         self.query_one("#preview-summary", Static).update(summary)
         text = Text()
         for chunk, trained in view.segments:
@@ -363,16 +415,30 @@ Choose the **training data** and check that it is read the way you mean.
 
     @property
     def _trained_style(self) -> str:
-        return f"bold {self.app.current_theme.success or 'green'}"
+        """What the model learns: bold, underlined and in the theme's success colour."""
+        return f"bold underline {self.app.current_theme.success or 'green'}"
 
     @property
     def _masked_style(self) -> str:
-        theme = self.app.current_theme
-        return f"{theme.secondary or 'blue'}"
+        """The prompt (masked): dim ordinary text — never a second shade of the trained colour."""
+        return "dim"
 
     # ------------------------------------------------------------------ tokenize (worker)
+    def show_tab(self, tab: str) -> None:
+        """Show a tab; when the focus is in another tab's pane, it moves into this one. Left in a pane
+        that gets hidden, Textual hands the focus to a neighbour there, whose pane then took the tab
+        back: Ctrl+T did nothing from the rows table."""
+        tabs = self.query_one("#data-tabs", TabbedContent)
+        tabs.active = tab
+        focused = self.focused
+        if focused is None or not any(isinstance(a, TabPane) and a.id != tab for a in focused.ancestors):
+            return
+        target = {"tab-rows": "#rows", "tab-tokenize": "#tokenize"}.get(tab)
+        widget = self.query_one(target) if target else self.query_one(f"#{tab}").query(".map-select, Select").first()
+        widget.focus()
+
     def action_tokenize(self) -> None:
-        self.query_one("#data-tabs", TabbedContent).active = "tab-tokenize"
+        self.show_tab("tab-tokenize")
         self.query_one("#tokenize-progress", ProgressBar).update(progress=0)
         self.query_one("#stats-text", Static).update("tokenizing…")
         config = self.session.config.model_copy(deep=True)
@@ -411,7 +477,7 @@ Choose the **training data** and check that it is read the way you mean.
 
     def on_data_screen_tokenized(self, message: Tokenized) -> None:
         if message.report is None:
-            hint = f"\n\nWhat to do: {message.hint}" if message.hint else ""
+            hint = f"\n\nWhat to do: {screen_hint(message.hint)}" if message.hint else ""
             self.query_one("#stats-text", Static).update(Text(message.message + hint, style="red"))
             return
         report = message.report
@@ -420,23 +486,29 @@ Choose the **training data** and check that it is read the way you mean.
         self.query_one("#stats-text", Static).update(self.report_text(report))
 
     def report_text(self, report: Any) -> Text:
+        """The headline, then the problems (where the eye is, not below the histogram), then the rest."""
+        theme = self.app.current_theme
+        error, warning, success = theme.error or "red", theme.warning or "yellow", theme.success or "green"
+        headline, *details = P.report_lines(report)
+        problems = P.problem_lines(report)
         text = Text()
-        for line in P.report_lines(report):
+        text.append(headline + "\n", style=f"bold {error}" if P.rows_with_problems(report) else "bold")
+        if problems:
+            text.append("problems\n", style="bold")
+            for line in problems:
+                text.append(line + "\n", style=error if not line.startswith(" ") else "")
+        for line in details:
             text.append(line + "\n")
         bars = P.histogram_lines(report.stats, width=max(10, self.size.width - 40))
         if bars:
             text.append("\nlength histogram (tokens)\n", style="bold")
             for line in bars:
                 text.append(line + "\n")
-        problems = P.problem_lines(report)
-        text.append("\nproblems\n", style="bold")
-        if problems:
-            for line in problems:
-                text.append(line + "\n", style="red" if not line.startswith(" ") else "")
-        else:
-            text.append("none\n", style="green")
-        for warning in report.warnings:
-            text.append(f"note: {warning}\n", style="yellow")
+        if not problems:
+            text.append("\nproblems: ", style="bold")
+            text.append("none\n", style=success)
+        for note in report.warnings:
+            text.append(f"note: {note}\n", style=warning)
         return text
 
     # ------------------------------------------------------------------ edits
@@ -537,9 +609,8 @@ Choose the **training data** and check that it is read the way you mean.
             ("Tokenize the data", "Tokenize every row and show statistics (Ctrl+T)", self.action_tokenize),
             ("Browse for a data file", "Open a file picker (Ctrl+O)", self.action_browse),
             ("Show the column mapping", "Map the data's columns to the format's fields",
-             lambda: setattr(self.query_one("#data-tabs", TabbedContent), "active", "tab-mapping")),
-            ("Show the rows", "Browse rows and their rendered training text",
-             lambda: setattr(self.query_one("#data-tabs", TabbedContent), "active", "tab-rows")),
+             lambda: self.show_tab("tab-mapping")),
+            ("Show the rows", "Browse rows and their rendered training text", lambda: self.show_tab("tab-rows")),
         ]
         for label, value in P.sample_choices():
             cmds.append((f"Use sample {label}", f"Load the bundled sample {label}",

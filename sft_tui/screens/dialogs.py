@@ -8,6 +8,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Markdown, Static
 
+from sft_tui.core.hints import screen_hint
+
 GLOBAL_KEYS_HELP = """
 ### Keys that work everywhere
 | key | does |
@@ -95,8 +97,8 @@ class ErrorScreen(ModalScreen[None]):
         with Vertical():
             yield Label(self.title_text, id="error-title")
             yield Static(self.message, id="error-message", markup=False)
-            if self.hint:
-                yield Static(f"What to do: {self.hint}", id="error-hint", markup=False)
+            if self.hint:  # in the words of the screens: the on-screen field, not the config key
+                yield Static(f"What to do: {screen_hint(self.hint)}", id="error-hint", markup=False)
             yield Button("OK", id="ok", variant="error")
 
     def on_mount(self) -> None:

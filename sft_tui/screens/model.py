@@ -17,7 +17,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Input, Label, Select, Static
 
-from sft_tui.core.format import compact, display_path
+from sft_tui.core.format import compact
+from sft_tui.core.hints import screen_hint
 from sft_tui.core.setup import presenters as P
 from sft_tui.screens.base import GpusSampled, StepScreen
 from sft_tui.screens.work import background
@@ -80,14 +81,17 @@ Runs screen, where **r** resumes it.
 
     DEFAULT_CSS = """
     ModelScreen #model-filter { margin: 0 1; }
-    ModelScreen #model-table { height: 1fr; min-height: 4; margin: 0 1; }
-    ModelScreen #model-bottom { height: 50%; min-height: 11; margin: 0 1; }
+    /* The table takes the rows it has (up to half the screen); details and memory get the rest, so at
+       80×24 the estimate is not cut off under one demo row and eight empty ones. */
+    ModelScreen #model-table { height: auto; max-height: 50%; min-height: 3; margin: 0 1; }
+    ModelScreen #model-bottom { height: 1fr; min-height: 11; margin: 0 1; }
     ModelScreen #model-details { width: 1fr; border: round $panel-lighten-2; border-title-color: $text-muted; padding: 0 1; }
+    ModelScreen #model-details:focus { border: round $primary; border-title-color: $primary; }
     ModelScreen #model-memory { width: 1fr; border: round $panel-lighten-2; border-title-color: $text-muted; padding: 0 1; }
     ModelScreen #method-row { height: 1; }
     ModelScreen #method-row Label { width: 8; }
     ModelScreen #method { width: 1fr; }
-    ModelScreen #memory-headline { margin-top: 1; text-style: bold; }
+    ModelScreen #memory-headline { text-style: bold; }
     ModelScreen #memory-headline.fits { color: $success; }
     ModelScreen #memory-headline.tight { color: $warning; }
     ModelScreen #memory-headline.does-not-fit { color: $error; }
@@ -241,8 +245,21 @@ Runs screen, where **r** resumes it.
 
     def _show_chosen(self) -> None:
         path = self.session.config.model.path
-        shown = "built-in demo model" if path == "demo" else display_path(path)
+        width = max(20, (self.query_one("#chosen", Static).content_region.width or self.size.width - 2) - 7)
+        # one line: a long folder keeps its name and loses its middle ('~/models/…/my-model'), not its end
+        shown = "built-in demo model" if path == "demo" else P.shorten_path(path, width)
         self.query_one("#chosen", Static).update(Text.assemble(("using: ", "dim"), (shown, "bold")))
+
+    def on_resize(self) -> None:
+        self._show_chosen()
+
+    def on_descendant_focus(self, event: Any) -> None:
+        if event.widget.id == "model-details":  # focused: the details in full (paths unshortened)
+            self._show_details(self._shown_key)
+
+    def on_descendant_blur(self, event: Any) -> None:
+        if event.widget.id == "model-details":
+            self._show_details(self._shown_key)
 
     def _fill_table(self) -> None:
         table = self.query_one("#model-table", DataTable)
@@ -393,12 +410,15 @@ Runs screen, where **r** resumes it.
             else:
                 self._say(f"{key}\n\nreading config and weight headers…")
             return
+        details = self.query_one("#model-details", VerticalScroll)
+        width = details.content_region.width - 14
         text = Text()
         for i, (label, value) in enumerate(P.model_details(entry, info)):
             if i:
                 text.append("\n")
             text.append(f"{label:<14}", style="dim")
-            text.append(value)
+            # a long path fits its line ('~/…/snapshots/abc') until the pane has the focus: then in full
+            text.append(value if details.has_focus or width < 12 else P.fit_paths(value, width))
         self._say(text)
 
     def update_memory(self) -> None:
@@ -470,7 +490,7 @@ Runs screen, where **r** resumes it.
 
     def on_model_screen_custom_looked_up(self, message: CustomLookedUp) -> None:
         if message.info is None:
-            hint = f"\n\nWhat to do: {message.hint}" if message.hint else ""
+            hint = f"\n\nWhat to do: {screen_hint(message.hint)}" if message.hint else ""
             self._say(Text(f"{message.text}\n\n{message.message}{hint}", style="red"))
             return
         entry, info = message.entry, message.info

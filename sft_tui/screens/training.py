@@ -23,11 +23,13 @@ from textual.widgets import Button, Input, Label, Select, Static, Switch
 
 from rich.text import Text
 
+from sft_tui.core.hints import screen_hint
 from sft_tui.core.setup import forms
 from sft_tui.core.setup import presenters as P
 from sft_tui.screens.base import GpusSampled, StepScreen
 from sft_tui.screens.dialogs import ConfirmScreen, ReportScreen
 from sft_tui.screens.work import background
+from sft_tui.widgets.toggle import Toggle
 
 LEVEL_CLASSES = ("fits", "tight", "does-not-fit", "no-gpu", "unknown")
 PREFLIGHT_DEBOUNCE_S = 0.3
@@ -51,8 +53,14 @@ def config_key(config: Any) -> str:
     return json.dumps(config.to_dict(), default=str, sort_keys=True)
 
 
-def preflight_text(findings: list[Any], pending: bool = False) -> Text:
-    """Each finding on its own lines: ✗ for an error, ! for a warning, then the field, then the fix."""
+def preflight_text(findings: list[Any], pending: bool = False, width: int | None = None) -> Text:
+    """Each finding on its own lines: ✗ for an error, ! for a warning, then the field, then the fix (in
+    the words of the screens: the on-screen field, not the config key). With ``width``, paths longer
+    than that are shortened ('~/…/train.jsonl') instead of broken across lines."""
+
+    def fit(words: str) -> str:
+        return P.fit_paths(words, width) if width else words
+
     text = Text()
     for f in sorted(findings, key=lambda f: f.level != "error"):
         if text:
@@ -60,14 +68,51 @@ def preflight_text(findings: list[Any], pending: bool = False) -> Text:
         error = f.level == "error"
         text.append("✗ " if error else "! ", style="bold red" if error else "bold yellow")
         text.append(f.field, style="bold")
-        text.append(f": {f.message}", style="red" if error else "yellow")
+        text.append(f": {fit(f.message)}", style="red" if error else "yellow")
         if f.fix:
-            text.append(f"\n  fix: {f.fix}", style="dim")
+            text.append(f"\n  fix: {fit(screen_hint(f.fix))}", style="dim")
         if error and f.forceable:
             text.append("\n  (an estimate: Start asks whether to start anyway)", style="dim")
     if pending:
         text.append(("\n" if text else "") + "… checking the data and the tokenizer", style="dim")
     return text
+
+
+class Expandable(Static):
+    """Text a narrow panel shows shortened (long paths as '…'), in full while it has the focus: Tab
+    reaches it, and the side panel scrolls with it."""
+
+    can_focus = True
+    DEFAULT_CSS = """
+    Expandable { border-left: blank; }
+    Expandable:focus { border-left: thick $primary; background: $boost; }
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._make: Any = None  # width (None: in full) -> the text
+        self._width = 0
+
+    def show(self, make: Any) -> None:
+        self._make = make
+        self._redraw()
+
+    def _redraw(self, full: bool | None = None) -> None:
+        if self._make is not None:
+            self._width = self.content_region.width
+            full = self.has_focus if full is None else full
+            self.update(self._make(None if full or not self._width else self._width))
+
+    # (these run before Widget's own handlers have set has_focus, hence the explicit state)
+    def on_focus(self) -> None:
+        self._redraw(full=True)
+
+    def on_blur(self) -> None:
+        self._redraw(full=False)
+
+    def on_resize(self) -> None:
+        if self.content_region.width != self._width:
+            self._redraw()
 
 
 class TrainingScreen(StepScreen):
@@ -79,6 +124,7 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
 
 * Values are **checked as you type**: a problem is shown in red under its field, and **Start** stays
   disabled until every problem is fixed.
+* On/off settings read **[x] on** or **[ ] off**: **Space** or **Enter** flips the focused one.
 * **Presets** fill groups of values (quick-test, balanced, low-memory).
 * The **memory estimate** on the right follows your changes.
 * Under **Start**, the **pre-flight** checks the run against this machine: the data file exists and
@@ -109,13 +155,14 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
     DEFAULT_CSS = """
     TrainingScreen #train-main { height: 1fr; }
     TrainingScreen #form { width: 1fr; padding: 0 1; }
-    TrainingScreen #side { width: 30; padding: 0 1; border-left: solid $panel-lighten-2; scrollbar-size-vertical: 1; }
+    TrainingScreen #side { width: 32; padding: 0 1; border-left: solid $panel-lighten-2; scrollbar-size-vertical: 1; }
+    TrainingScreen #side:focus { border-left: thick $primary; }
     TrainingScreen .group-title { text-style: bold; color: $primary; margin-top: 1; }
     TrainingScreen .group-title.first { margin-top: 0; }
     TrainingScreen .field-row { height: 1; }
-    TrainingScreen .field-row Label { width: 19; }
+    /* 19 is the longest label ("early stop patience"); 2 more keep it off the value. */
+    TrainingScreen .field-row Label { width: 21; }
     TrainingScreen .field-row Input, TrainingScreen .field-row Select { width: 1fr; max-width: 40; }
-    TrainingScreen .field-row Switch { height: 1; border: none; padding: 0; }
     TrainingScreen .field-help { color: $text-muted; padding-left: 2; height: auto; }
     TrainingScreen .field-error { color: $error; padding-left: 2; height: auto; display: none; }
     TrainingScreen .field-error.-show { display: block; }
@@ -199,7 +246,8 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
     def compose_body(self) -> ComposeResult:
         config = self.session.config
         with Horizontal(id="train-main"):
-            with VerticalScroll(id="form"):
+            with VerticalScroll(id="form") as form:
+                form.can_focus = False  # every field takes the focus and scrolls it into view
                 for i, (gid, title, fields) in enumerate(forms.groups()):
                     yield Static(title, classes="group-title" + (" first" if i == 0 else ""), id=f"group-{gid}")
                     for f in fields:
@@ -207,7 +255,7 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
             with VerticalScroll(id="side"):
                 yield Button("Start training", id="start", variant="success", compact=True)
                 yield Static("", id="problems")
-                yield Static("", id="preflight")
+                yield Expandable("", id="preflight")
                 yield Static("memory", classes="side-title")
                 yield Static("waiting for the model…", id="memory", classes="unknown")
                 yield Static("presets", classes="side-title")
@@ -223,7 +271,7 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
     def _field(self, f: forms.FormField, value: Any) -> ComposeResult:
         widget: Widget
         if f.kind == "bool":
-            widget = Switch(bool(value), id=f.widget_id, name=f.key, animate=False)
+            widget = Toggle(bool(value), id=f.widget_id, name=f.key, animate=False)
         elif f.kind == "choice":
             options = ([("(default)", "")] if f.optional else []) + [(c, c) for c in f.choices]
             widget = Select(options, value=value, allow_blank=False, id=f.widget_id, name=f.key, compact=True)
@@ -233,6 +281,18 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
         yield Horizontal(Label(f.label), widget, classes="field-row")
         yield Static(f.help, classes="field-help", markup=False)
         yield Static("", classes="field-error", id=f"{f.widget_id}-error", markup=False)
+
+    def on_descendant_focus(self, event: Any) -> None:
+        """A field that takes the focus shows its help line (and its problem) too, not only itself:
+        tabbing down the form at 80×24 left each field's explanation just under the bottom edge."""
+        row = event.widget.parent
+        if row is None or not row.has_class("field-row") or row.parent is None:
+            return
+        siblings = list(row.parent.children)
+        below = [w for w in siblings[siblings.index(row) + 1:][:2] if w.display]
+        if below:
+            form = self.query_one("#form", VerticalScroll)
+            self.call_after_refresh(form.scroll_to_widget, below[-1], animate=False)
 
     def on_mount(self) -> None:
         self.validate()
@@ -391,8 +451,8 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
         summary.update(summary_text)
         summary.set_class(state == "ok", "ok")
         summary.set_class(state == "checking", "checking")
-        box = self.query_one("#preflight", Static)
-        box.update(preflight_text(findings, pending and bool(findings)))
+        box = self.query_one("#preflight", Expandable)
+        box.show(lambda width: preflight_text(findings, pending and bool(findings), width))
         box.set_class(bool(findings), "-show")
 
     @on(Input.Changed, ".field-row Input")
@@ -455,7 +515,7 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
     @background(group="training-memory", description="estimate the training memory")
     def compute_memory(self, config: Any, info: Any, gpus: Any) -> MemoryEstimated:
         view = P.memory_view(config, info, gpus)
-        return self.MemoryEstimated(view.level, "\n".join([view.headline, *view.lines[:1], *view.lines[3:]]))
+        return self.MemoryEstimated(view.level, "\n".join([view.headline, *view.brief]))
 
     def on_training_screen_memory_estimated(self, message: MemoryEstimated) -> None:
         self._memory(message.level, message.text)

@@ -72,7 +72,8 @@ def model_details(entry: Any | None, info: Any | None) -> list[tuple[str, str]]:
 class MemoryView:
     level: str  # fits | tight | does-not-fit | no-gpu | unknown
     headline: str
-    lines: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)  # one fact a line, short enough not to break mid-figure
+    brief: list[str] = field(default_factory=list)  # the few of them a narrow side panel shows
 
 
 def memory_view(config: Config, info: Any, gpus: Any) -> MemoryView:
@@ -88,21 +89,64 @@ def memory_view(config: Config, info: Any, gpus: Any) -> MemoryView:
     v = verdict(est, gpus)
     m = config.method
     method = m.type if m.type != "qlora" else f"qlora {m.bits}-bit"
-    lines = [
-        f"{method}, batch {config.training.batch_size} × {config.data.max_length} tokens"
-        + (", grad ckpt" if config.training.gradient_checkpointing else ""),
-        "  ".join(f"{name} {human_bytes(value)}" for name, value in est.parts.items() if value),
-        f"trainable {human_count(est.trainable_params)} params; peak at {est.peak_phase}",
-    ]
+    setup = (f"{method}, batch {config.training.batch_size} × {config.data.max_length} tokens"
+             + (", grad ckpt" if config.training.gradient_checkpointing else ""))
+    # One part a line: run together, a narrow pane broke "573 MiB" between the number and its unit.
+    parts = [f"  {name:<12}{human_bytes(value)}" for name, value in est.parts.items() if value]
+    lines = [setup, *parts, f"trainable {human_count(est.trainable_params)} params", f"peak at {est.peak_phase}"]
+    brief = [setup]
     if v.level in ("tight", "does-not-fit") and v.gpu_index is not None:
         free = (v.spare_bytes or 0) + est.total
         tip = suggest(est, int(free * 0.9))
         if tip:
             lines.append(f"try: {tip}")
+            brief.append(f"try: {tip}")
     headline = f"needs ~{human_bytes(est.total)} — {v.text}"
     if v.level == "no-gpu":
-        headline = f"~{human_bytes(est.total)} of GPU memory needed · no NVIDIA GPU found (CPU is slow)"
-    return MemoryView(v.level, headline, lines)
+        # Two short lines: run together, a narrow pane wrapped it mid-thought (or cut it, at 80×24).
+        headline = f"needs ~{human_bytes(est.total)} of GPU memory\nno NVIDIA GPU: trains on CPU (slow)"
+    return MemoryView(v.level, headline, lines, brief)
+
+
+# --------------------------------------------------------------------------- text that must fit
+
+
+def shorten_path(path: str, width: int) -> str:
+    """A path in at most ``width`` cells, the home folder as '~' and the middle as '…', always keeping
+    the file name whole (the part a person looks for): '~/projects/…/train_conversations.jsonl'."""
+    from sft_tui.core.format import display_path
+
+    text = display_path(path)
+    if len(text) <= width or width < 4:
+        return text
+    parts = text.split("/")
+    name = parts[-1] or text
+    if len(name) + 2 >= width:
+        return f"…/{name}"
+    head = ""
+    for part in parts[:-1]:  # as many leading folders as fit before '…/name'
+        candidate = f"{head}{part}/"
+        if len(candidate) + 2 + len(name) > width:
+            break
+        head = candidate
+    return f"{head}…/{name}"
+
+
+def fit_paths(text: str, width: int) -> str:
+    """``text`` with every path longer than ``width`` shortened by :func:`shorten_path`, so a narrow pane
+    never breaks a path across lines mid-name (the rest of the words wrap as usual)."""
+    import re
+
+    def fit(match: "re.Match[str]") -> str:
+        token = match.group(0)
+        end = ""
+        while token and token[-1] in ".,;:)'\"":  # a sentence's punctuation, not the path's
+            token, end = token[:-1], token[-1] + end
+        if "/" not in token or len(token) <= width:
+            return match.group(0)
+        return shorten_path(token, width) + end
+
+    return re.sub(r"[^\s]+", fit, text)
 
 
 # --------------------------------------------------------------------------- data
@@ -238,11 +282,44 @@ def histogram_lines(stats: dict[str, Any], width: int = 30, max_bars: int = 10) 
     return out
 
 
+UNREADABLE_KINDS = ("bad_json",)  # problems the loader drops before a row exists: not among report.rows
+
+
+def unreadable_count(problems: Any) -> int:
+    """Lines of the file that could not be read as a row at all (a ProblemLog's bad JSON lines)."""
+    return sum(int(problems.counts.get(kind, 0)) for kind in UNREADABLE_KINDS)
+
+
+def rows_read(report: Any) -> int:
+    """Every row of the file, the unreadable lines included: a user counts the lines they wrote."""
+    return report.rows + unreadable_count(report.problems)
+
+
+def rows_with_problems(report: Any) -> int:
+    """Rows that will not be trained on: rows with problems plus lines that could not be read."""
+    return report.rows_bad + unreadable_count(report.problems)
+
+
+def skipped_lines_text(problems: Any, shown: int = 3) -> str:
+    """'line 16 is not valid JSON: skipped, not trained on' for the lines the loader dropped ('' if none)."""
+    count = unreadable_count(problems)
+    if not count:
+        return ""
+    lines = [str(ex["line"]) for kind in UNREADABLE_KINDS for ex in problems.examples.get(kind, [])
+             if ex.get("line") is not None]
+    if count == 1:
+        return f"{f'line {lines[0]}' if lines else '1 line'} is not valid JSON: skipped, not trained on"
+    where = ", ".join(lines[:shown]) + ("…" if count > min(len(lines), shown) else "")
+    return f"{count} lines are not valid JSON{f' (lines {where})' if lines else ''}: skipped, not trained on"
+
+
 def report_lines(report: Any) -> list[str]:
-    """The headline numbers of a tokenized data report."""
+    """The headline numbers of a tokenized data report; the usable count leaves out every bad row,
+    the unreadable lines included (they never became rows, so ``report.rows`` does not count them)."""
     s = report.stats
-    lines = [f"{report.rows} rows read, {report.rows_ok} usable"
-             + (f", {report.rows_bad} with problems" if report.rows_bad else "")
+    bad = rows_with_problems(report)
+    lines = [f"{rows_read(report)} rows read, {report.rows_ok} usable"
+             + (f", {bad} with problems" if bad else "")
              + (" (from cache)" if report.from_cache else "")]
     if report.examples not in (None, report.rows_ok):
         lines.append(f"{report.examples} training rows: one per answer (multi-turn rows: expand)")
@@ -288,8 +365,9 @@ def problem_lines(report: Any, limit: int = 20) -> list[str]:
 
 
 __all__ = [
-    "MemoryView", "RowPreview", "SAMPLE_FILES", "cell_text", "current_mapping",
+    "MemoryView", "RowPreview", "SAMPLE_FILES", "cell_text", "current_mapping", "fit_paths",
     "histogram_lines", "mapping_fields", "memory_view",
     "model_cells", "model_choice_name", "model_details", "parse_path_text", "path_text", "preview_row",
-    "problem_lines", "report_lines", "row_cells", "sample_choices", "set_mapping", "visible_columns",
+    "problem_lines", "report_lines", "row_cells", "rows_read", "rows_with_problems", "sample_choices",
+    "set_mapping", "shorten_path", "skipped_lines_text", "unreadable_count", "visible_columns",
 ]
