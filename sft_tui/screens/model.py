@@ -19,6 +19,7 @@ from textual.widgets import DataTable, Input, Label, Select, Static
 
 from sft_tui.core.format import compact
 from sft_tui.core.hints import screen_hint
+from sft_tui.core.models.demo import BUILD_ESTIMATE
 from sft_tui.core.setup import presenters as P
 from sft_tui.screens.base import GpusSampled, StepScreen
 from sft_tui.screens.work import background
@@ -374,7 +375,7 @@ Runs screen, where **r** resumes it.
         target = entry.path if entry is not None and entry.path is not None else key
 
         def building(step: str) -> None:  # called only while the demo model is being built
-            self.post_message(self.Note(f"Building the demo model (first run only, ~30 s)…\n\n{step}"))
+            self.post_message(self.Note(f"Building the demo model (first run only, {BUILD_ESTIMATE})…\n\n{step}"))
 
         try:
             if key == "demo":
@@ -406,7 +407,8 @@ Runs screen, where **r** resumes it.
             if key in self.failures:
                 self._say(Text(f"{key}\n\n{self.failures[key]}", style="red"))
             elif entry is not None and entry.source == "demo" and entry.path is None:
-                self._say("demo: a tiny Llama built on first use (~30 s), trains on a CPU in about a minute.")
+                self._say(f"demo: a tiny Llama built on first use ({BUILD_ESTIMATE}), trains on a CPU in about a "
+                          "minute.")
             else:
                 self._say(f"{key}\n\nreading config and weight headers…")
             return
