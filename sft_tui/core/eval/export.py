@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from sft_tui.core.imports import preload
 from sft_tui.core.errors import UserError
 from sft_tui.core.models.load import hub_offline, looks_like_hub_id
 from sft_tui.core.run.rundir import RunDir
@@ -206,6 +207,7 @@ def merge(run: RunDir, out_dir: str | Path | None = None, overwrite: bool = Fals
     method = config.method.type
     note = None
     kwargs: dict[str, Any] = dict(trust_remote_code=config.model.trust_remote_code, local_files_only=hub_offline())
+    preload("transformers")  # a first import racing another thread sees a half-made module
     from transformers import AutoModelForCausalLM
 
     from sft_tui.core.models.load import quiet_transformers
@@ -723,6 +725,7 @@ def strip_generation_markers(template: str) -> str:
 
 def _render_jinja(template: str, system: str | None, messages: list[dict[str, str]],
                   bos: str = "", eos: str = "") -> str:
+    preload("transformers")  # a first import racing another thread sees a half-made module
     from transformers.utils.chat_template_utils import render_jinja_template
 
     conv = ([{"role": "system", "content": system}] if system else []) + messages

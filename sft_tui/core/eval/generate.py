@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from sft_tui.core.imports import preload
 from sft_tui.core.errors import UserError
 from sft_tui.core.run.rundir import RunDir
 
@@ -325,6 +326,7 @@ class ModelPair:
     def stream(self, which: str, prompt: str, settings: GenSettings | None = None,
                stop: threading.Event | None = None) -> Iterator[str]:
         """Yield the answer to a user prompt piece by piece as tokens are decoded."""
+        preload("transformers")  # a first import racing another thread sees a half-made module
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         settings = (settings or GenSettings()).validated()

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from sft_tui.core.imports import preload
 from sft_tui.core.paths import cache_dir, sample_data_dir
 
 # Bump when anything below changes the built model, so old caches are not reused.
@@ -145,6 +146,7 @@ def _collect_strings(value, out: list[str]) -> None:
 
 def build_tokenizer(texts: list[str]):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    preload("transformers")  # a first import racing another thread sees a half-made module
     from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(models.BPE())
@@ -218,6 +220,7 @@ def build_demo_model(out_dir: Path, progress: Progress | None = None, fraction: 
 
 def _build(out_dir: Path, say: Progress, done: Fraction) -> Path:
     import torch
+    preload("transformers")  # a first import racing another thread sees a half-made module
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from sft_tui.core.models.load import quiet_transformers

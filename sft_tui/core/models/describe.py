@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sft_tui.core.imports import preload
 from sft_tui.core.errors import UserError
 from sft_tui.core.paths import folder_size
 
@@ -198,6 +199,7 @@ def classify(cfg: dict[str, Any]) -> tuple[bool, str | None]:
         return False, f"its architecture {archs[0]} has no causal language-model head"
     if model_type:
         try:
+            preload("transformers")  # a first import racing another thread sees a half-made module
             from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
             if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
@@ -267,6 +269,7 @@ def _from_meta(path: Path, trust_remote_code: bool) -> tuple[int, dict[str, Line
     """
     import torch
     from accelerate import init_empty_weights
+    preload("transformers")  # a first import racing another thread sees a half-made module
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
@@ -285,6 +288,7 @@ def _from_meta(path: Path, trust_remote_code: bool) -> tuple[int, dict[str, Line
     total = sum(p.numel() for p in model.parameters())
     linear: dict[str, LinearShape] = {}
     try:
+        preload("transformers")  # a first import racing another thread sees a half-made module
         from transformers.pytorch_utils import Conv1D
         kinds: tuple[type, ...] = (torch.nn.Linear, Conv1D)
     except ImportError:  # pragma: no cover

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from sft_tui.core.imports import preload
 from sft_tui.core.config import DEMO_MODEL
 from sft_tui.core.errors import UserError
 
@@ -175,6 +176,7 @@ def quiet_transformers() -> None:
     """transformers' tqdm bars ("Loading weights", "Writing model shards") would land on the user's
     terminal, over the TUI and the CLI's own progress lines; sft-tui says what it loads itself.
     Process-wide and left off on purpose: loads run in several threads."""
+    preload("transformers")  # a first import racing another thread sees a half-made module
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -223,6 +225,7 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False, revisio
     ``what`` names the folder in the error ("the run's adapter folder", "'demo'"); it defaults to
     the path itself.
     """
+    preload("transformers")  # a first import racing another thread sees a half-made module
     from transformers import AutoTokenizer
 
     quiet_transformers()
@@ -257,6 +260,7 @@ def tokenizer_for(config: "Config", folder: str | Path | None = None):
 
 def quantization_config(bits: int, compute_dtype: Any):
     """bitsandbytes settings for a qlora base: NF4 with double quantization, or 8-bit."""
+    preload("transformers")  # a first import racing another thread sees a half-made module
     from transformers import BitsAndBytesConfig
 
     if bits == 4:
@@ -273,6 +277,7 @@ def load_causal_lm(path: str | Path, config: "Config", dtype: Any, *, bits: int 
     causal language model.
     """
     import torch
+    preload("transformers")  # a first import racing another thread sees a half-made module
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()

@@ -39,6 +39,8 @@ gradient accumulation is unchanged.
 
 from __future__ import annotations
 
+from sft_tui.core.imports import preload
+
 import importlib.util
 import os
 from dataclasses import dataclass, field
@@ -150,10 +152,12 @@ def packed_masks_supported(model_type: str | None) -> bool:
     if not model_type:
         return False
     try:
+        preload("transformers")  # a first import racing another thread sees a half-made module
         from transformers import masking_utils
 
         if not hasattr(masking_utils, "find_packed_sequence_indices"):
             return False
+        preload("transformers")  # a first import racing another thread sees a half-made module
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
         cls_name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
@@ -421,6 +425,7 @@ def chunked_causal_lm_loss(model, inputs: dict[str, Any], num_items_in_batch=Non
 
 def trainer_class(loss: str):
     """transformers' Trainer, with ``compute_loss`` replaced by the chunked loss during training."""
+    preload("transformers")  # a first import racing another thread sees a half-made module
     from transformers import Trainer
 
     if loss != "chunked":
