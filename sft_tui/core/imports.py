@@ -11,17 +11,18 @@ import importlib
 import sys
 import threading
 
-_lock = threading.Lock()
+# Reentrant, and also held by the data loader (loading.DATASETS_LOCK): datasets reads
+# ``transformers.PreTrainedTokenizerBase`` when transformers is in sys.modules, so a load must not
+# run while another thread is still importing transformers.
+_lock = threading.RLock()
+HEAVY_LOCK = _lock
 ORDER = ("datasets", "torch", "transformers")
 
 
 def preload(*names: str) -> None:
     """Import ``names`` (in the order of ORDER) unless already imported; safe from any thread."""
     wanted = [n for n in ORDER if n in names] + [n for n in names if n not in ORDER]
-    if all(n in sys.modules and getattr(sys.modules[n], "__spec__", None) is not None for n in wanted) \
-            and not _lock.locked():
-        return
-    with _lock:
+    with _lock:  # uncontended when all is imported: a dictionary look-up each
         for name in wanted:
             module = importlib.import_module(name)
             if name == "transformers":

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from sft_tui.core.errors import UserError
+from sft_tui.core.imports import HEAVY_LOCK
 from sft_tui.core.models.load import datasets_offline, looks_like_hub_id
 from sft_tui.core.paths import cache_dir, resolve_sample
 
@@ -411,6 +412,13 @@ def _derived(ds: Any, what: str) -> str:
     return hashlib.sha256(f"{getattr(ds, '_fingerprint', '')}|{what}".encode()).hexdigest()[:16]
 
 
+# datasets is not safe across threads: two UI workers loading at once failed with "type object 'tqdm'
+# has no attribute '_lock'", and a load during another thread's first import of transformers with
+# "module 'transformers' has no attribute 'PreTrainedTokenizerBase'". Loads, maps and those imports
+# take turns on one lock.
+DATASETS_LOCK = HEAVY_LOCK
+
+
 def quiet_datasets() -> None:
     """datasets' tqdm bars ("Generating train split") and its own error log would land on the
     user's terminal, over the TUI; the loader reports progress and errors itself. Process-wide and
@@ -435,9 +443,11 @@ def load_rows_detailed(path: str | list[str], skip_bad_rows: bool = False) -> Lo
     all_lines = True
     for idx, item in enumerate(resolve_paths(path)):
         if isinstance(item, str):
-            ds, is_lines = _load_hub(item), False
+            with DATASETS_LOCK:
+                ds, is_lines = _load_hub(item), False
         else:
-            ds, is_lines = _load_file(item, skip_bad_rows, problems)
+            with DATASETS_LOCK:
+                ds, is_lines = _load_file(item, skip_bad_rows, problems)
         all_lines &= is_lines
         n = len(ds)
         # Explicit fingerprints: otherwise datasets pickles and hashes every value of the new columns.

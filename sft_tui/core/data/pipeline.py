@@ -31,7 +31,7 @@ from .lint import WARNING_KINDS, tokenizer_warnings
 from .lint import row_warnings
 from .messages import has_control_chars
 from .profile import template_profile
-from .loading import LoadedRows, file_identity, load_rows_detailed, resolve_paths
+from .loading import DATASETS_LOCK, LoadedRows, file_identity, load_rows_detailed, quiet_datasets, resolve_paths
 from .masking import encode_spans_batch, tokenize_conversation
 from .report import DataReport
 from .stats import length_stats
@@ -261,7 +261,8 @@ def _tokenize_loaded(loaded: LoadedRows, det: Detection, tokenizer: Any, data: D
     if num_proc == 1:
         proc = _RowProcessor(det.format, det.columns, data, tokenizer, renderer, features=ds.features)
         proc.on_batch = tick
-        out = ds.map(proc, cache_file_name=str(workdir / "map.arrow"), new_fingerprint=key, **kwargs)
+        with DATASETS_LOCK:
+            out = ds.map(proc, cache_file_name=str(workdir / "map.arrow"), new_fingerprint=key, **kwargs)
     else:
         # Worker processes cannot call back; map in a few chunks and report between them.
         chunks = max(2, min(10, n // 20_000))
@@ -271,8 +272,9 @@ def _tokenize_loaded(loaded: LoadedRows, det: Detection, tokenizer: Any, data: D
             proc = _RowProcessor(det.format, det.columns, data, tokenizer, renderer, offset=int(a),
                                  features=ds.features)
             part = ds.select(range(int(a), int(b)))
-            parts.append(part.map(proc, num_proc=num_proc, cache_file_name=str(workdir / f"map{c}.arrow"),
-                                  new_fingerprint=f"{key}-{c}", **kwargs))
+            with DATASETS_LOCK:
+                parts.append(part.map(proc, num_proc=num_proc, cache_file_name=str(workdir / f"map{c}.arrow"),
+                                      new_fingerprint=f"{key}-{c}", **kwargs))
             tick(int(b - a))
         out = datasets.concatenate_datasets(parts)
     return out.with_format(None)
@@ -297,27 +299,11 @@ def _collect(out: Any, loaded: LoadedRows) -> tuple[np.ndarray, ProblemLog, int]
     return good, problems, sources
 
 
-class _quiet_datasets:
-    """datasets' own tqdm bars would fight the UI's progress drawing; we report through ``progress``."""
-
-    def __enter__(self) -> None:
-        import datasets
-
-        self.was = datasets.is_progress_bar_enabled() if hasattr(datasets, "is_progress_bar_enabled") else True
-        datasets.disable_progress_bars()
-
-    def __exit__(self, *exc: Any) -> None:
-        import datasets
-
-        if self.was:
-            datasets.enable_progress_bars()
-
-
 def _tokenized(path: Any, tokenizer: Any, data: DataConfig, progress: Progress | None,
                use_cache: bool = True) -> tuple[Any, dict[str, Any], bool]:
     """(good tokenized rows, meta, from_cache). Meta holds detection, problems and sample rows."""
-    with _quiet_datasets():
-        return _tokenized_inner(path, tokenizer, data, progress, use_cache)
+    quiet_datasets()  # off for good: switching bars back on races loads in other threads (tqdm's _lock)
+    return _tokenized_inner(path, tokenizer, data, progress, use_cache)
 
 
 def _tokenized_inner(path: Any, tokenizer: Any, data: DataConfig, progress: Progress | None,
@@ -550,9 +536,9 @@ def prepare_datasets(config: Config, tokenizer: Any, progress: Progress | None =
 
         if progress:
             progress("packing", 0.0)
-        with _quiet_datasets():
-            train_ds = pack(train_ds, data.max_length)
-            eval_ds = pack(eval_ds, data.max_length) if eval_ds is not None else None
+        quiet_datasets()
+        train_ds = pack(train_ds, data.max_length)
+        eval_ds = pack(eval_ds, data.max_length) if eval_ds is not None else None
     report.warnings = warnings
     if progress:
         progress("ready", 1.0)
