@@ -31,7 +31,8 @@ Measure what training changed, on rows the model never saw.
 
 **Evaluation tab** — pick a run and press **Ctrl+R**. sft-tui loads the base model and the run's
 adapter once, then for both models computes the loss and perplexity over the answer tokens of the
-held-out rows (the ones training left out), and generates answers for up to *rows* of them, scored
+held-out rows (the ones training left out), and generates answers for as many of them as the
+**rows** field says (50 unless you change it), scored
 with ROUGE-L, BLEU and exact match against the reference answers. The table shows base and tuned
 side by side; each evaluation is saved in the run folder as `eval/eval-TIME.json`.
 
