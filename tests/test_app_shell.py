@@ -172,3 +172,42 @@ def test_run_app_exits_zero_after_a_normal_quit(monkeypatch):
     _headless(monkeypatch)
     monkeypatch.setattr(SftApp, "on_mount", lambda self: self.exit(0))
     assert run_app() == 0
+
+
+def _footer_keys(app) -> set[str]:
+    from textual.widgets._footer import FooterKey
+
+    return {k.key for k in app.screen.query(FooterKey)}
+
+
+async def test_next_and_back_are_offered_only_where_they_lead(tmp_path):
+    """At 80 columns the footer has no room for keys that do nothing: no Back on the first step, no
+    Next on the last, neither on Runs (not a step)."""
+    from pilot_support import wait_for
+
+    app = make_app(session=Session(runs_dir=tmp_path), start="runs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.3)
+        assert not {"ctrl+n", "ctrl+b"} & _footer_keys(app)
+        await pilot.press("f7")  # Export: the last step
+        assert await wait_for(pilot, lambda: app.current_mode == "export" and "ctrl+b" in _footer_keys(app))
+        assert "ctrl+n" not in _footer_keys(app)
+        await pilot.press("ctrl+n")  # does nothing, says nothing
+        await pilot.pause(0.2)
+        assert app.current_mode == "export"
+        await pilot.press("ctrl+b")
+        assert await wait_for(pilot, lambda: app.current_mode == "evaluate")
+        assert {"ctrl+n", "ctrl+b"} <= _footer_keys(app)
+
+
+async def test_quit_while_an_export_runs_asks_first(tmp_path):
+    app = make_app(session=Session(runs_dir=tmp_path), start="export")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.3)
+        app.screen.busy = "merging"  # as while the merge worker writes the merged model
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen) and "The export (merging)" in app.screen.question
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.is_running

@@ -1,29 +1,32 @@
-"""SVG snapshots of the monitor and runs screens (80×24 and 120×40, dark theme).
+"""SVG snapshots of the monitor in each state it must tell truthfully, at 80×24 and 120×40, in the
+dark and the high-contrast theme: training (a GPU), evaluating (ETA paused), done (no Stop/Save, no
+worker memory) and empty (no run: how to get one); plus the log-scale chart.
 
 Deterministic by construction: synthetic runs with fixed event times (shown in UTC), checkpoint
-paths without tmp folders, a fake GPU sampler (or a finished run without a worker, so no live RSS),
-and the runs screen's clock pinned. Regenerate with ``pytest tests/test_snapshots_monitor.py --snapshot-update``.
+paths without tmp folders, a fake GPU sampler (or a finished run without a worker, so no live RSS).
+Regenerate with ``pytest tests/test_snapshots_monitor.py --snapshot-update``, then read every changed
+SVG's text (nothing cut, nothing run together) before committing.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 
 import pytest
 
 from sft_tui.app import SftApp
-from sft_tui.testing import synthetic
-from sft_tui.core.system.gpus import GpuSnapshot, GpuStats
-from sft_tui.core.setup.session import Session
 from sft_tui.core.settings import Settings
+from sft_tui.core.setup.session import Session
+from sft_tui.core.system.gpus import GpuSnapshot, GpuStats
 from sft_tui.screens.monitor import MonitorScreen
-from sft_tui.screens.runs import RunsScreen
+from sft_tui.testing import synthetic
 from sft_tui.widgets.gauges import GpuPanel
 
 GIB = 2**30
+SIZES = [(80, 24), (120, 40)]
+THEMES = ["sft-dark", "sft-high-contrast"]
+STATES = ["training", "evaluating", "done", "empty"]
 
 
 class FakeSampler:
@@ -43,8 +46,8 @@ def utc(monkeypatch):
     time.tzset()
 
 
-def app_for(session: Session, start: str, sampler) -> SftApp:
-    return SftApp(session=session, start=start, settings=Settings(theme="sft-dark"), gpu_sampler=sampler)
+def app_for(session: Session, start: str, sampler, theme: str = "sft-dark") -> SftApp:
+    return SftApp(session=session, start=start, settings=Settings(theme=theme), gpu_sampler=sampler)
 
 
 async def settle(pilot, cond, timeout: float = 10.0) -> None:
@@ -59,6 +62,14 @@ def training_run(tmp_path):
     # Alive (this test process is its "worker"), 120 of 200 steps, evals and checkpoints.
     return synthetic.write_run(tmp_path, "llama-lora-demo", steps=120, max_steps=200, final=None, pid=os.getpid(),
                                eval_every=20, save_every=50, run_path="runs/llama-lora-demo")
+
+
+def evaluating_run(tmp_path):
+    # The worker said it evaluates (after step 120's eval line it started another evaluation) and is 40% in.
+    run = training_run(tmp_path)
+    synthetic.append(run, {"time": synthetic.T0 + 64, "type": "status", "state": "evaluating", "step": 120},
+                     {"time": synthetic.T0 + 70, "type": "progress", "stage": "evaluating", "fraction": 0.4})
+    return run
 
 
 def finished_run(tmp_path):
@@ -80,19 +91,31 @@ async def monitor_ready(pilot) -> None:
     screen = pilot.app.screen
     assert isinstance(screen, MonitorScreen)
     panel = screen.query_one(GpuPanel)
-    await settle(pilot, lambda: screen.loaded and panel.snapshot is not None)
+    stats = screen.query_one("#stats")
+
+    def laid_out() -> bool:  # the panels' heights match what they hold (a loaded machine lags a frame)
+        return (stats.size.height == len(screen._stats().renderables)
+                and panel.size.height == len(panel.lines()))
+
+    await settle(pilot, lambda: screen.loaded and panel.snapshot is not None and (screen.polls >= 2 or screen.run is None))
+    await settle(pilot, laid_out)
 
 
-def test_monitor_finished_no_gpu_80x24(snap_compare, tmp_path):
-    run = finished_run(tmp_path)
-    app = app_for(Session(run=run, runs_dir=tmp_path), "monitor", NO_GPU)
-    assert snap_compare(app, terminal_size=(80, 24), run_before=monitor_ready)
+def session_for(state: str, tmp_path) -> tuple[Session, FakeSampler]:
+    if state == "empty":
+        return Session(runs_dir=tmp_path), NO_GPU
+    if state == "done":
+        return Session(run=finished_run(tmp_path), runs_dir=tmp_path), NO_GPU
+    run = training_run(tmp_path) if state == "training" else evaluating_run(tmp_path)
+    return Session(run=run, runs_dir=tmp_path), gpu_sampler()
 
 
-def test_monitor_training_gpu_120x40(snap_compare, tmp_path):
-    run = training_run(tmp_path)
-    app = app_for(Session(run=run, runs_dir=tmp_path), "monitor", gpu_sampler())
-    assert snap_compare(app, terminal_size=(120, 40), run_before=monitor_ready)
+@pytest.mark.parametrize("theme", THEMES)
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("state", STATES)
+def test_monitor_snapshot(state, size, theme, snap_compare, tmp_path):
+    session, sampler = session_for(state, tmp_path)
+    assert snap_compare(app_for(session, "monitor", sampler, theme), terminal_size=size, run_before=monitor_ready)
 
 
 def test_monitor_training_gpu_80x24_log_scale(snap_compare, tmp_path):
@@ -105,51 +128,3 @@ def test_monitor_training_gpu_80x24_log_scale(snap_compare, tmp_path):
         await pilot.pause(0.1)
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=before)
-
-
-def make_runs(tmp_path):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    runs = [
-        finished_run(tmp_path),
-        synthetic.write_run(tmp_path, "qwen-qlora-crashed", steps=35, max_steps=300, final=None, pid=dead.pid,
-                            model="Qwen/Qwen2.5-0.5B", method="qlora", seed=2, run_path="runs/qwen-qlora-crashed"),
-        training_run(tmp_path),
-    ]
-    for i, run in enumerate(runs):
-        os.utime(run.config_path, (synthetic.T0 + i, synthetic.T0 + i))
-    return runs
-
-
-async def runs_ready(pilot) -> None:
-    screen = pilot.app.screen
-    assert isinstance(screen, RunsScreen)
-    screen.now = synthetic.T0 + 600  # the live run's duration runs to "now": pin it
-    await settle(pilot, lambda: screen.loaded)
-    screen.refresh_runs()
-    await pilot.pause(0.3)
-
-
-def test_runs_80x24(snap_compare, tmp_path):
-    make_runs(tmp_path)
-    app = app_for(Session(runs_dir=tmp_path), "runs", NO_GPU)
-    assert snap_compare(app, terminal_size=(80, 24), run_before=runs_ready)
-
-
-def test_runs_120x40(snap_compare, tmp_path):
-    make_runs(tmp_path)
-    app = app_for(Session(runs_dir=tmp_path), "runs", NO_GPU)
-    assert snap_compare(app, terminal_size=(120, 40), run_before=runs_ready)
-
-
-def test_runs_compare_120x40(snap_compare, tmp_path):
-    make_runs(tmp_path)
-    app = app_for(Session(runs_dir=tmp_path), "runs", NO_GPU)
-
-    async def before(pilot):
-        await runs_ready(pilot)
-        await pilot.press("space", "down", "space", "down", "space", "c")
-        compare = pilot.app.screen
-        await settle(pilot, lambda: len(compare.metrics) == 3)
-
-    assert snap_compare(app, terminal_size=(120, 40), run_before=before)

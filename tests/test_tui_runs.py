@@ -248,3 +248,73 @@ async def test_damaged_and_unreadable_runs_are_shown_as_such(tmp_path, runs, mon
         await pilot.pause()
         detail = str(screen.query_one("#run-detail").render())
         assert "3 unreadable lines in events.jsonl were skipped" in detail
+
+
+def footer_keys(app) -> dict[str, str]:
+    from textual.widgets._footer import FooterKey
+
+    return {k.key: k.description for k in app.screen.query(FooterKey) if "-command-palette" not in k.classes}
+
+
+async def test_the_footer_offers_what_the_highlighted_run_allows(tmp_path, runs):
+    """done: neither Stop nor Resume; died: Resume; running: Stop; Compare once two are marked.
+    At 80 columns every offered key fits left of the palette key."""
+    from textual.widgets._footer import FooterKey
+
+    app = runs_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        assert await wait_for(pilot, lambda: screen.loaded)
+        await pilot.pause(0.2)
+        keys = footer_keys(app)  # alpha: done
+        assert "x" not in keys and "r" not in keys and "c" not in keys and keys.get("d") == "Delete"
+        await pilot.press("down")  # bravo: died
+        assert await wait_for(pilot, lambda: footer_keys(app).get("r") == "Resume")
+        assert "x" not in footer_keys(app)
+        await pilot.press("down")  # charlie: training
+        assert await wait_for(pilot, lambda: footer_keys(app).get("x") == "Stop")
+        assert "r" not in footer_keys(app)
+        await pilot.press("space", "up", "space")
+        assert await wait_for(pilot, lambda: footer_keys(app).get("c") == "Compare")
+        assert "ctrl+n" not in footer_keys(app)  # Runs is not a step: no Next/Back
+        footer = [k for k in app.screen.query(FooterKey)]
+        palette = [k for k in footer if "-command-palette" in k.classes]
+        for key in footer:
+            if key not in palette:
+                assert key.region.right <= palette[0].region.x, key.description
+        # the details line repeats what the 80-column table scrolls out of view
+        detail = str(screen.query_one("#run-detail").render())
+        assert "started 2023-11-14" in detail and "loss" in detail and "demo · lora" in detail
+
+
+async def test_r_on_a_finished_run_still_says_why(tmp_path, runs):
+    app = runs_app(tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = app.screen
+        assert await wait_for(pilot, lambda: screen.loaded)
+        assert "r" not in footer_keys(app)
+        await pilot.press("r")  # alpha: done; not offered, but the key explains
+        assert await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+
+
+async def test_compare_shows_long_run_names_whole(tmp_path):
+    long_a = "qwen2.5-0.5b-instruct-qlora-20251201-213455-with-a-note"
+    long_b = "qwen2.5-0.5b-instruct-qlora-20251201-220102-with-a-note"
+    for name in (long_a, long_b):
+        synthetic.write_run(tmp_path, name, steps=10)
+    app = runs_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        assert await wait_for(pilot, lambda: screen.loaded)
+        await pilot.press("space", "down", "space", "c")
+        compare = app.screen
+        assert isinstance(compare, CompareScreen)
+        assert await wait_for(pilot, lambda: len(compare.metrics) == 2)
+        await pilot.pause(0.2)
+        table = compare._table().plain
+        flat = table.replace("\n  ", "")
+        assert long_a in flat and long_b in flat
+        width = compare.query_one("#compare-table").content_size.width
+        assert all(len(line) <= width for line in table.splitlines())
+        await pilot.press("f1")
+        assert await wait_for(pilot, lambda: app.screen.__class__.__name__ == "HelpScreen")

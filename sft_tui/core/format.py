@@ -91,6 +91,28 @@ def human_time(timestamp: Any, missing: str = "-") -> str:
         return missing
 
 
+def human_time_short(timestamp: Any, missing: str = "-") -> str:
+    """A wall-clock moment in a narrow column: '12-01 21:34' (month-day; the year is in the details)."""
+    value = _number(timestamp)
+    if not value:
+        return missing
+    try:
+        return _dt.datetime.fromtimestamp(value).strftime("%m-%d %H:%M")
+    except (OverflowError, OSError, ValueError):
+        return missing
+
+
+def shorten(text: str, width: int, keep: str = "middle") -> str:
+    """``text`` in at most ``width`` cells with '…' where it was shortened: in the middle (run names:
+    both their start and their date suffix tell), or at the start (model ids: the name is at the end)."""
+    if width < 2 or len(text) <= width:
+        return text
+    if keep == "end":
+        return "…" + text[-(width - 1):]
+    head = (width - 1 + 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+
+
 def compact(value: Any, digits: int = 4, missing: str = "-") -> str:
     """Metrics in narrow panes: '1.235', '0.01234', '2.0e-04', '7.69k', '12.3M'."""
     number = _number(value)

@@ -8,6 +8,7 @@ what the run folder holds.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,7 @@ class ExportScreen(StepScreen):
     HELP = HELP
     CSS_PATH = "export.tcss"
     BINDINGS = [
-        Binding("ctrl+o", "write_card", "Model card", id="export_card"),
+        Binding("ctrl+o", "write_card", "Card", id="export_card"),
         Binding("ctrl+s", "merge", "Merge", id="export_merge"),
         Binding("ctrl+y", "push", "Push", id="export_push"),
         Binding("ctrl+g", "gguf", "GGUF", id="export_gguf"),
@@ -89,6 +90,7 @@ class ExportScreen(StepScreen):
     def __init__(self) -> None:
         super().__init__()
         self.busy: str | None = None
+        self._described_at = -1e9  # monotonic time of the last refresh_runs
 
     def compose_body(self) -> ComposeResult:
         with VerticalScroll(id="export-body"):
@@ -122,7 +124,13 @@ class ExportScreen(StepScreen):
         self.refresh_runs()
 
     def on_screen_resume(self) -> None:
-        self.refresh_runs()
+        # The first showing brings two resumes right after on_mount: describing once is enough.
+        if time.monotonic() - self._described_at > 1.0:
+            self.refresh_runs()
+
+    def busy_writing(self) -> str | None:
+        """What quitting now would cut short (the app asks first)."""
+        return f"The export ({self.busy})" if self.busy else None
 
     def commands(self) -> list[tuple[str, str, Any]]:
         return [("Merge adapter", "Merge the LoRA into the base and save safetensors (Ctrl+S)", self.action_merge),
@@ -136,6 +144,7 @@ class ExportScreen(StepScreen):
         if wanted != previous:
             self.query_one("#export-merge-dir", Input).value = ""
         self._describe()
+        self._described_at = time.monotonic()
 
     def selected_run(self) -> RunDir | None:
         return self.query_one("#export-run", RunPicker).run

@@ -8,6 +8,10 @@ while the previous read is still running, so slow disks or NVML calls never queu
 unexpected failure (shown in the error dialog) that polling stops until another run is followed.
 Damaged lines in events.jsonl (torn, huge, too deep, wrongly typed) are skipped by the reader and
 counted; the screen says how many and keeps following.
+
+What it shows follows the run's state: with no run it says how to get one; while the worker
+evaluates the ETA is paused; a finished run offers no Stop/Save and shows no worker memory. At
+80×24 nothing is cut: long values and log lines wrap, and keys that do not fit the footer are in F1.
 """
 
 from __future__ import annotations
@@ -21,32 +25,68 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
-from textual.widgets import RichLog, Static
+from textual.widgets import Static
 
 from sft_tui.core.format import STATE_STYLES, compact, display_path, human_bytes, human_duration
-from sft_tui.core.run.events import ACTIVE_STATES, EventTail
+from sft_tui.core.run.events import FINAL_STATES, EventTail, format_event
 from sft_tui.core.run.index import with_liveness
 from sft_tui.core.run.metrics import RunMetrics
-from sft_tui.core.run.rundir import RunDir
+from sft_tui.core.run.rundir import LIVE_STATES, RunDir
 from sft_tui.screens.base import GpusSampled, StepScreen
 from sft_tui.screens.dialogs import ConfirmScreen, ErrorScreen
 from sft_tui.screens.work import background
 from sft_tui.widgets.chart import PALETTE, ChartSeries, LineChart
-from sft_tui.widgets.gauges import GpuPanel, bar
+from sft_tui.widgets.eventlog import EventLog
+from sft_tui.widgets.gauges import GpuPanel, bar, wrapped
 
 # (key, title, series keys)
 CHART_VIEWS = [("loss", "loss", ("loss", "eval_loss")), ("lr", "", ("lr",)),
                ("grad_norm", "", ("grad_norm",)), ("tokens_per_s", "", ("tokens_per_s",))]
 SERIES_LABEL = {"loss": "train", "eval_loss": "eval"}
 
+# What a run in a state before its first training step is doing, in words.
+BEFORE_TRAINING = {"new": "waiting for the worker to start", "starting": "starting the worker",
+                   "queued": "waiting for a free GPU", "loading": "loading the model",
+                   "tokenizing": "tokenizing the data", "training": "training: the first step is on its way",
+                   "evaluating": "evaluating", "saving": "saving"}
+NO_RUN_TEXT = ("No run selected\n"
+               "The monitor follows one training run: start one on Training (F4) or open one on Runs (F8). "
+               "From any shell: sft-tui attach RUN")
+LABEL_W = 11  # the stats panel's label column
 
-def format_log(ev: dict[str, Any]) -> Text:
-    from sft_tui.core.run.events import format_event
 
+def log_style(ev: dict[str, Any]) -> str:
     style = {"error": "bold red", "status": "bold", "checkpoint": "green", "eval": "yellow"}.get(ev.get("type"), "")
     if ev.get("type") == "log" and ev.get("level") in ("warning", "error"):
         style = "yellow" if ev["level"] == "warning" else "red"
-    return Text(format_event(ev), style=style, no_wrap=True, overflow="ellipsis")
+    return style
+
+
+def _log_line(ev: dict[str, Any]) -> tuple[str, str]:
+    return format_event(ev), log_style(ev)
+
+
+def stat_rows(rows: list[tuple[str, list[str], str]], width: int) -> list[Text]:
+    """Label/value rows for a panel ``width`` cells wide: a value's pieces stay on the label's line while
+    they fit and continue on indented lines below when they do not; nothing is cut."""
+    out: list[Text] = []
+    room = max(width - LABEL_W, 8)
+    for label, pieces, style in rows:
+        lines: list[str] = []
+        for piece in pieces:
+            if lines and len(lines[-1]) + 1 + len(piece) <= room:
+                lines[-1] += " " + piece
+            elif len(piece) <= room:
+                lines.append(piece)
+            else:  # a long message: words wrapped
+                out_lines = [t.plain for t in wrapped(piece, room)]
+                lines += out_lines
+        for i, line in enumerate(lines or [""]):
+            text = Text(no_wrap=True)
+            text.append(f"{label:<{LABEL_W}}" if i == 0 else " " * LABEL_W, style="dim")
+            text.append(line, style=style)
+            out.append(text)
+    return out
 
 
 class MonitorScreen(StepScreen):
@@ -62,11 +102,16 @@ run keeps training when you quit or your SSH connection drops; re-open it with
 | --- | --- |
 | x | stop the run (asks first); the worker saves a checkpoint and the adapter |
 | s | save a checkpoint now |
-| o | show the run folder's path (and copy it to the clipboard) |
 | c | chart: loss → learning rate → grad norm → tokens/s |
 | l | log-scale y axis on/off |
 | m | smoothing: off → 0.6 → 0.9 → 0.97 (raw values stay faint underneath) |
+| o | show the run folder's path (and copy it to the clipboard) |
 | e | show the last error again |
+| Tab | move to the metrics or the log, then ↑/↓ to scroll them |
+
+Stop and Save are offered only while the run's worker is alive. The header says what the run is
+doing: **evaluating** pauses the ETA (no training step passes while the worker evaluates), and a
+finished run says how it ended and what to do next.
 
 The GPU panel shows each GPU's memory (our worker's share in bold), utilisation, temperature
 and power about once a second; without an NVIDIA GPU it says so and shows the worker's memory.
@@ -74,12 +119,16 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
 
     BINDINGS = [
         Binding("x", "stop_run", "Stop", id="monitor_stop"),
-        Binding("s", "save_now", "Save ckpt", id="monitor_save"),
-        Binding("o", "open_folder", "Folder", id="monitor_open_folder"),
+        Binding("s", "save_now", "Save", id="monitor_save"),
         Binding("c", "cycle_chart", "Chart", id="monitor_chart"),
-        Binding("l", "toggle_log", "Log y", id="monitor_log_scale"),
-        Binding("m", "cycle_smoothing", "Smooth", id="monitor_smoothing"),
+        # At 80 columns the footer holds only the keys above: these are in F1 and Ctrl+P.
+        Binding("l", "toggle_log", "Log y", show=False, id="monitor_log_scale"),
+        Binding("m", "cycle_smoothing", "Smooth", show=False, id="monitor_smoothing"),
+        Binding("o", "open_folder", "Folder", show=False, id="monitor_open_folder"),
         Binding("e", "show_error", "Error", show=False, id="monitor_show_error"),
+        # x / s without a live worker only say why (the footer does not offer them then).
+        Binding("x", "explain('stop')", "Stop", show=False, id="monitor_stop_why"),
+        Binding("s", "explain('save')", "Save", show=False, id="monitor_save_why"),
     ]
 
     POLL_S = 0.5
@@ -114,28 +163,43 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         self._last_read_error: str | None = None
         self.polls = 0
         self.unreadable = 0  # lines of this run's events.jsonl the reader skipped
+        self._poll_timers: list = []
+        self._quitting = False  # the app is quitting: start no more reads or samples
+        self._was_live: tuple | None = None  # (live, has a run) when the footer was last refreshed
+        self._last_sample: GpusSampled | None = None
+        self._model_in_header = True
+        self._status_cache: tuple | None = None
 
     # ------------------------------------------------------------------ layout
     def compose_body(self) -> ComposeResult:
         yield Static("", id="run-header")
         yield Static("", id="run-progress")
         with Horizontal(id="monitor-main"):
-            yield LineChart("loss", empty_text="waiting for the first loss…", id="chart")
+            yield LineChart("loss", empty_text=NO_RUN_TEXT, id="chart")
             with VerticalScroll(id="monitor-side"):
                 yield Static("", id="stats")
                 yield GpuPanel(id="gpus")
-        yield RichLog(id="log", max_lines=300, min_width=20, wrap=False, markup=False)
+        yield EventLog(_log_line, id="log")
 
     def on_mount(self) -> None:
         self.query_one(LineChart).smoothing = LineChart.SMOOTHING_STEPS[1]
         self._follow_run(self.session.run)
-        self.set_interval(self.POLL_S, self._poll_tail)
-        self.set_interval(self.GPU_POLL_S, self._poll_gpus)
+        self._poll_timers = [self.set_interval(self.POLL_S, self._poll_tail),
+                             self.set_interval(self.GPU_POLL_S, self._poll_gpus)]
         self._poll_gpus()
 
     def on_screen_resume(self) -> None:
         self._check_run_changed()
         self._maybe_show_error()
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._render_all)
+
+    def stop_background(self) -> None:
+        """The app is quitting: stop polling now, so nothing new starts while it closes."""
+        self._quitting = True
+        for timer in self._poll_timers:
+            timer.stop()
 
     # ------------------------------------------------------------------ which run
     def _check_run_changed(self) -> None:
@@ -156,7 +220,8 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         self.stop_sent = False
         self._last_read_error = None
         self.unreadable = 0
-        self.query_one(RichLog).clear()
+        self.query_one(EventLog).reset()
+        self.query_one(EventLog).display = run is not None
         self._bind_chart()
         self._render_all()
         if run is not None:
@@ -164,6 +229,8 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
 
     # ------------------------------------------------------------------ polling (thread workers)
     def _poll_tail(self) -> None:
+        if self._quitting:
+            return
         self._check_run_changed()
         if self.run is None or self.tail is None or self._tail_busy or self._tail_stopped:
             return
@@ -176,6 +243,12 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
             metrics = None
             if first:  # fold a long history here, not on the UI thread, a few MB at a time
                 metrics = RunMetrics(run.name)
+                try:  # what is trained, for the header (a damaged config only loses this line)
+                    config = run.load_config()
+                    metrics.status.model = display_path(config.model.path)
+                    metrics.status.method = config.method.type
+                except Exception:  # noqa: BLE001
+                    pass
                 while chunk := tail.read_new(max_bytes=self.CHUNK_BYTES):
                     metrics.feed(chunk)
                 events = []
@@ -211,32 +284,73 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
             self.notify(f"{lines} skipped in events.jsonl; still following the run", severity="warning", timeout=6)
         self.unreadable = max(self.unreadable, message.unreadable)
         self.alive = message.alive
-        log = self.query_one(RichLog)
+        log = self.query_one(EventLog)
         if message.metrics is not None:
             self.metrics = message.metrics
             self.loaded = True
             self._bind_chart()
-            new_logs = list(self.metrics.logs)
+            log.reset(self.metrics.logs)
         else:
             self.metrics.feed(message.events)
-            new_logs = [ev for ev in message.events if ev.get("type") != "memory"][-log.max_lines:]  # type: ignore[index]
-        width = log.scrollable_content_region.width
-        for ev in new_logs:
-            log.write(format_log(ev), width=width if width > 10 else None)
+            log.add(ev for ev in message.events if ev.get("type") != "memory")
         if message.events or message.metrics is not None:
             self.query_one(LineChart).touch()
         self._render_all()
         self._maybe_show_error()
 
     def _poll_gpus(self) -> None:
-        if self._gpu_busy or self._gpu_stopped or (self.is_mounted and not self.is_current and self.polls):
+        if self._quitting or self._gpu_busy or self._gpu_stopped or (self.is_mounted and not self.is_current
+                                                                    and self.polls):
             return  # nobody is looking at the gauges: no NVML calls
         self._gpu_busy = True
-        self.sample_gpus(self.run)
+        self.sample_gpus(self.run if self.is_live() or not self.loaded else None)
 
     def gpus_sampled(self, message: GpusSampled) -> None:
         self._gpu_busy = False
-        self.query_one(GpuPanel).update_snapshot(message.snapshot, message.pids, message.rss, bool(message.pids))
+        self._last_sample = message
+        self._update_gpus()
+
+    def _update_gpus(self) -> None:
+        message = self._last_sample
+        if message is None:
+            return
+        note = self._worker_note()
+        pids, rss = (message.pids, message.rss) if note is None else ([], None)
+        self.query_one(GpuPanel).update_snapshot(message.snapshot, pids, rss, bool(pids), note)
+
+    def _worker_note(self) -> str | None:
+        """What the GPU panel says instead of the worker's memory, when there is no worker to measure."""
+        if self.run is None:
+            return ""
+        state = self.live_status().state if self.loaded else ""
+        if state in FINAL_STATES or state == "died":
+            return f"run {state}: no worker"
+        return None
+
+    # ------------------------------------------------------------------ state
+    def live_status(self):
+        """The run's status with the worker's liveness (``died``), worked out once per read of the events."""
+        key = (self.generation, self.polls, self.metrics.version, self.loaded, id(self.metrics))
+        if self._status_cache is None or self._status_cache[0] != key:
+            st = copy.copy(self.metrics.status)
+            if self.run is not None and self.loaded:
+                st = with_liveness(st, self.run.pid())
+            self._status_cache = (key, st)
+        return self._status_cache[1]
+
+    def is_live(self) -> bool:
+        """A worker is running this run now: Stop and Save make sense."""
+        return (self.run is not None and self.loaded and self.alive
+                and self.metrics.status.state in (*LIVE_STATES, "new"))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("stop_run", "save_now"):
+            return self.is_live()  # hidden from the footer unless a worker runs
+        if action == "explain":
+            return not self.is_live()
+        if action in ("open_folder", "cycle_chart", "toggle_log", "cycle_smoothing"):
+            return self.run is not None  # nothing to chart or open without a run
+        return True
 
     # ------------------------------------------------------------------ drawing
     def _bind_chart(self) -> None:
@@ -245,97 +359,149 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         for i, skey in enumerate(series_keys):
             s = self.metrics.series(skey)
             series.append(ChartSeries(SERIES_LABEL.get(skey, s.name), s.xs, s.ys, PALETTE[i], smooth=skey != "eval_loss"))
-        self.query_one(LineChart).set_series(series, title=title)
-
-    def live_status(self):
-        st = copy.copy(self.metrics.status)
-        if self.run is not None and self.loaded:
-            st = with_liveness(st, self.run.pid())
-        return st
+        self.query_one(LineChart).set_series(series, title=title if self.run is not None else "")
 
     def _render_all(self) -> None:
+        if not self.is_mounted:
+            return
         self.query_one("#run-header", Static).update(self._header())
         self.query_one("#run-progress", Static).update(self._progress())
         self.query_one("#stats", Static).update(self._stats())
+        self.query_one(LineChart).set_empty_text(self._empty_text())
+        self._update_gpus()
+        offer = (self.is_live(), self.run is not None)
+        if offer != self._was_live:
+            self._was_live = offer
+            self.refresh_bindings()
+
+    def _width(self, widget_id: str, fallback: int) -> int:
+        width = self.query_one(widget_id).content_size.width
+        return width if width > 0 else fallback
+
+    def _empty_text(self) -> str:
+        if self.run is None:
+            return NO_RUN_TEXT
+        if not self.loaded:
+            return "could not read this run's events" if self._tail_stopped else "reading the run's history…"
+        state = self.live_status().state
+        what = CHART_VIEWS[self.chart_view][0]
+        noun = "training loss" if what == "loss" else {"lr": "learning rate", "grad_norm": "grad norm",
+                                                       "tokens_per_s": "tokens/s"}[what]
+        if state in FINAL_STATES or state == "died":
+            return f"This run logged no {noun}\nit ended ({state}) before its first logged step"
+        return f"Waiting for the first {noun}\nthe run is {BEFORE_TRAINING.get(state, state)}…"
 
     def _header(self) -> Text:
+        width = self._width("#run-header", 78)
         if self.run is None:
-            return Text.assemble(("No run selected. ", "bold"),
-                                 "Start one from Training (F4) or open one from Runs (F8).")
+            return Text.assemble(("No run selected", "bold"), no_wrap=True)
         if self._tail_stopped and not self.loaded:
             return Text.assemble((self.run.name, "bold"), ("  could not read the events", "bold red"))
         if not self.loaded:
             return Text.assemble((self.run.name, "bold"), ("  reading history…", "dim"))
         st = self.live_status()
+        m = self.metrics
         text = Text(no_wrap=True, overflow="ellipsis")
         text.append(self.run.name, style="bold")
         text.append("  ")
         text.append(st.state, style=STATE_STYLES.get(st.state, ""))
-        if self.stop_sent and st.state in ACTIVE_STATES:
+        if st.state == "tokenizing" and m.last_progress and m.last_progress.get("stage") != "evaluating":
+            text.append(f" {100 * (m.last_progress.get('fraction') or 0):.0f}%")
+        elif st.state == "evaluating" and m.eval_fraction() is not None:
+            text.append(f" {100 * m.eval_fraction():.0f}%")  # type: ignore[operator]
+        if self.stop_sent and st.state in LIVE_STATES:
             text.append(" · stopping: saving a checkpoint and the adapter…", style="yellow")
+        elif st.state == "done":
+            text.append(" · next: Evaluate (F6), Export (F7)", style="green")
+        elif st.state in ("stopped", "failed", "died"):
+            text.append(" · resume it on Runs (F8) with r", style="dim")
         if self._tail_stopped:
             text.append(" · no longer following: reading the events failed", style="bold red")
-        if st.state == "tokenizing" and self.metrics.last_progress:
-            text.append(f" {100 * self.metrics.last_progress.get('fraction', 0):.0f}%")
-        m = self.metrics
-        if m.status.model:
-            text.append(f"  {m.status.model} · {m.status.method}", style="dim")
+        model = f"  {m.status.model} · {m.status.method}" if m.status.model else ""
+        self._model_in_header = bool(model) and text.cell_len + len(model) <= width
+        if self._model_in_header:
+            text.append(model, style="dim")
         return text
 
     def _progress(self) -> Text:
         m = self.metrics
+        width = self._width("#run-progress", 78)
         text = Text(no_wrap=True, overflow="ellipsis")
-        if self.run is None or m.last_train is None:
-            text.append("step -", style="dim")
+        if self.run is None:
+            text.append("Start one on Training (F4) or open one on Runs (F8).", style="dim")
             return text
-        width = max(self.size.width, 40)
+        if not self.loaded:
+            return text
+        state = self.live_status().state
+        if m.last_train is None:
+            if state in LIVE_STATES or state == "new":
+                text.append(BEFORE_TRAINING.get(state, state) + "…", style="dim")
+            else:
+                text.append(f"no training step was logged before the run ended ({state})", style="dim")
+            return text
         steps = f"step {m.step}/{m.max_steps}" if m.max_steps else f"step {m.step}"
-        text.append(steps + " ", style="bold")
         frac = m.fraction()
+        tail: list[tuple[str, str]] = []  # (text, style) after the bar, most important first
         if frac is not None:
-            text.append_text(bar(frac, max(min(width // 4, 40), 8), None, "cyan"))
-            text.append(f" {100 * frac:3.0f}%")
-        if m.status.epoch is not None:
-            text.append(f"  epoch {m.status.epoch:.2f}")
+            tail.append((f" {100 * frac:3.0f}%", ""))
         eta = m.eta()
-        if eta is not None and self.live_status().state in ACTIVE_STATES:
-            text.append("  ETA ", style="dim")
-            text.append(human_duration(eta), style="bold")
+        if state == "evaluating":
+            tail.append(("  ETA paused: evaluating", "bold cyan"))
+        elif state == "saving":
+            tail.append(("  saving…", "cyan"))
+        elif eta is not None and state in LIVE_STATES:
+            tail.append(("  ETA " + human_duration(eta), "bold"))
+        if m.status.epoch is not None:
+            tail.append((f"  epoch {m.status.epoch:.2f}", ""))
         if m.elapsed() is not None:
-            text.append("  elapsed ", style="dim")
-            text.append(human_duration(m.elapsed()))
+            label = "trained" if state in FINAL_STATES or state == "died" else "elapsed"
+            tail.append((f"  {label} {human_duration(m.elapsed())}", "dim"))
+        # Drop the least important pieces until the line fits with a bar of at least 8 cells.
+        while tail and len(steps) + 1 + 8 + sum(len(t) for t, _ in tail) > width:
+            tail.pop()
+        text.append(steps + " ", style="bold")
+        if frac is not None:
+            room = width - len(steps) - 1 - sum(len(t) for t, _ in tail)
+            text.append_text(bar(frac, max(min(room, 40), 8), None, "cyan"))
+        for piece, style in tail:
+            text.append(piece, style=style)
         return text
 
     def _stats(self) -> Group:
         m = self.metrics
-        rows: list[Text] = []
-
-        def row(label: str, value: str, style: str = "") -> None:
-            rows.append(Text.assemble((f"{label:<11}", "dim"), (value, style), no_wrap=True, overflow="ellipsis"))
-
+        width = self._width("#stats", 26)
+        if self.run is None:
+            return Group(*wrapped("Metrics appear here once a run is followed.", width, "dim"))
+        rows: list[tuple[str, list[str], str]] = []
         last = m.last_train or {}
-        row("loss", compact(last.get("loss")), "bold")
-        row("eval loss", compact(m.last_eval.get("eval_loss")) if m.last_eval else "-")
+        rows.append(("loss", [compact(last.get("loss"))], "bold"))
+        rows.append(("eval loss", [compact(m.last_eval.get("eval_loss")) if m.last_eval else "-"], ""))
         best_step, best = m.best_eval()
         if best is not None:
-            row("best eval", f"{compact(best)} (step {int(best_step or 0)})", "green")
-        row("lr", compact(last.get("lr"), 3))
-        row("grad norm", compact(last.get("grad_norm"), 4))
+            rows.append(("best eval", [compact(best), f"(step {int(best_step or 0)})"], "green"))
+        rows.append(("lr", [compact(last.get("lr"), 3)], ""))
+        rows.append(("grad norm", [compact(last.get("grad_norm"), 4)], ""))
         tps = last.get("tokens_per_s")
-        row("tokens/s", (f"{tps:,.0f}" if tps is not None else "-") +
-            (f" · {compact(last.get('tokens_seen'), 3)} seen" if last.get("tokens_seen") else ""))
+        rows.append(("tokens/s", [f"{tps:,.0f}" if tps is not None else "-"], ""))
+        if last.get("tokens_seen"):
+            rows.append(("seen", [f"{compact(last.get('tokens_seen'), 3)} tokens"], ""))
         if last.get("mfu") is not None:
-            row("MFU", f"{100 * last['mfu']:.1f}% of the GPU's peak bf16")
+            rows.append(("MFU", [f"{100 * last['mfu']:.1f}%", "of the GPU's", "peak bf16"], ""))
         ckpt = m.last_checkpoint
-        row("checkpoint", f"step {ckpt.get('step')}" if ckpt else "none yet")
+        rows.append(("checkpoint", [f"step {ckpt.get('step')}" if ckpt else "none yet"], ""))
+        if m.last_saved is not None:
+            what = "model" if m.last_saved.get("method") == "full" else "adapter"
+            rows.append((what, ["saved"], "green"))
         mem = m.last_memory
-        if mem is not None and str(mem.get("device", "")).startswith("cuda"):
-            row("torch mem", f"{human_bytes(mem.get('allocated'))} · peak {human_bytes(mem.get('peak'))}")
+        if mem is not None and str(mem.get("device", "")).startswith("cuda") and self.is_live():
+            rows.append(("torch mem", [human_bytes(mem.get("allocated")), f"· peak {human_bytes(mem.get('peak'))}"], ""))
         if self.unreadable:
-            row("skipped", f"{self.unreadable} unreadable line{'s' if self.unreadable != 1 else ''}", "yellow")
+            rows.append(("skipped", [f"{self.unreadable} unreadable line{'s' if self.unreadable != 1 else ''}"], "yellow"))
         if m.errors:
-            row("error", str(m.errors[-1].get("message", "")), "bold red")
-        return Group(*rows)
+            rows.append(("error", [str(m.errors[-1].get("message", ""))], "bold red"))
+        if m.status.model and not self._model_in_header:  # too long for the header: here instead
+            rows.append(("model", [m.status.model, f"· {m.status.method}"], ""))
+        return Group(*stat_rows(rows, width))
 
     def _maybe_show_error(self) -> None:
         if len(self.metrics.errors) <= self._errors_shown or not self.is_current:
@@ -357,11 +523,18 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         if self.run is None:
             self.notify("no run selected; open one from Runs (F8)", severity="warning")
             return None
-        if not self.run.is_alive():
-            self.notify(f"cannot {what}: {self.run.name} is not running ({self.live_status().state})",
-                        severity="warning")
+        state = self.live_status().state
+        if not self.run.is_alive() or state in FINAL_STATES or state == "died":
+            # (a worker that wrote its final status may still be exiting: that run is over all the same)
+            self.notify(f"cannot {what}: {self.run.name} is not running ({state})", severity="warning")
             return None
         return self.run
+
+    def action_explain(self, what: str) -> None:
+        """x / s while the footer does not offer them: say why (no run, not running), or, when the
+        worker turns out to be alive after all (the history is still being read), do it."""
+        if self._require_alive(what) is not None:
+            (self.action_stop_run if what == "stop" else self.action_save_now)()
 
     def action_stop_run(self) -> None:
         run = self._require_alive("stop")
@@ -402,6 +575,7 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
     def action_cycle_chart(self) -> None:
         self.chart_view = (self.chart_view + 1) % len(CHART_VIEWS)
         self._bind_chart()
+        self.query_one(LineChart).set_empty_text(self._empty_text())
 
     def action_toggle_log(self) -> None:
         self.query_one(LineChart).toggle_log()
@@ -410,9 +584,17 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         self.query_one(LineChart).cycle_smoothing()
 
     def commands(self):
-        return [
-            ("Monitor: stop run", "Checkpoint, save the adapter and end the run", self.action_stop_run),
-            ("Monitor: save checkpoint now", "Ask the worker to save a checkpoint", self.action_save_now),
-            ("Monitor: show run folder", "Show and copy the run folder path", self.action_open_folder),
-            ("Monitor: toggle log scale", "Log-scale y axis on the chart", self.action_toggle_log),
-        ]
+        commands = []
+        if self.is_live():
+            commands += [
+                ("Monitor: stop run", "Checkpoint, save the adapter and end the run (x)", self.action_stop_run),
+                ("Monitor: save checkpoint now", "Ask the worker to save a checkpoint (s)", self.action_save_now),
+            ]
+        if self.run is not None:
+            commands += [
+                ("Monitor: next chart", "Loss → learning rate → grad norm → tokens/s (c)", self.action_cycle_chart),
+                ("Monitor: toggle log scale", "Log-scale y axis on the chart (l)", self.action_toggle_log),
+                ("Monitor: cycle smoothing", "Off → 0.6 → 0.9 → 0.97 (m)", self.action_cycle_smoothing),
+                ("Monitor: show run folder", "Show and copy the run folder path (o)", self.action_open_folder),
+            ]
+        return commands

@@ -5,6 +5,10 @@ lives, so a crashed worker shows ``died``), refreshed every two seconds in a thr
 unexpected failure (shown in the error dialog) the refresh stops, and the summary line says so.
 Resuming goes through ``sft_tui.core.train.resume.plan_resume`` (the CLI's rule: a finished run or one
 without a complete checkpoint is refused with the reason) and the quick pre-flight, in a worker.
+
+The footer offers what the highlighted run allows (Stop only while its worker runs, Resume only for a
+run that ended early, Compare once two runs are marked); columns that do not fit at 80 columns
+scroll, and the details line under the table repeats every one of them for the highlighted run.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Static
 
-from sft_tui.core.format import STATE_STYLES, compact, human_duration, human_time
+from sft_tui.core.format import STATE_STYLES, compact, human_duration, human_time, human_time_short, shorten
 from sft_tui.core.run.metrics import load_metrics
 from sft_tui.core.run.rundir import RunDir, RunStatus
 from sft_tui.core.run.index import RunIndex
@@ -29,6 +33,9 @@ from sft_tui.screens.dialogs import ConfirmScreen
 from sft_tui.screens.work import Background, background
 from sft_tui.widgets.chart import PALETTE, ChartSeries, LineChart
 
+RESUMABLE = ("stopped", "failed", "died")
+RUN_W, MODEL_W = 28, 20  # table cells; the details line under the table has them whole  # states a resume continues (plan_resume has the final word)
+
 # The columns that matter most come first: at 80 columns the rest scroll (and the detail line repeats them).
 COLUMNS = [("mark", " "), ("run", "run"), ("status", "status"), ("step", "step"), ("best_eval", "best eval"),
            ("duration", "duration"), ("model", "model"), ("method", "method"), ("loss", "loss"),
@@ -36,19 +43,19 @@ COLUMNS = [("mark", " "), ("run", "run"), ("status", "status"), ("step", "step")
 
 
 def row_cells(st: RunStatus, marked: bool, now: float | None = None) -> dict[str, Any]:
+    """The table's cells; long names are shortened with '…' here and shown whole in the details line."""
     step = f"{st.step}/{st.max_steps}" if st.max_steps else str(st.step or "-")
-    model = st.model if len(st.model) <= 24 else "…" + st.model[-23:]
     return {
         "mark": Text("●", style="bold magenta") if marked else Text(" "),
-        "run": Text(st.name, style="bold"),
+        "run": Text(shorten(st.name, RUN_W), style="bold"),
         "status": Text.assemble((st.state, STATE_STYLES.get(st.state, "")),
                                 (" !" if st.unreadable else "", "bold yellow")),
-        "model": model,
+        "model": shorten(st.model, MODEL_W, keep="end"),
         "method": st.method,
         "step": step,
         "loss": compact(st.last_loss),
         "best_eval": compact(st.best_eval_loss),
-        "started": human_time(st.started),
+        "started": human_time_short(st.started),
         "duration": human_duration(st.elapsed(now)),
     }
 
@@ -70,13 +77,19 @@ line says how many); **unreadable** means its events cannot be read at all.
 | x | stop a running run (asks first; it saves a checkpoint) |
 | d | delete a run folder (asks first; a running run must be stopped first) |
 | Space | mark / unmark a run for comparison |
-| c | compare: the loss curves of the marked runs on one chart |
+| c | compare: the loss curves of the marked runs on one chart (two or more marked) |
+| ← / → | scroll the table's columns; the line under the table shows them all for the highlighted run |
+
+The footer shows only what the highlighted run allows: **x Stop** while its worker runs, **r Resume**
+for a run that ended before finishing.
 """
 
     BINDINGS = [
         Binding("enter", "open_run", "Open", id="runs_open"),
         Binding("o", "open_run", "Open", show=False, id="runs_open_o"),
         Binding("r", "resume_run", "Resume", id="runs_resume"),
+        # r on a run that cannot resume (finished, running) still says why; only the footer omits it.
+        Binding("r", "explain_resume", "Resume", show=False, id="runs_resume_why"),
         Binding("x", "stop_run", "Stop", id="runs_stop"),
         Binding("d", "delete_run", "Delete", id="runs_delete"),
         Binding("space", "toggle_mark", "Mark", id="runs_mark"),
@@ -111,6 +124,7 @@ line says how many); **unreadable** means its events cannot be read at all.
         self._stopped = False  # the refresh failed unexpectedly: no more refreshes
         self.loaded = False
         self.now: float | None = None  # pinned by snapshot tests; None means the clock
+        self._refresh_timer = None
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="runs-summary")
@@ -124,7 +138,28 @@ line says how many); **unreadable** means its events cannot be read at all.
             table.add_column(label, key=key)
         self.index = RunIndex(self.session.runs_dir)
         self.refresh_runs()
-        self.set_interval(self.REFRESH_S, self.refresh_runs)
+        self._refresh_timer = self.set_interval(self.REFRESH_S, self.refresh_runs)
+
+    def stop_background(self) -> None:
+        """The app is quitting: no more refreshes."""
+        self._stopped = True
+        if self._refresh_timer is not None:
+            self._refresh_timer.stop()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Offer what the highlighted run allows; the rest is hidden from the footer (and inert)."""
+        if action in ("stop_run", "resume_run", "explain_resume"):
+            sel = self.selected()
+            if sel is None:
+                return False
+            st = sel[1]
+            resumable = not st.alive and st.state in RESUMABLE
+            return {"stop_run": st.alive, "resume_run": resumable, "explain_resume": not resumable}[action]
+        if action == "compare":
+            return len(self.marked) >= 2
+        if action in ("open_run", "delete_run", "toggle_mark"):
+            return self.selected() is not None
+        return True
 
     def on_screen_resume(self) -> None:
         self.refresh_runs()
@@ -201,25 +236,37 @@ line says how many); **unreadable** means its events cannot be read at all.
             damaged = sum(1 for _, st in self.rows if st.unreadable or st.state == "unreadable")
             if damaged:
                 text.append(f" · {damaged} with unreadable events (!)", style="yellow")
-            if self.marked:
-                text.append(f" · {len(self.marked)} marked for comparison (c)", style="magenta")
+            if len(self.marked) >= 2:
+                text.append(f" · {len(self.marked)} marked: c compares them", style="magenta")
+            elif self.marked:
+                text.append(" · 1 marked: mark another to compare", style="magenta")
+            else:
+                text.append(" · Enter opens a run in the monitor", style="dim")
         self.query_one("#runs-summary", Static).update(text)
         self._update_detail()
+        self.refresh_bindings()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_open_run()
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self._update_detail()
+        self.refresh_bindings()
 
     def _update_detail(self) -> None:
+        """Everything the table's columns say about the highlighted run (some scroll out of view at
+        80 columns), and more, wrapped: nothing is cut."""
         sel = self.selected()
         text = Text(no_wrap=False)
         if sel is not None:
             run, st = sel
+            cells = row_cells(st, False, self.now)
             text.append(run.name, style="bold")
             text.append(f"  {st.state}", style=STATE_STYLES.get(st.state, ""))
-            text.append(f" · {st.model} · {st.method}", style="dim")
+            facts = [f"step {cells['step']}", f"loss {cells['loss']}", f"best eval {cells['best_eval']}",
+                     f"{cells['duration']} long", f"started {human_time(st.started)}", st.model or "?",
+                     st.method or "?"]
+            text.append(" · " + " · ".join(facts), style="dim")
             if st.last_checkpoint:
                 text.append(f" · last checkpoint {Path(st.last_checkpoint).name}")
             if run.has_adapter:
@@ -278,6 +325,9 @@ line says how many); **unreadable** means its events cannot be read at all.
             self.notify(f"{run.name} is already running", severity="warning")
             return
         self._resume(run)
+
+    def action_explain_resume(self) -> None:
+        self.action_resume_run()  # refused with the reason (already running, finished, no checkpoint)
 
     @background(group="runs-resume", description="resume a run from its newest complete checkpoint")
     def _resume(self, run: RunDir, force: bool = False) -> Resumed:
@@ -386,6 +436,7 @@ line says how many); **unreadable** means its events cannot be read at all.
         else:
             self.marked.add(key)
         self._fill_table()
+        self.refresh_bindings()
 
     def action_compare(self) -> None:
         runs = [run for run, _ in self.rows if str(run.path) in self.marked]
@@ -395,15 +446,30 @@ line says how many); **unreadable** means its events cannot be read at all.
         self.app.push_screen(CompareScreen(runs))
 
     def commands(self):
-        return [("Runs: compare marked runs", "Overlay the loss curves of the marked runs", self.action_compare)]
+        return [("Runs: compare marked runs", "Overlay the loss curves of the marked runs (c)", self.action_compare),
+                ("Runs: open in the monitor", "Follow the highlighted run (Enter)", self.action_open_run),
+                ("Runs: delete run", "Remove the highlighted run's folder (d)", self.action_delete_run)]
 
 
 class CompareScreen(Background, ModalScreen[None]):
     """Loss curves of several runs on one chart, with each run's final and best values."""
 
     CSS_PATH = "runs.tcss"
+    TITLE = "Compare runs"
+    HELP = """
+The loss curves of the runs you marked on the Runs screen, on one chart, with each run's steps,
+final training loss and best evaluation loss below.
+
+| key | does |
+| --- | --- |
+| v | train loss ↔ eval loss |
+| l | log-scale y axis on/off |
+| m | smoothing: off → 0.6 → 0.9 → 0.97 |
+| Esc / q | back to the runs |
+"""
     BINDINGS = [
         Binding("escape,q", "dismiss", "Close", id="compare_close"),
+        Binding("f1", "app.help", "Help", id="compare_help"),
         Binding("v", "toggle_series", "Train/eval", id="compare_series"),
         Binding("l", "toggle_log", "Log y", id="compare_log_scale"),
         Binding("m", "cycle_smoothing", "Smooth", id="compare_smoothing"),
@@ -434,8 +500,7 @@ class CompareScreen(Background, ModalScreen[None]):
         return self.Loaded([load_metrics(r) for r in runs])
 
     def work_failed(self, worker) -> None:
-        self.query_one(LineChart).empty_text = "could not read these runs (see the error)"
-        self.query_one(LineChart).refresh()
+        self.query_one(LineChart).set_empty_text("could not read these runs (see the error)")
 
     def on_compare_screen_loaded(self, message: Loaded) -> None:
         self.metrics = message.metrics
@@ -450,14 +515,27 @@ class CompareScreen(Background, ModalScreen[None]):
                                       smooth=self.series_key == "loss"))
         chart.set_series(series, title="train loss" if self.series_key == "loss" else "eval loss")
         if all(not s.xs for s in series):
-            chart.empty_text = f"no {'eval' if self.series_key == 'eval_loss' else 'train'} loss recorded in these runs"
-        table = Text(no_wrap=True, overflow="ellipsis")
-        table.append(f"{'run':<28} {'steps':>9} {'final loss':>11} {'best eval':>10}\n", style="bold")
+            chart.set_empty_text(f"no {'eval' if self.series_key == 'eval_loss' else 'train'} loss recorded in these runs")
+        self.query_one("#compare-table", Static).update(self._table())
+
+    def _table(self) -> Text:
+        """One row a run; the name column is as wide as the longest name that fits, and a longer name
+        wraps onto its own line rather than being cut."""
+        width = self.query_one("#compare-table", Static).content_size.width or 76
+        numbers = f" {'steps':>9} {'final loss':>11} {'best eval':>10}"
+        longest = max((len(m.status.name) for m in self.metrics), default=3)
+        name_w = max(min(longest, width - len(numbers) - 2), 8)
+        table = Text(no_wrap=True)
+        table.append(f"  {'run':<{name_w}}{numbers}\n", style="bold")
         for i, m in enumerate(self.metrics):
             _, best = m.best_eval()
+            name = m.status.name
             table.append("━ ", style=PALETTE[i % len(PALETTE)])
-            table.append(f"{m.status.name[:26]:<26} {m.step:>9} {compact(m.train_loss.last):>11} {compact(best):>10}\n")
-        self.query_one("#compare-table", Static).update(table)
+            while len(name) > name_w:  # the rest of a long name on the next line, under its start
+                table.append(name[:name_w] + "\n  ")
+                name = name[name_w:]
+            table.append(f"{name:<{name_w}} {m.step:>9} {compact(m.train_loss.last):>11} {compact(best):>10}\n")
+        return table
 
     def action_toggle_series(self) -> None:
         self.series_key = "eval_loss" if self.series_key == "loss" else "loss"

@@ -70,6 +70,13 @@ class LineChart(Widget):
         self._data_version += 1
         self.refresh()
 
+    def set_empty_text(self, text: str) -> None:
+        """What the chart says while it has nothing to draw (several lines allowed: the first is bold)."""
+        if text != self.empty_text:
+            self.empty_text = text
+            self._data_version += 1
+            self.refresh()
+
     SMOOTHING_STEPS = (0.0, 0.6, 0.9, 0.97)
 
     def toggle_log(self) -> None:
@@ -106,6 +113,8 @@ class LineChart(Widget):
         if self.title:
             text.append(self.title, style="bold")
             text.append("  ")
+        if not any(len(s.xs) for s in self.series):
+            return text  # nothing drawn: no keys to lines that are not there
         for s in self.series:
             text.append("━ ", style=Style(color=s.color, bold=True))
             text.append(s.name + "  ")
@@ -127,11 +136,14 @@ class LineChart(Widget):
         rows = height - 2  # legend on top, x axis labels at the bottom
         prepared = self._prepare()
         if not prepared:
-            pad = max((width - len(self.empty_text)) // 2, 0)
+            lines = self._empty_lines(width)
+            top = max((rows + 1 - len(lines)) // 2, 0)
             for r in range(rows + 1):
                 out.append("\n")
-                if r == rows // 2:
-                    out.append(" " * pad + self.empty_text, style="dim")
+                if top <= r < top + len(lines):
+                    line = lines[r - top]
+                    out.append(" " * max((width - len(line)) // 2, 0) + line,
+                               style="dim" if r > top or len(lines) == 1 else "bold")
             return out
 
         ys_all = [y for _, ys, _ in prepared for y in ys]
@@ -203,6 +215,15 @@ class LineChart(Widget):
                 axis[start:start + len(s)] = list(s)
         out.append("".join(axis), style="dim")
         return out
+
+    def _empty_lines(self, width: int) -> list[str]:
+        """The empty text (one or more lines), each wrapped to the chart's width, never cut."""
+        import textwrap
+
+        lines: list[str] = []
+        for para in self.empty_text.splitlines() or [""]:
+            lines += textwrap.wrap(para, max(width - 2, 8)) or [""]
+        return lines
 
     def _label(self, value: float) -> str:
         return compact(10**value if self.log_y else value, 3)

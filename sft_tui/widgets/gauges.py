@@ -38,19 +38,43 @@ def _level(fraction: float | None) -> str:
     return "red" if fraction >= 0.95 else "yellow" if fraction >= 0.8 else "green"
 
 
+def wrapped(text: str, width: int, style: str = "", indent: int = 0, first: Text | None = None) -> list[Text]:
+    """``text`` word-wrapped to ``width`` cells, continuation lines indented by ``indent``; nothing is
+    cut (a word longer than a line is split). ``first`` is put before the first line (a label)."""
+    import textwrap
+
+    lead = first.cell_len if first is not None else 0
+    room = max(width - max(lead, indent), 4)
+    parts = textwrap.wrap(text, room, break_on_hyphens=False) or [""]
+    lines = []
+    for i, part in enumerate(parts):
+        line = (first.copy() if first is not None else Text()) if i == 0 else Text(" " * max(lead, indent))
+        line.append(part, style=style)
+        line.no_wrap = True
+        lines.append(line)
+    return lines
+
+
 def gpu_lines(snapshot: GpuSnapshot | None, our_pids: list[int], width: int,
-              worker_rss: int | None = None, worker_alive: bool = False) -> list[Text]:
-    """The panel's lines for a given width (the monitor's side column is ~26-40 cells)."""
+              worker_rss: int | None = None, worker_alive: bool = False,
+              worker_note: str | None = None) -> list[Text]:
+    """The panel's lines for a given width (the monitor's side column is ~26-40 cells).
+
+    ``worker_note`` replaces what is said about the worker: a finished run has none ("" says nothing).
+    """
     lines: list[Text] = []
     if snapshot is None:
         return [Text("sampling GPUs…", style="dim")]
     if not snapshot.available or not snapshot.gpus:
         reason = snapshot.reason or "no NVIDIA GPU found"
         head, sep, detail = reason.partition(" (")
-        lines.append(Text.assemble(("GPU ", "bold"), (head, "yellow"), no_wrap=True, overflow="ellipsis"))
+        lines += wrapped(head, width, "yellow", 4, Text("GPU ", style="bold"))
         if sep:
-            lines.append(Text("(" + detail, style="dim", no_wrap=True, overflow="ellipsis"))
-        if worker_rss is not None:
+            lines += wrapped("(" + detail, width, "dim", 1)
+        if worker_note is not None:
+            if worker_note:
+                lines += wrapped(worker_note, width, "dim", 2)
+        elif worker_rss is not None:
             lines.append(Text.assemble(("worker RSS ", "dim"), human_bytes(worker_rss), " (CPU)"))
         else:
             lines.append(Text("worker not running" if not worker_alive else "worker RSS n/a", style="dim"))
@@ -81,7 +105,16 @@ def gpu_lines(snapshot: GpuSnapshot | None, our_pids: list[int], width: int,
         if gpu.power_limit_w:
             power += f"/{gpu.power_limit_w:.0f}W"
         temp_style = "red" if (gpu.temperature_c or 0) >= 85 else ""
-        lines.append(Text.assemble(("temp ", "dim"), (temp, temp_style), ("  power ", "dim"), power, no_wrap=True))
+        temp_line = Text.assemble(("temp ", "dim"), (temp, temp_style), no_wrap=True)
+        power_part = Text.assemble(("power ", "dim"), power)
+        if temp_line.cell_len + 2 + power_part.cell_len <= width:
+            temp_line.append("  ")
+            temp_line.append_text(power_part)
+            lines.append(temp_line)
+        else:  # narrow: on two lines rather than cut
+            lines += [temp_line, power_part]
+    if worker_note:
+        lines += wrapped(worker_note, width, "dim", 2)
     return lines
 
 
@@ -98,15 +131,20 @@ class GpuPanel(Static):
         self.our_pids: list[int] = []
         self.worker_rss: int | None = None
         self.worker_alive = False
+        self.worker_note: str | None = None
 
     def update_snapshot(self, snapshot: GpuSnapshot | None, our_pids: list[int], worker_rss: int | None,
-                        worker_alive: bool) -> None:
+                        worker_alive: bool, worker_note: str | None = None) -> None:
         self.snapshot, self.our_pids, self.worker_rss, self.worker_alive = snapshot, our_pids, worker_rss, worker_alive
+        self.worker_note = worker_note
         self._redraw()
+
+    def lines(self, width: int | None = None) -> list[Text]:
+        return gpu_lines(self.snapshot, self.our_pids, width or max(self.content_size.width, 20), self.worker_rss,
+                         self.worker_alive, self.worker_note)
 
     def on_resize(self) -> None:
         self._redraw()
 
     def _redraw(self) -> None:
-        width = max(self.content_size.width, 20)
-        self.update(Group(*gpu_lines(self.snapshot, self.our_pids, width, self.worker_rss, self.worker_alive)))
+        self.update(Group(*self.lines()))

@@ -25,7 +25,25 @@ FILE_NAMES = {"axolotl": "axolotl.yaml", "llamafactory": "llamafactory.yaml", "t
 class PeerExportScreen(ModalScreen[None]):
     """Dismisses with None; ``text`` is what is shown (and what Copy/Save use)."""
 
-    BINDINGS = [Binding("escape", "close", "Close", id="peer_export_close")]
+    TITLE = "Export as a peer tool's config"
+    HELP = """
+The training form as another tool's config, to run the same training there or to share it.
+
+| field | does |
+| --- | --- |
+| **as** | Axolotl YAML, LLaMA-Factory YAML or a TRL script (a runnable Python file) |
+| **file** | where Save writes it; Enter saves. Saving over a file asks first (Save again) |
+| **Copy** | puts the text on the clipboard (over SSH too, where the terminal allows it) |
+| **Esc** | closes this dialog |
+
+The text's header names every setting that does not carry over. For LLaMA-Factory, Save also writes
+`dataset_info.json` beside the YAML (LLaMA-Factory reads the data through it). From the command line:
+`sft-tui config export run.yaml --to axolotl|llamafactory|trl`.
+"""
+
+    # A dialog cuts off the screen's keys below it, F1 included: it brings its own (F1 did nothing here).
+    BINDINGS = [Binding("escape", "close", "Close", id="peer_export_close"),
+                Binding("f1", "app.help", "Help", show=False, id="peer_export_help")]
     DEFAULT_CSS = """
     PeerExportScreen { align: center middle; }
     PeerExportScreen > Vertical { width: 95%; max-width: 110; height: 90%; border: thick $primary;

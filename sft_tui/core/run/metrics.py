@@ -89,6 +89,8 @@ class RunMetrics:
         self.last_checkpoint: dict[str, Any] | None = None
         self.last_progress: dict[str, Any] | None = None
         self.last_status: dict[str, Any] | None = None
+        self.eval_started: float | None = None  # when the evaluation now running began (worker's clock)
+        self.last_saved: dict[str, Any] | None = None  # the worker saved the adapter (or the whole model)
         self.errors: list[dict[str, Any]] = []
         self.logs: deque[dict[str, Any]] = deque(maxlen=log_lines)
         self.rate = StepRate()
@@ -114,6 +116,8 @@ class RunMetrics:
                 continue
             kinds.add(kind)  # type: ignore[arg-type]
             if kind == "train":  # the hot path, inlined (same rules as rundir.fold_event)
+                if st.state == "evaluating":
+                    st.state, self.eval_started = "training", None
                 step = ev.get("step")
                 if step is not None:
                     st.step = step
@@ -136,6 +140,8 @@ class RunMetrics:
                 self.last_train = ev
                 logs.append(ev)
                 continue
+            if kind == "eval" and st.state == "evaluating":
+                self.eval_started = None  # its results: that evaluation is over (fold_event says training)
             fold_event(st, ev)
             if kind == "eval":
                 self.eval_loss.add(ev.get("step"), ev.get("eval_loss"))
@@ -144,14 +150,20 @@ class RunMetrics:
                 self.last_checkpoint = ev
             elif kind == "progress":
                 self.last_progress = ev
+            elif kind == "saved":
+                self.last_saved = ev
             elif kind == "status":
                 self.last_status = ev
                 if ev.get("state") == "starting":
                     self.rate.points.clear()  # a resume: the gap while stopped is not training time
+                elif ev.get("state") == "evaluating" and self.eval_started is None:
+                    self.eval_started = ev.get("time")
             elif kind == "error":
                 self.errors.append(ev)
             logs.append(ev)
         if count:
+            if st.state != "evaluating":
+                self.eval_started = None
             self.events_seen += count
             self.version += 1
         return kinds
@@ -174,7 +186,23 @@ class RunMetrics:
             return None
         return min(max(self.step / self.max_steps, 0.0), 1.0)
 
+    @property
+    def evaluating(self) -> bool:
+        """The worker is evaluating between training steps: no steps pass, so the ETA is paused."""
+        return self.status.state == "evaluating"
+
+    def eval_fraction(self) -> float | None:
+        """How far the evaluation now running is, when the worker reports it (progress, stage evaluating)."""
+        p = self.last_progress
+        if not self.evaluating or not p or p.get("stage") != "evaluating" or p.get("fraction") is None:
+            return None
+        if self.eval_started is not None and (p.get("time") or 0) < self.eval_started:
+            return None  # an earlier evaluation's progress
+        return min(max(float(p["fraction"]), 0.0), 1.0)
+
     def eta(self) -> float | None:
+        """Seconds of training left at the recent rate; None once finished. (While evaluating no step
+        passes, so it is the time left after the evaluation: callers show it as paused.)"""
         if self.finished:
             return None
         return self.rate.eta(self.step, self.max_steps)

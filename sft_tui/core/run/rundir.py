@@ -26,12 +26,16 @@ from sft_tui.core.run.events import ACTIVE_STATES, FINAL_STATES, EventTail, Even
 
 COMMANDS = ("stop", "save")
 
+# Every state in which a worker should be alive: the protocol's active states plus the ones a worker
+# may report while it waits for a GPU (queued) or evaluates between training steps (evaluating).
+LIVE_STATES = tuple(dict.fromkeys((*ACTIVE_STATES, "queued", "evaluating")))
+
 @dataclass
 class RunStatus:
     """What a run is doing, derived from its events and whether its worker still lives."""
 
     name: str
-    state: str  # starting|loading|tokenizing|training|saving|done|failed|stopped|died|new
+    state: str  # starting|queued|loading|tokenizing|training|evaluating|saving|done|failed|stopped|died|new
     step: int = 0
     max_steps: int | None = None
     epoch: float | None = None
@@ -353,12 +357,16 @@ def fold_event(st: RunStatus, ev: dict[str, Any]) -> None:
         else:
             st.ended = None
     elif kind == "train":
+        if st.state == "evaluating":  # training goes on: the evaluation is over
+            st.state = "training"
         st.step = ev.get("step", st.step)
         st.epoch = ev.get("epoch", st.epoch)
         st.max_steps = ev.get("max_steps", st.max_steps)
         if ev.get("loss") is not None:
             st.last_loss = ev["loss"]
     elif kind == "eval":
+        if st.state == "evaluating":  # its results: the evaluation is over, training goes on
+            st.state = "training"
         loss = ev.get("eval_loss")
         if loss is not None and (st.best_eval_loss is None or loss < st.best_eval_loss):
             st.best_eval_loss = loss
@@ -378,7 +386,7 @@ def with_liveness(st: RunStatus, pid: int | None) -> RunStatus:
     """
     st.pid = pid
     st.alive = pid is not None and pid_alive(pid)
-    if st.state in ACTIVE_STATES and not st.alive and (pid is not None or st.state != "starting"):
+    if st.state in LIVE_STATES and not st.alive and (pid is not None or st.state != "starting"):
         st.state = "died"
         st.ended = st.last_event  # its clock stopped when it did, not now
     return st
