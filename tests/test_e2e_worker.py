@@ -71,6 +71,11 @@ def test_events_tell_the_whole_story(finished_run):
     assert all(e["lr"] is not None and e["tokens_per_s"] is not None for e in train[1:])
     evals = [e for e in events if e["type"] == "eval"]
     assert {5, 10} <= {e["step"] for e in evals} and all(e["eval_loss"] > 0 for e in evals)
+    # each evaluation is announced (the monitor pauses its ETA) and training is resumed after it
+    for ev in evals:
+        before = [e for e in events[: events.index(ev)] if e["type"] == "status"]
+        assert before[-1]["state"] == "evaluating" and before[-1]["step"] == ev["step"]
+    assert states.count("training") >= 1 + len([e for e in evals if e["step"] < 12])
     checkpoints = [e["step"] for e in events if e["type"] == "checkpoint"]
     assert {5, 10} <= set(checkpoints)
     assert any(e["type"] == "memory" and e["device"] == "cpu" and e["peak"] > 0 for e in events)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ACTIVE_STATES = ("starting", "loading", "tokenizing", "training", "saving")
+ACTIVE_STATES = ("starting", "queued", "loading", "tokenizing", "training", "evaluating", "saving")
 FINAL_STATES = ("done", "failed", "stopped")
 
 

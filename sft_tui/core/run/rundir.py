@@ -26,9 +26,8 @@ from sft_tui.core.run.events import ACTIVE_STATES, FINAL_STATES, EventTail, Even
 
 COMMANDS = ("stop", "save")
 
-# Every state in which a worker should be alive: the protocol's active states plus the ones a worker
-# may report while it waits for a GPU (queued) or evaluates between training steps (evaluating).
-LIVE_STATES = tuple(dict.fromkeys((*ACTIVE_STATES, "queued", "evaluating")))
+# Every state in which a worker should be alive (the monitor's name for the protocol's active states).
+LIVE_STATES = ACTIVE_STATES
 
 @dataclass
 class RunStatus:

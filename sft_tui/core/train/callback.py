@@ -59,6 +59,9 @@ class EventCallback(TrainerCallback):
         # MFU = tokens/s × model FLOPs per token / the GPU's peak bf16 FLOP/s (set by the recipe; None on CPU)
         self.flops_per_token: float | None = None
         self.peak_tflops: float | None = None
+        self._evaluating = False
+        self._eval_batches = 0
+        self._eval_progress_at = 0.0
 
     @property
     def stop_requested(self) -> bool:
@@ -107,6 +110,30 @@ class EventCallback(TrainerCallback):
             if ev.get("eval_loss") is not None:
                 ev["eval_perplexity"] = math.exp(min(ev["eval_loss"], 50))
             self.writer.write("eval", step=state.global_step, epoch=state.epoch, **ev)
+
+    # -- evaluation: a status of its own, so the monitor pauses the ETA instead of freezing it ---------
+    def on_prediction_step(self, args, state, control, **kwargs):
+        if not self._evaluating:
+            self._evaluating, self._eval_batches = True, 0
+            self._eval_progress_at = 0.0
+            self.writer.status("evaluating", step=state.global_step)
+        self._eval_batches += 1
+        loader = kwargs.get("eval_dataloader")
+        now = time.monotonic()
+        if loader is not None and now - self._eval_progress_at >= 1.0:
+            try:
+                total = len(loader)
+            except TypeError:
+                total = 0
+            if total:
+                self._eval_progress_at = now
+                self.writer.write("progress", stage="evaluating", fraction=min(self._eval_batches / total, 1.0))
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self._evaluating:
+            self._evaluating = False
+            if not control.should_training_stop and state.global_step < state.max_steps:
+                self.writer.status("training", step=state.global_step)
 
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
