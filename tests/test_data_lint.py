@@ -107,3 +107,13 @@ def test_roles_after_the_column_mapping_are_reported(tmp_path, chatml):
     assert report.roles["user"] == "column question"
     assert report.roles["system"] == "column system"
     assert report.roles["assistant"].startswith("column answer")
+
+
+def test_template_notes_name_only_what_the_rows_hold(tmp_path, chatml):
+    plain = inspect_data(DataConfig(path=write(tmp_path / "a.jsonl", [chat(("q", "a"))])), chatml)
+    assert plain.template_notes == []
+    rows = [{"messages": [{"role": "user", "content": "q"},
+                          {"role": "assistant", "content": "a", "reasoning_content": "because"}]}]
+    thought = inspect_data(DataConfig(path=write(tmp_path / "b.jsonl", rows)), chatml)
+    assert any("drops reasoning" in n for n in thought.template_notes)
+    assert "<think>\nbecause\n</think>" in "".join(t for t, f in thought.samples[0]["segments"] if f)

@@ -263,3 +263,22 @@ def has_control_chars(turns: list[dict[str, Any]]) -> str | None:
         if match:
             return f"turn {i + 1} ({turn['role']}) has control byte {match.group()!r}"
     return None
+
+
+# What a row holds that a template may not be able to show (see profile.TemplateProfile.notes).
+CONTENT_FLAGS = {"tool_calls": 1, "reasoning": 2, "tool_results": 4, "turns": 8}
+
+
+def content_flags(turns: list[dict[str, Any]]) -> int:
+    """CONTENT_FLAGS bits of one conversation."""
+    flags = 0
+    for i, turn in enumerate(turns):
+        if turn.get("tool_calls"):
+            flags |= 1
+        if turn.get("reasoning"):
+            flags |= 2
+        if turn["role"] == "tool":
+            flags |= 4
+        if i and turns[i - 1]["role"] == turn["role"]:
+            flags |= 8
+    return flags

@@ -29,7 +29,7 @@ from .conversation import BadRow, Conversation, ProblemLog
 from .formats import Detection, detect_for, role_assignment, to_conversation
 from .lint import WARNING_KINDS, tokenizer_warnings
 from .lint import row_warnings
-from .messages import has_control_chars
+from .messages import CONTENT_FLAGS, content_flags, has_control_chars
 from .profile import template_profile
 from .loading import DATASETS_LOCK, LoadedRows, file_identity, load_rows_detailed, quiet_datasets, resolve_paths
 from .masking import encode_spans_batch, tokenize_conversation
@@ -37,7 +37,7 @@ from .report import DataReport
 from .stats import length_stats
 from .templates import Renderer, get_renderer, pieces_to_spans
 
-PIPELINE_VERSION = "3"
+PIPELINE_VERSION = "4"
 Progress = Callable[[str, float], None]
 MAP_BATCH = 5000
 SEP = "\x1f"  # joins several problems of one row in the __kind__/__msg__ columns
@@ -138,17 +138,21 @@ class _RowProcessor:
         spans: list[list[tuple[int, int]]] = []
         fmt, columns, system_prompt, pieces = self.fmt, self.columns, self.data.system_prompt, self.renderer.pieces
         expand = self.data.multi_turn == "expand"
+        feats = self.feats = []
         for i, row in enumerate(self._rows(batch)):
             try:
                 conv = to_conversation(row, fmt, columns, system_prompt)
                 rendered = [pieces_to_spans(pieces(c)) for c in (expand_answers(conv) if expand else [conv])]
             except BadRow as exc:
                 src.append(i)
+                feats.append(0)
                 problems.append([(exc.kind, exc.detail)])
                 texts.append("")
                 spans.append([])
                 continue
             control = has_control_chars(conv.turns)
+            flags = content_flags(conv.turns)
+            feats.extend([flags] * len(rendered))
             for text, sp in rendered:
                 src.append(i)
                 problems.append([("control_chars", control)] if control else [])
@@ -206,6 +210,7 @@ class _RowProcessor:
             "labels": lists(labels),
             "length": pa.array(length), "orig_length": pa.array(orig_length), "n_trained": pa.array(n_trained),
             "__row__": pa.array(np.asarray(indices, dtype=np.int64)[src] + self.offset),
+            "__feat__": pa.array(np.asarray(self.feats, dtype=np.int8)),
             "__kind__": pa.array([SEP.join(k for k, _ in p) for p in problems], type=pa.string()),
             "__msg__": pa.array([SEP.join(m for _, m in p) for p in problems], type=pa.string()),
             "__line__": batch.column("__line__").take(take) if "__line__" in names else pa.nulls(n, pa.int64()),
@@ -280,13 +285,19 @@ def _tokenize_loaded(loaded: LoadedRows, det: Detection, tokenizer: Any, data: D
     return out.with_format(None)
 
 
-def _collect(out: Any, loaded: LoadedRows) -> tuple[np.ndarray, ProblemLog, int]:
-    """Indices of trainable rows, the problem log, and how many source rows they came from."""
+def _collect(out: Any, loaded: LoadedRows) -> tuple[np.ndarray, ProblemLog, int, dict[str, int]]:
+    """Indices of trainable rows, the problem log, how many source rows they came from, and how many
+    of those hold tool calls, reasoning, tool results or turns of one role in a row."""
     table = out.data
     kinds = np.asarray(table.column("__kind__").to_pylist(), dtype=object)
     lengths = table.column("length").to_numpy()
     good = np.nonzero(lengths > 0)[0]
     sources = int(np.unique(table.column("__row__").to_numpy()[good]).size) if good.size else 0
+    flags = np.zeros(0, dtype=np.int8)
+    if good.size:  # once per source row (an expanded row repeats its source's flags)
+        _, first = np.unique(table.column("__row__").to_numpy()[good], return_index=True)
+        flags = table.column("__feat__").to_numpy()[good][first]
+    content = {name: int(((flags & bit) > 0).sum()) for name, bit in CONTENT_FLAGS.items()}
     problems = ProblemLog()
     problems.merge(loaded.problems)
     bad = np.nonzero(kinds != "")[0]
@@ -296,7 +307,7 @@ def _collect(out: Any, loaded: LoadedRows) -> tuple[np.ndarray, ProblemLog, int]
             source = loaded.files[f] if f is not None and f < len(loaded.files) else None
             for one_kind, one_msg in zip(kind.split(SEP), msg.split(SEP)):
                 problems.add(one_kind, one_msg, line, source)
-    return good, problems, sources
+    return good, problems, sources, content
 
 
 def _tokenized(path: Any, tokenizer: Any, data: DataConfig, progress: Progress | None,
@@ -325,7 +336,7 @@ def _tokenized_inner(path: Any, tokenizer: Any, data: DataConfig, progress: Prog
     work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
     try:
         out = _tokenize_loaded(loaded, det, tokenizer, data, work, progress, key)
-        good, problems, sources = _collect(out, loaded)
+        good, problems, sources, content = _collect(out, loaded)
         if progress:
             progress("saving", 0.99)
         good_ds = out.select(good).select_columns(TOKEN_COLUMNS)
@@ -333,7 +344,8 @@ def _tokenized_inner(path: Any, tokenizer: Any, data: DataConfig, progress: Prog
             # datasets cannot reload an empty saved dataset, and there is nothing worth caching:
             # report the problems from memory instead.
             meta = {"detection": det.to_dict(), "problems": problems.to_dict(), "rows": len(loaded.dataset),
-                    "rows_ok": 0, "examples": 0, "files": loaded.files, "line_kind": loaded.line_kind,
+                    "rows_ok": 0, "examples": 0, "content": content, "files": loaded.files,
+                    "line_kind": loaded.line_kind,
                     "template": get_renderer(tokenizer, data.template).name, "samples": []}
             return good_ds.flatten_indices(), meta, False
         good_ds.save_to_disk(str(work / "data"))
@@ -345,7 +357,8 @@ def _tokenized_inner(path: Any, tokenizer: Any, data: DataConfig, progress: Prog
                                    source=loaded.files[row.get("__file__", 0) or 0])
             samples.append(conv.to_dict())
         meta = {"detection": det.to_dict(), "problems": problems.to_dict(), "rows": len(loaded.dataset),
-                "rows_ok": sources, "examples": int(good.size), "files": loaded.files, "line_kind": loaded.line_kind,
+                "rows_ok": sources, "examples": int(good.size), "content": content, "files": loaded.files,
+                "line_kind": loaded.line_kind,
                 "template": get_renderer(tokenizer, data.template).name, "samples": samples}
         (work / "meta.json").write_text(json.dumps(meta))
         del out
@@ -384,7 +397,8 @@ def _report(data: DataConfig, meta: dict[str, Any], ds: Any, tokenizer: Any, bat
     report.examples = meta.get("examples", meta["rows_ok"])
     report.roles = role_assignment(det["format"], det["columns"], meta.get("samples", []))
     profile = template_profile(tokenizer, data.template)
-    report.template_notes = list(profile.notes)
+    content = meta.get("content") or {}
+    report.template_notes = [text for key, text in profile.notes.items() if key == "any" or content.get(key)]
     report.warnings.extend(tokenizer_warnings(tokenizer, data.template, profile.stop_token_ids))
     renderer = get_renderer(tokenizer, data.template) if n_samples else None
     convs = [Conversation.from_dict(c) for c in meta.get("samples", [])]

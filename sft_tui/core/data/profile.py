@@ -35,7 +35,9 @@ class TemplateProfile:
     one_call_per_turn: bool = False  # Llama 3.1 refuses parallel tool calls in one answer
     short_call_ids: bool = False  # Mistral's templates refuse tool call ids that are not 9 letters/digits
     generation_markers: bool = False
-    notes: list[str] = field(default_factory=list)
+    # what the template cannot show and what sft-tui does instead, keyed by the data it concerns
+    # ("any", "tool_calls", "reasoning", "turns"), so a report names only what its rows hold
+    notes: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -99,7 +101,7 @@ def probe_jinja(tokenizer: Any) -> TemplateProfile:
     answer = {"role": "assistant", "content": SENTINEL}
     full = _try(tokenizer, [user, answer])
     if full is None or SENTINEL not in full:
-        prof.notes.append("the template did not render a plain user/assistant exchange")
+        prof.notes["any"] = "the template did not render a plain user/assistant exchange"
     else:
         prof.end_of_turn = _end_of_turn(full, SENTINEL)
     # Roles that must alternate: two user turns in a row are refused by e.g. Gemma and Mistral.
@@ -132,12 +134,13 @@ def probe_jinja(tokenizer: Any) -> TemplateProfile:
     prof.stop_token_ids = _stop_ids(tokenizer, prof.end_of_turn)
     prof.stop_strings = _stop_strings(tokenizer, prof.end_of_turn)
     if not prof.renders_tool_calls:
-        prof.notes.append("the template has no tool-call format: tool calls are written into the answer as JSON")
+        prof.notes["tool_calls"] = "the template has no tool-call format: tool calls are written into the answer as JSON"
     if not prof.renders_reasoning:
-        prof.notes.append("the template drops reasoning: it is kept in the answer as <think>…</think>")
+        prof.notes["reasoning"] = "the template drops reasoning: it is kept in the answer as <think>…</think>"
     if prof.strict_alternation:
-        prof.notes.append("the template needs user/assistant turns to alternate: consecutive turns of one role "
-                          "are joined, tool results become user turns")
+        prof.notes["turns"] = "the template needs user/assistant turns to alternate: turns of one role in a row are joined"
+    if not prof.renders_tool_role:
+        prof.notes["tool_results"] = "the template has no tool role: tool results become user turns (never trained)"
     return prof
 
 
