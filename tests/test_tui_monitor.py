@@ -176,7 +176,7 @@ async def test_no_gpu_shows_reason_and_worker_rss(tmp_path):
         panel = monitor(app).query_one(GpuPanel)
         assert await wait_for(pilot, lambda: panel.worker_rss is not None)
         text = "\n".join(line.plain for line in _panel_lines(panel))
-        assert "no NVIDIA GPU found" in text and "worker RSS" in text and "MiB" in text
+        assert "no NVIDIA GPU found" in text and "worker RSS" in text and ("MiB" in text or "GiB" in text)
 
 
 def _panel_lines(panel):
