@@ -117,3 +117,15 @@ def test_template_notes_name_only_what_the_rows_hold(tmp_path, chatml):
     thought = inspect_data(DataConfig(path=write(tmp_path / "b.jsonl", rows)), chatml)
     assert any("drops reasoning" in n for n in thought.template_notes)
     assert "<think>\nbecause\n</think>" in "".join(t for t, f in thought.samples[0]["segments"] if f)
+
+
+def test_render_mismatch_after_a_special_token_is_found_too(tmp_path, chatml):
+    # the parity check tokenizes only the prompt's piece after its last special token: it must still
+    # see the space of "assistant: " merge into the answer's first word
+    tok = build_toy_tokenizer("chatml")
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m.role }}: {{ m.content }}<|im_end|>{% endfor %}"
+                         "{% if add_generation_prompt %}<|im_start|>assistant: {% endif %}")
+    report = inspect_data(DataConfig(path=write(tmp_path / "d.jsonl", [chat(("q", "positive"))] * 2)), tok)
+    assert report.problems.counts.get("render_mismatch") == 2
+    clean = inspect_data(DataConfig(path=write(tmp_path / "e.jsonl", [chat(("q", "positive"))] * 2)), chatml)
+    assert clean.problems.counts.get("render_mismatch") is None
