@@ -1,4 +1,4 @@
-"""SVG snapshots of the Evaluate and Export screens (80×24 and 120×40, dark theme).
+"""SVG snapshots of the Evaluate and Export screens (80×24 and 120×40, dark and high-contrast themes).
 
 A synthetic finished run with an adapter config and a saved evaluation (``write_evaluated_run``:
 verdict, warning and twelve example rows), in a private tmp folder that is the test's home folder,
@@ -30,10 +30,10 @@ def finished_run(home):
     return write_evaluated_run(home / "runs", "demo-lora-example", run_path="runs/demo-lora-example")
 
 
-def app_for(run, start: str) -> SftApp:
+def app_for(run, start: str, theme: str = "sft-dark") -> SftApp:
     session = Session(runs_dir=run.path.parent)
     session.run = run
-    return SftApp(session=session, start=start, settings=Settings(theme="sft-dark"))
+    return SftApp(session=session, start=start, settings=Settings(theme=theme))
 
 
 async def settle(pilot) -> None:
@@ -44,9 +44,10 @@ async def settle(pilot) -> None:
     await pilot.pause(0.1)
 
 
+@pytest.mark.parametrize("theme", ["sft-dark", "sft-high-contrast"])
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
 @pytest.mark.parametrize("screen", ["evaluate", "export"])
-def test_eval_and_export_snapshots(snap_compare, finished_run, home, screen, size, monkeypatch):
+def test_eval_and_export_snapshots(snap_compare, finished_run, home, screen, size, theme, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(home / "hf-home"))
@@ -55,4 +56,4 @@ def test_eval_and_export_snapshots(snap_compare, finished_run, home, screen, siz
 
     monkeypatch.delenv("SFT_TUI_LLAMA_CPP", raising=False)
     monkeypatch.setattr(export, "_package_converter", lambda: None)
-    assert snap_compare(app_for(finished_run, screen), terminal_size=size, run_before=settle)
+    assert snap_compare(app_for(finished_run, screen, theme), terminal_size=size, run_before=settle)
