@@ -173,7 +173,11 @@ async def test_data_screen_loads_each_sample_and_maps_columns(setup_env):
 
 
 async def test_tokenize_keeps_the_ui_responsive(setup_env, monkeypatch, tmp_path):
-    """Fails when the UI event loop is blocked for more than 250 ms while the sample data tokenizes."""
+    """Fails when the UI event loop is blocked while the sample data tokenizes.
+
+    Tokenizing on the event loop would stop it for the whole tokenization; a shared, noisy machine
+    can stall it for a few hundred ms anyway. So the longest stall must stay under half a second or,
+    when tokenizing takes long (a busy machine), under half of the tokenizing time."""
     import sft_tui.core.data.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "tokenized_cache_dir", lambda: tmp_path / "tok-cache")  # really tokenize
@@ -193,12 +197,16 @@ async def test_tokenize_keeps_the_ui_responsive(setup_env, monkeypatch, tmp_path
         await pilot.pause(0.2)
         last[0] = time.perf_counter()
         gaps.clear()
+        started = time.perf_counter()
         await pilot.press("ctrl+t")
         await wait_for(pilot, lambda: app.session.data_report is not None, timeout=90)
+        took = time.perf_counter() - started
         await pilot.pause(0.2)
         timer.stop()
         assert gaps, "the interval never ticked"
-        assert max(gaps) < 0.25, f"UI blocked for {max(gaps) * 1000:.0f} ms while tokenizing"
+        bound = max(0.5, took / 2)
+        assert max(gaps) < bound, (f"UI blocked for {max(gaps) * 1000:.0f} ms while tokenizing "
+                                   f"(tokenizing took {took:.1f} s)")
         report = app.session.data_report
         assert report.rows == 2000 and not report.from_cache
         stats = text_of(pilot, "#stats-text")
