@@ -11,10 +11,10 @@ SVG's text (nothing cut, nothing run together) before committing.
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
+from pilot_support import settle_until, utc_clock
 from sft_tui.app import SftApp
 from sft_tui.core.settings import Settings
 from sft_tui.core.setup.session import Session
@@ -39,23 +39,14 @@ class FakeSampler:
 
 @pytest.fixture(autouse=True)
 def utc(monkeypatch):
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+    yield from utc_clock(monkeypatch)
 
 
 def app_for(session: Session, start: str, sampler, theme: str = "sft-dark") -> SftApp:
     return SftApp(session=session, start=start, settings=Settings(theme=theme), gpu_sampler=sampler)
 
 
-async def settle(pilot, cond, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not cond():
-        await pilot.pause(0.05)
-    assert cond()
-    await pilot.pause(0.2)
+settle = settle_until
 
 
 def training_run(tmp_path):

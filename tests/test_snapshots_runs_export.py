@@ -13,10 +13,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
+from pilot_support import settle_until, utc_clock
 from sft_tui.app import SftApp
 from sft_tui.core.settings import Settings
 from sft_tui.core.setup.session import Session
@@ -35,19 +35,10 @@ class FakeSampler:
 
 @pytest.fixture(autouse=True)
 def utc(monkeypatch):
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+    yield from utc_clock(monkeypatch)
 
 
-async def settle(pilot, cond, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not cond():
-        await pilot.pause(0.05)
-    assert cond()
-    await pilot.pause(0.2)
+settle = settle_until
 
 
 def make_runs(root):

@@ -8,7 +8,6 @@ import of each library happen in one thread while the others wait.
 from __future__ import annotations
 
 import importlib
-import sys
 import threading
 
 # Reentrant, and also held by the data loader (loading.DATASETS_LOCK): datasets reads

@@ -15,7 +15,7 @@ from sft_tui.core.config import choices
 from sft_tui.core.errors import UserError
 
 from .conversation import BadRow, Conversation
-from .messages import ROLE_MAP, as_text as _text, chat_turns as _chat_turns, check_turns as _check_turns, tools_list
+from .messages import as_text as _text, chat_turns as _chat_turns, check_turns as _check_turns, tools_list
 
 # The row formats the schema allows (data.format without "auto"); FIELDS must cover each one.
 FORMATS: tuple[str, ...] = choices("data.format", auto=False)
