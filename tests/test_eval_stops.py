@@ -71,7 +71,8 @@ def eot_pair(eot_run):
 
 
 def test_stop_ids_are_the_templates_end_of_turn_then_the_eos():
-    from sft_tui.core.eval.generate import answer_only, answer_stop_strings, generation_stop_ids
+    from sft_tui.core.data.profile import stop_strings
+    from sft_tui.core.eval.generate import answer_only, generation_stop_ids
     from sft_tui.testing.toy import build_toy_tokenizer
 
     tok = build_toy_tokenizer("chatml")
@@ -79,7 +80,7 @@ def test_stop_ids_are_the_templates_end_of_turn_then_the_eos():
     im_end, eos = tok.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
     assert generation_stop_ids(tok, "auto") == [im_end, eos]
     assert generation_stop_ids(tok, "chatml") == [im_end, eos]
-    stops = answer_stop_strings(tok, "auto")
+    stops = stop_strings(tok, "auto")
     assert answer_only(RUN_ON, stops) == "positive."
     assert answer_only("  Sentiment: good.  ", stops) == "Sentiment: good."
 

@@ -80,26 +80,24 @@ def human_duration(seconds: Any, missing: str = "-") -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def human_time(timestamp: Any, missing: str = "-") -> str:
-    """A wall-clock moment in local time, to the minute: '2026-12-01 21:34'."""
+def _local(timestamp: Any, pattern: str, missing: str) -> str:
     value = _number(timestamp)
     if not value:
         return missing
     try:
-        return _dt.datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M")
+        return _dt.datetime.fromtimestamp(value).strftime(pattern)
     except (OverflowError, OSError, ValueError):
         return missing
+
+
+def human_time(timestamp: Any, missing: str = "-") -> str:
+    """A wall-clock moment in local time, to the minute: '2026-12-01 21:34'."""
+    return _local(timestamp, "%Y-%m-%d %H:%M", missing)
 
 
 def human_time_short(timestamp: Any, missing: str = "-") -> str:
     """A wall-clock moment in a narrow column: '12-01 21:34' (month-day; the year is in the details)."""
-    value = _number(timestamp)
-    if not value:
-        return missing
-    try:
-        return _dt.datetime.fromtimestamp(value).strftime("%m-%d %H:%M")
-    except (OverflowError, OSError, ValueError):
-        return missing
+    return _local(timestamp, "%m-%d %H:%M", missing)
 
 
 def shorten(text: str, width: int, keep: str = "middle") -> str:
@@ -111,6 +109,25 @@ def shorten(text: str, width: int, keep: str = "middle") -> str:
         return "…" + text[-(width - 1):]
     head = (width - 1 + 1) // 2
     return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+
+
+def shorten_path(path: str, width: int) -> str:
+    """A path in at most ``width`` cells, the home folder as '~' and the middle as '…', always keeping
+    the file name whole (the part a person looks for): '~/projects/…/train_conversations.jsonl'."""
+    text = display_path(path)
+    if len(text) <= width or width < 4:
+        return text
+    parts = text.split("/")
+    name = parts[-1] or text
+    if len(name) + 2 >= width:
+        return f"…/{name}"
+    head = ""
+    for part in parts[:-1]:  # as many leading folders as fit before '…/name'
+        candidate = f"{head}{part}/"
+        if len(candidate) + 2 + len(name) > width:
+            break
+        head = candidate
+    return f"{head}…/{name}"
 
 
 def compact(value: Any, digits: int = 4, missing: str = "-") -> str:

@@ -121,7 +121,7 @@ def _split_ids(tokenizer: Any) -> np.ndarray | None:
     cached = getattr(tokenizer, "_sft_tui_split_ids", False)
     if cached is not False:
         return cached
-    pre = repr(getattr(_fast_backend(tokenizer), "pre_tokenizer", None))
+    pre = repr(getattr(getattr(tokenizer, "backend_tokenizer", None), "pre_tokenizer", None))
     value = None if "Metaspace" in pre and "first" in pre else np.asarray(
         sorted(int(i) for i in getattr(tokenizer, "added_tokens_decoder", {}) or {}), dtype=np.int64)
     try:
@@ -129,10 +129,6 @@ def _split_ids(tokenizer: Any) -> np.ndarray | None:
     except Exception:  # pragma: no cover
         pass
     return value
-
-
-def _fast_backend(tokenizer: Any) -> Any:
-    return getattr(tokenizer, "backend_tokenizer", None)
 
 
 def _last_split(enc: Any, rows: np.ndarray, ends: np.ndarray, tokenizer: Any) -> tuple[np.ndarray, np.ndarray]:

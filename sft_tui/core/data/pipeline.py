@@ -130,15 +130,16 @@ class _RowProcessor:
         return rows
 
     def _render_rows(self, batch: Any) -> tuple[list[int], list[list[tuple[str, str]]], list[str],
-                                                 list[list[tuple[int, int]]]]:
-        """Per output row: its batch row, problems, text and trained spans (bad rows: one row, no text)."""
+                                                 list[list[tuple[int, int]]], list[int]]:
+        """Per output row: its batch row, problems, text, trained spans and CONTENT_FLAGS bits
+        (a bad row: one output row, no text)."""
         src: list[int] = []
         problems: list[list[tuple[str, str]]] = []
         texts: list[str] = []
         spans: list[list[tuple[int, int]]] = []
         fmt, columns, system_prompt, pieces = self.fmt, self.columns, self.data.system_prompt, self.renderer.pieces
         expand = self.data.multi_turn == "expand"
-        feats = self.feats = []
+        feats: list[int] = []
         for i, row in enumerate(self._rows(batch)):
             try:
                 conv = to_conversation(row, fmt, columns, system_prompt)
@@ -158,13 +159,13 @@ class _RowProcessor:
                 problems.append([("control_chars", control)] if control else [])
                 texts.append(text)
                 spans.append(sp)
-        return src, problems, texts, spans
+        return src, problems, texts, spans, feats
 
     def __call__(self, batch: Any, indices: Any) -> Any:
         import pyarrow as pa
 
         data = self.data
-        src, problems, texts, spans = self._render_rows(batch)
+        src, problems, texts, spans, feats = self._render_rows(batch)
         n = len(src)
         good = [j for j in range(n) if not problems[j] or problems[j][0][0] in WARNING_KINDS]
         enc = encode_spans_batch([texts[j] for j in good], [spans[j] for j in good], self.tokenizer,
@@ -210,7 +211,7 @@ class _RowProcessor:
             "labels": lists(labels),
             "length": pa.array(length), "orig_length": pa.array(orig_length), "n_trained": pa.array(n_trained),
             "__row__": pa.array(np.asarray(indices, dtype=np.int64)[src] + self.offset),
-            "__feat__": pa.array(np.asarray(self.feats, dtype=np.int8)),
+            "__feat__": pa.array(np.asarray(feats, dtype=np.int8)),
             "__kind__": pa.array([SEP.join(k for k, _ in p) for p in problems], type=pa.string()),
             "__msg__": pa.array([SEP.join(m for _, m in p) for p in problems], type=pa.string()),
             "__line__": batch.column("__line__").take(take) if "__line__" in names else pa.nulls(n, pa.int64()),

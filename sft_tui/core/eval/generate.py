@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from sft_tui.core.imports import preload
+from sft_tui.core.data.profile import stop_strings, stop_token_ids
 from sft_tui.core.errors import UserError
 from sft_tui.core.run.rundir import RunDir
 
@@ -214,7 +215,7 @@ class ModelPair:
             pin_cpu_threads(sum(p.numel() for p in self._tuned.parameters()), Device("cpu", False, False))
         template = self.config.data.template
         self.stop_ids = generation_stop_ids(self.tokenizer, template, self._tuned)
-        self.stop_texts = answer_stop_strings(self.tokenizer, template)
+        self.stop_texts = stop_strings(self.tokenizer, template)
         # Stop ids cover one-token markers; a marker the tokenizer splits into pieces is matched as text.
         self._stop_strings = [s for s in self.stop_texts if len(self.encode(s)) > 1]
 
@@ -379,45 +380,21 @@ class ModelPair:
             raise errors[0]
 
 
-def _single_token(tokenizer: Any, token_id: int, texts: list[str]) -> bool:
-    """A stop id is only safe when it stands for a whole marker: a special token or a stop text."""
-    special = set(getattr(tokenizer, "all_special_ids", None) or [])
-    if token_id in special:
-        return True
-    try:
-        return tokenizer.decode([token_id]).strip() in texts
-    except Exception:  # pragma: no cover - exotic tokenizers
-        return False
-
-
 def generation_stop_ids(tokenizer: Any, template: str | None = "auto", model: Any = None) -> list[int]:
     """The ids generation stops on: the template's end-of-turn token, the EOS, then the model's own.
 
     A base model's EOS is often not the token that closes a chat turn (Qwen: ``<|endoftext|>`` vs
     ``<|im_end|>``): stopping on the EOS alone lets the model write the next, made-up, user turn.
     """
-    from sft_tui.core.data.profile import stop_strings, stop_token_ids
-
-    texts = stop_strings(tokenizer, template)
-    ids: list[int] = []
+    # The profile keeps an end-of-turn marker only when it is one token (a split one is a stop text).
+    ids = stop_token_ids(tokenizer, template)
     eos = getattr(tokenizer, "eos_token_id", None)
-    for value in stop_token_ids(tokenizer, template):
-        # The profile takes the first token of the marker; when the tokenizer splits the marker
-        # into pieces that token is e.g. '<', and stopping on it would cut answers anywhere.
-        if isinstance(value, int) and value not in ids and (value == eos or _single_token(tokenizer, value, texts)):
-            ids.append(value)
     cfg = getattr(model, "generation_config", None) if model is not None else None
     for value in (eos, getattr(cfg, "eos_token_id", None)):
         for v in (value if isinstance(value, (list, tuple)) else [value]):
             if isinstance(v, int) and v not in ids:
                 ids.append(v)
     return ids
-
-
-def answer_stop_strings(tokenizer: Any, template: str | None = "auto") -> list[str]:
-    from sft_tui.core.data.profile import stop_strings
-
-    return [s for s in stop_strings(tokenizer, template) if s]
 
 
 def answer_only(text: str, stops: list[str]) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from sft_tui.core.config import Config, DataConfig
-from sft_tui.core.format import human_bytes, human_context, human_count
+from sft_tui.core.format import human_bytes, human_context, human_count, shorten_path
 
 
 
@@ -109,27 +109,6 @@ def memory_view(config: Config, info: Any, gpus: Any) -> MemoryView:
 
 
 # --------------------------------------------------------------------------- text that must fit
-
-
-def shorten_path(path: str, width: int) -> str:
-    """A path in at most ``width`` cells, the home folder as '~' and the middle as '…', always keeping
-    the file name whole (the part a person looks for): '~/projects/…/train_conversations.jsonl'."""
-    from sft_tui.core.format import display_path
-
-    text = display_path(path)
-    if len(text) <= width or width < 4:
-        return text
-    parts = text.split("/")
-    name = parts[-1] or text
-    if len(name) + 2 >= width:
-        return f"…/{name}"
-    head = ""
-    for part in parts[:-1]:  # as many leading folders as fit before '…/name'
-        candidate = f"{head}{part}/"
-        if len(candidate) + 2 + len(name) > width:
-            break
-        head = candidate
-    return f"{head}…/{name}"
 
 
 def fit_paths(text: str, width: int) -> str:
