@@ -168,6 +168,70 @@ class TrainingConfig(_Section):
         "vocabularies); 'auto' uses chunked (or Liger's fused loss) where the model supports it.",
     )
 
+    # ---- where it runs: GPUs, processes, machines (launched by torchrun; see core/train/launcher.py)
+    devices: Union[Literal["auto"], int, list[int]] = Field(
+        "auto",
+        description="GPUs the run uses: 'auto' takes the one with the most free memory; a count N takes the N "
+        "with the most free memory; a list such as [0, 2] takes exactly those. Without GPUs, a count above 1 "
+        "runs that many CPU processes (gloo).",
+    )
+    strategy: Literal["auto", "ddp", "fsdp", "deepspeed"] = Field(
+        "auto",
+        description="How several processes share the work: 'ddp' copies the model to every GPU; 'fsdp' and "
+        "'deepspeed' (ZeRO) shard weights, gradients and optimizer states across them; 'auto' is ddp.",
+    )
+    zero_stage: Literal[1, 2, 3] = Field(
+        2, description="DeepSpeed ZeRO stage: 1 shards optimizer states, 2 also gradients, 3 also weights."
+    )
+    nodes: int = Field(1, ge=1, le=4096, description="Machines taking part; more than 1 needs master_addr.")
+    node_rank: int = Field(0, ge=0, description="This machine's number among the nodes, from 0 (0 is the master).")
+    master_addr: str | None = Field(
+        None, description="Host name or address of node 0, reachable from every node (multi-node runs only)."
+    )
+    master_port: int = Field(29500, ge=1024, le=65535, description="TCP port on node 0 for the processes to meet.")
+    wait_for_gpu: bool = Field(
+        False,
+        description="Queue the run until its GPUs have enough free memory, instead of failing when a "
+        "colleague holds them; the worker waits, so the TUI can be closed.",
+    )
+    wait_memory_gb: float | None = Field(
+        None, gt=0, le=100000,
+        description="Free memory to wait for on each GPU, in GiB; empty uses the memory estimate.",
+    )
+    wait_timeout_min: float | None = Field(
+        None, gt=0, description="Give up waiting after this many minutes (the run fails with the reason); empty waits as long as it takes."
+    )
+    stall_factor: float = Field(
+        10.0, ge=2.0, le=1000.0,
+        description="Warn of a stall when no step completes for this many times the median step time "
+        "(never sooner than stall_min_s).",
+    )
+    stall_min_s: float = Field(
+        120.0, ge=1.0, description="Shortest silence, in seconds, that counts as a stall (checkpoints and evaluation pause the watch)."
+    )
+    report_to: Union[Literal["none"], list[Literal["tensorboard", "wandb", "mlflow", "trackio"]]] = Field(
+        "none",
+        description="Experiment trackers that receive the metrics as well: tensorboard, wandb, mlflow, trackio "
+        "(several at once, installed with pip install 'sft-tui[trackers]'); 'none' keeps everything in the run folder.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tracker_shorthand(cls, value: Any) -> Any:
+        # ``report_to: wandb`` and ``report_to: [none]`` are what people write.
+        if isinstance(value, dict) and isinstance(value.get("report_to"), (str, list)):
+            value = dict(value)
+            rt = value["report_to"]
+            if isinstance(rt, str) and rt != "none":
+                rt = [part.strip() for part in rt.split(",") if part.strip()]
+            if isinstance(rt, list) and (rt == [] or rt == ["none"]):
+                rt = "none"
+            value["report_to"] = rt
+        return value
+
+    def trackers(self) -> list[str]:
+        return [] if self.report_to == "none" else list(dict.fromkeys(self.report_to))
+
 
 class OutputConfig(_Section):
     runs_dir: str | None = Field(None, description="Folder that holds run directories; empty uses sft-tui's data dir.")
@@ -433,6 +497,7 @@ def cross_check(config: Config, env: Environment | None = None) -> list[Problem]
                          "set data.validation_split above 0 or data.validation_path"))
     if isinstance(m.target_modules, list) and not m.target_modules:
         p.append(Problem("method.target_modules", [], "no layers to adapt", "use 'all-linear' or name layers such as q_proj, v_proj"))
+    p += _placement_problems(t)
     if env is not None:
         if m.type == "qlora" and not env.cuda_available:
             p.append(Problem("method.type", "qlora", "qlora needs an NVIDIA GPU with CUDA (bitsandbytes), and none was found",
@@ -444,6 +509,32 @@ def cross_check(config: Config, env: Environment | None = None) -> list[Problem]
             p.append(Problem("training.precision", "fp16", "fp16 training needs a GPU", "use precision: auto or fp32"))
         if t.precision == "bf16" and env.cuda_available and not env.bf16_supported:
             p.append(Problem("training.precision", "bf16", "this GPU does not support bf16", "use precision: fp16 or auto"))
+    return p
+
+
+def _placement_problems(t: TrainingConfig) -> list[Problem]:
+    """Devices, strategy and nodes that cannot work, whatever the machine."""
+    import importlib.util
+
+    p: list[Problem] = []
+    if isinstance(t.devices, int) and t.devices < 1:
+        p.append(Problem("training.devices", t.devices, "a run needs at least one device",
+                         "use 'auto', a count of 1 or more, or GPU indices such as [0, 1]"))
+    if isinstance(t.devices, list):
+        if not t.devices:
+            p.append(Problem("training.devices", [], "no GPUs listed", "use 'auto', a count, or indices such as [0, 1]"))
+        elif any(i < 0 for i in t.devices) or len(set(t.devices)) != len(t.devices):
+            p.append(Problem("training.devices", t.devices, "GPU indices must be distinct and 0 or more",
+                             "list each GPU once, e.g. [0, 1] (`sft-tui gpus` shows them)"))
+    if t.strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        p.append(Problem("training.strategy", "deepspeed", "the deepspeed package is not installed",
+                         "pip install deepspeed (on a CUDA machine), or use strategy: fsdp, which needs nothing more"))
+    if t.nodes > 1 and not t.master_addr:
+        p.append(Problem("training.master_addr", None, f"a run on {t.nodes} nodes needs the address of node 0",
+                         "set training.master_addr to a host name or IP that every node can reach"))
+    if t.node_rank >= t.nodes:
+        p.append(Problem("training.node_rank", t.node_rank, f"must be below the node count ({t.nodes})",
+                         f"number the nodes 0..{t.nodes - 1}; node 0 is the master"))
     return p
 
 

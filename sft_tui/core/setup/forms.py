@@ -38,6 +38,12 @@ GROUPS: list[tuple[str, str, list[str]]] = [
     ("saving", "Saving", ["training.save_steps", "training.save_total_limit", "training.logging_steps",
                           "output.run_name", "output.runs_dir"]),
     ("model", "Model loading", ["model.attn_implementation", "model.trust_remote_code", "model.revision"]),
+    ("hardware", "GPUs and processes", ["training.devices", "training.strategy", "training.zero_stage",
+                                        "training.wait_for_gpu", "training.wait_memory_gb",
+                                        "training.wait_timeout_min"]),
+    ("nodes", "Several machines", ["training.nodes", "training.node_rank", "training.master_addr",
+                                   "training.master_port"]),
+    ("watching", "Watching the run", ["training.report_to", "training.stall_factor", "training.stall_min_s"]),
 ]
 
 # Fields edited on another screen (the step that owns them), so the form leaves them alone.
@@ -55,6 +61,10 @@ _LABELS = {
     "max_grad_norm": "max grad norm", "attn_implementation": "attention",
     "trust_remote_code": "trust remote code", "early_stopping_patience": "early stop patience",
     "save_total_limit": "keep checkpoints", "num_proc": "tokenize processes", "multi_turn": "multi-turn rows",
+    "zero_stage": "ZeRO stage", "wait_for_gpu": "wait for GPUs", "wait_memory_gb": "wait for GiB free",
+    "wait_timeout_min": "give up after (min)", "node_rank": "this node's rank", "master_addr": "master address",
+    "master_port": "master port", "report_to": "trackers", "stall_factor": "stall after × median step",
+    "stall_min_s": "stall at least (s)",
 }
 
 
@@ -89,8 +99,10 @@ def _unwrap(annotation: Any) -> tuple[list[Any], bool]:
 
 def _kind(annotation: Any) -> tuple[Kind, tuple[str, ...], bool]:
     members, optional = _unwrap(annotation)
-    if len(members) == 2 and any(get_origin(m) is list for m in members):
-        return "modules", (), optional
+    if any(get_origin(m) is list for m in members):
+        # A named default or a list (target modules, trackers, GPU indices): typed as comma-separated text.
+        words = tuple(str(v) for m in members if get_origin(m) is Literal for v in get_args(m))
+        return "modules", words, optional
     if all(get_origin(m) is Literal for m in members):
         choices = tuple(str(v) for m in members for v in get_args(m))
         return "choice", choices, optional
@@ -180,9 +192,15 @@ def parse_value(f: FormField, value: Any) -> Any:
     if f.kind == "choice":
         return int(text) if text.isdigit() and all(c.isdigit() for c in f.choices) else text
     if f.kind == "modules":
-        if text in ("", "all-linear"):
-            return "all-linear" if text else []
-        return [part for part in re.split(r"[\s,]+", text.strip("[]")) if part]
+        if text in f.choices:
+            return text
+        if text == "":  # no trackers is "none"; no layers stays an empty list, which the schema refuses
+            return "none" if "none" in f.choices else []
+        parts = [part for part in re.split(r"[\s,]+", text.strip("[]")) if part]
+        if f.key == "training.devices":  # "2" is a count, "0, 2" or "[1]" are GPU indices
+            numbers = [int(p) if p.isdigit() else p for p in parts]
+            return numbers[0] if len(numbers) == 1 and "," not in text and "[" not in text else numbers
+        return parts
     return text
 
 
