@@ -1,4 +1,5 @@
-"""CLI commands for models and the machine: ``models``, ``models inspect``, ``gpus``, ``doctor``.
+"""CLI commands for models and the machine: ``models``, ``models inspect``, ``doctor`` (and ``gpus``,
+registered here from ``sft_tui.cli_gpus``).
 
 Registered into the main parser by ``sft_tui.cli``. Handlers return the exit code and raise
 ``UserError`` for bad input (the main CLI prints it and exits 2). ``--json`` output is an API:
@@ -123,34 +124,7 @@ def cmd_models_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- gpus and doctor
-
-
-def cmd_gpus(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
-    from sft_tui.core.system.gpus import sample_gpus
-
-    snap = sample_gpus()
-    if args.json:
-        _print_json(snap.to_dict())
-        return 0
-    console = _console()
-    if not snap.available:
-        console.print(snap.reason)
-        return 0
-    t = Table(title="GPUs" + (f" (driver {snap.driver_version})" if snap.driver_version else ""), title_justify="left")
-    for col in ("#", "name", "memory used", "util", "temp", "power", "processes"):
-        t.add_column(col, justify="right" if col not in ("name", "processes") else "left")
-    for g in snap.gpus:
-        mem = f"{human_bytes(g.mem_used)} / {human_bytes(g.mem_total)}" if g.mem_total else "n/a"
-        procs = ", ".join(f"{pid} ({human_bytes(used) if used is not None else '?'})" for pid, used in g.processes) or "-"
-        power = "n/a" if g.power_w is None else f"{g.power_w:.0f} W" + (f" / {g.power_limit_w:.0f}" if g.power_limit_w else "")
-        t.add_row(str(g.index), g.name or "?", mem,
-                  "n/a" if g.util_percent is None else f"{g.util_percent:.0f}%",
-                  "n/a" if g.temperature_c is None else f"{g.temperature_c:.0f}°C", power, procs)
-    console.print(t)
-    return 0
+# --------------------------------------------------------------------------- doctor
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -205,9 +179,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ins.add_argument("--dir", action="append", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     ins.set_defaults(func=cmd_models_inspect)
 
-    g = subparsers.add_parser("gpus", help="show NVIDIA GPUs: memory, utilisation, temperature, power, processes")
-    g.add_argument("--json", action="store_true")
-    g.set_defaults(func=cmd_gpus)
+    from sft_tui.cli_gpus import add_gpus_parser
+
+    add_gpus_parser(subparsers)  # `gpus` lives in its own module: gauges and who holds each GPU
 
     d = subparsers.add_parser("doctor", help="check torch, CUDA, GPUs, bitsandbytes, flash-attention, disk, hub")
     d.add_argument("--json", action="store_true")

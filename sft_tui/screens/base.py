@@ -15,11 +15,13 @@ from sft_tui.widgets.stepbar import StepBar
 
 
 class GpusSampled(Message):
-    """One GPU snapshot from the app's sampler, with the processes of a run's worker when asked."""
+    """One GPU snapshot from the app's sampler, with the processes of a run's worker when asked, and
+    who holds each GPU (``{index: [Holder]}``, None without GPUs) for the gauges' holder lines."""
 
-    def __init__(self, snapshot: Any, pids: list[int] | None = None, rss: int | None = None) -> None:
+    def __init__(self, snapshot: Any, pids: list[int] | None = None, rss: int | None = None,
+                 holders: dict[int, list[Any]] | None = None) -> None:
         super().__init__()
-        self.snapshot, self.pids, self.rss = snapshot, pids or [], rss
+        self.snapshot, self.pids, self.rss, self.holders = snapshot, pids or [], rss, holders
 
     def can_replace(self, message: Message) -> bool:  # only the newest sample matters
         return isinstance(message, GpusSampled)
@@ -58,7 +60,19 @@ class StepScreen(Background, Screen):
         pid = run.pid() if run is not None else None
         pids = process_tree(pid) if pid else []
         rss = tree_rss(pid) if pids and not snapshot.available else None
-        return GpusSampled(snapshot, pids, rss)
+        return GpusSampled(snapshot, pids, rss, self._holders(snapshot))
+
+    def _holders(self, snapshot: Any) -> dict[int, list[Any]] | None:
+        """Who holds each GPU (psutil and the runs dir, so in this thread too); None without GPUs."""
+        if not getattr(snapshot, "available", False):
+            return None
+        from sft_tui.core.system.holders import holders
+
+        session = getattr(self.app, "session", None)
+        try:
+            return holders(snapshot, getattr(session, "runs_dir", None))
+        except Exception:  # noqa: BLE001 - the gauges draw without holders rather than not at all
+            return None
 
     def on_gpus_sampled(self, message: GpusSampled) -> None:
         self.gpus = message.snapshot

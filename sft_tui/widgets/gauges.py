@@ -1,5 +1,6 @@
-"""Per-GPU gauges (memory with our worker's share, utilisation, temperature, power), or, without
-a GPU, the reason and the worker's CPU memory. Fed a ``GpuSnapshot`` from ``sft_tui.core.system.gpus``."""
+"""Per-GPU gauges (memory with our worker's share, utilisation, temperature, power, throttling) and who
+holds each GPU, or, without a GPU, the reason and the worker's CPU memory. Fed a ``GpuSnapshot`` from
+``sft_tui.core.system.gpus`` and, optionally, its holders from ``sft_tui.core.system.holders``."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from rich.console import Group
 from rich.text import Text
 from textual.widgets import Static
 
-from sft_tui.core.system.gpus import GpuSnapshot
+from sft_tui.core.system.gpus import GpuSnapshot, GpuStats
+from sft_tui.core.system.holders import Holder
 from sft_tui.core.format import human_bytes
 
 _EIGHTHS = " ▏▎▍▌▋▊▉█"
+MAX_HOLDER_LINES = 3  # per GPU, then "+N more": the monitor's side column is short as well as narrow
 
 
 def bar(fraction: float | None, width: int, share: float | None = None, color: str = "green") -> Text:
@@ -55,12 +58,56 @@ def wrapped(text: str, width: int, style: str = "", indent: int = 0, first: Text
     return lines
 
 
+def throttle_lines(gpu: GpuStats, width: int) -> list[Text]:
+    """A yellow "throttled: power cap (1410/1980 MHz)" when something holds the clocks down (idle does not count)."""
+    reasons = gpu.throttled_by
+    if not reasons:
+        return []
+    text = "throttled: " + ", ".join(reasons)
+    if gpu.clock_sm_mhz is not None and gpu.clock_sm_max_mhz:
+        text += f" ({gpu.clock_sm_mhz}/{gpu.clock_sm_max_mhz} MHz)"
+    return wrapped(text, width, "yellow", 2)
+
+
+def holder_lines(rows: list[Holder], width: int, limit: int = MAX_HOLDER_LINES) -> list[Text]:
+    """Who holds a GPU, one line each: our runs first, by name (their processes summed), then the others
+    biggest first as "alice 9.0 GiB python train.py"; at most ``limit`` lines, then "+N more"."""
+    entries: list[Text] = []
+    runs: dict[str, int] = {}
+    for h in rows:
+        if h.run_name is not None:
+            runs[h.run_name] = runs.get(h.run_name, 0) + (h.used_bytes or 0)
+    for name, used in runs.items():
+        entries.append(Text.assemble(("run ", "cyan"), (name, "bold cyan"), " ", (human_bytes(used), "bold cyan")))
+    for h in rows:
+        if h.ours:
+            continue
+        used = human_bytes(h.used_bytes, "?")
+        if not h.visible:
+            entries.append(Text.assemble(("? ", "bold"), used, (f" pid {h.pid} (not visible)", "dim")))
+        else:
+            entries.append(Text.assemble((h.user or "?", "bold"), " ", used, (" " + (h.command or f"pid {h.pid}"), "dim")))
+    shown = entries if len(entries) <= limit else entries[: limit - 1]
+    lines = []
+    for entry in shown:
+        line = Text("  ", no_wrap=True)
+        line.append_text(entry)
+        line.truncate(max(width, 4), overflow="ellipsis")
+        lines.append(line)
+    if len(shown) < len(entries):
+        lines.append(Text(f"  +{len(entries) - len(shown)} more (sft-tui gpus)", style="dim", no_wrap=True,
+                          overflow="ellipsis"))
+        lines[-1].truncate(max(width, 4), overflow="ellipsis")
+    return lines
+
+
 def gpu_lines(snapshot: GpuSnapshot | None, our_pids: list[int], width: int,
               worker_rss: int | None = None, worker_alive: bool = False,
-              worker_note: str | None = None) -> list[Text]:
+              worker_note: str | None = None, holders: dict[int, list[Holder]] | None = None) -> list[Text]:
     """The panel's lines for a given width (the monitor's side column is ~26-40 cells).
 
     ``worker_note`` replaces what is said about the worker: a finished run has none ("" says nothing).
+    ``holders`` ({GPU index: holders}, from ``core.system.holders``) lists who uses each GPU under it.
     """
     lines: list[Text] = []
     if snapshot is None:
@@ -113,6 +160,9 @@ def gpu_lines(snapshot: GpuSnapshot | None, our_pids: list[int], width: int,
             lines.append(temp_line)
         else:  # narrow: on two lines rather than cut
             lines += [temp_line, power_part]
+        lines += throttle_lines(gpu, width)
+        if holders is not None:
+            lines += holder_lines(holders.get(gpu.index, []), width)
     if worker_note:
         lines += wrapped(worker_note, width, "dim", 2)
     return lines
@@ -132,16 +182,18 @@ class GpuPanel(Static):
         self.worker_rss: int | None = None
         self.worker_alive = False
         self.worker_note: str | None = None
+        self.holders: dict[int, list[Holder]] | None = None
 
     def update_snapshot(self, snapshot: GpuSnapshot | None, our_pids: list[int], worker_rss: int | None,
-                        worker_alive: bool, worker_note: str | None = None) -> None:
+                        worker_alive: bool, worker_note: str | None = None,
+                        holders: dict[int, list[Holder]] | None = None) -> None:
         self.snapshot, self.our_pids, self.worker_rss, self.worker_alive = snapshot, our_pids, worker_rss, worker_alive
-        self.worker_note = worker_note
+        self.worker_note, self.holders = worker_note, holders
         self._redraw()
 
     def lines(self, width: int | None = None) -> list[Text]:
         return gpu_lines(self.snapshot, self.our_pids, width or max(self.content_size.width, 20), self.worker_rss,
-                         self.worker_alive, self.worker_note)
+                         self.worker_alive, self.worker_note, self.holders)
 
     def on_resize(self) -> None:
         self._redraw()

@@ -101,6 +101,9 @@ def model_card(run: RunDir, merged: bool = False, note: str | None = None) -> st
     if status.best_eval_loss is not None:
         lines.append(f"- best eval loss during training: {status.best_eval_loss:.4f}")
     lines.append(f"- state: {status.state}")
+    energy = _energy_text(status.extra.get("energy_kwh"))
+    if energy:
+        lines.append(f"- Energy: {energy}")
     result = latest_result(run)
     if result is not None:
         lines += ["", "## Evaluation", "",
@@ -127,6 +130,17 @@ def model_card(run: RunDir, merged: bool = False, note: str | None = None) -> st
               or config.data.template == "auto" else f"Prompts must use the `{config.data.template}` template, as in training.",
               "", "## Config", "", "```yaml", dump_yaml(config).rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def _energy_text(kwh: object) -> str | None:
+    """The card's energy, e.g. "1.23 kWh (€0.37 at 0.30/kWh)" with the settings' price; None when not measured."""
+    if type(kwh) not in (int, float):
+        return None
+    from sft_tui.core.settings import load_settings
+    from sft_tui.core.system.energy import energy_line
+
+    settings = load_settings()  # lenient: a broken settings file costs the price, not the card
+    return energy_line(float(kwh), settings.energy_price, settings.energy_currency)
 
 
 def write_model_card(run: RunDir, folder: str | Path | None = None, merged: bool = False,

@@ -6,18 +6,59 @@ every field through a wrapper that gives ``None`` instead of raising (a laptop G
 report power must not blank the whole gauge), and never raise out of ``sample()``: with no driver
 or no GPU the snapshot says so in ``reason`` and the UI shows it. The NVML module can be injected,
 which is how the tests exercise the arithmetic without a GPU.
+
+``SFT_TUI_FAKE_GPUS`` (test-only, never set by users, like ``SFT_TUI_FAULTS``): the path of a JSON
+file that ``default_sampler()`` reads through ``fakegpu.FakeNvml`` instead of the driver, so tests and
+the GPU queue can change free memory while a worker watches it (format in ``fakegpu``).
 """
 
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
 NO_GPU = "no NVIDIA GPU found"
+FAKE_ENV = "SFT_TUI_FAKE_GPUS"
 _NOT_AVAILABLE = 2**64 - 1  # NVML's "value not available" for per-process memory
+_CLOCK_SM = 1  # NVML_CLOCK_SM, for an NVML module that does not name it
+
+# NVML's clock event ("throttle") reason bits, in the words a person reads. Idle is why a resting GPU
+# clocks down: it is reported but never called throttling.
+THROTTLE_REASONS: tuple[tuple[int, str, str], ...] = (
+    (0x1, "gpu_idle", "idle"),
+    (0x2, "applications_clocks_setting", "app clocks setting"),
+    (0x4, "sw_power_cap", "power cap"),
+    (0x8, "hw_slowdown", "hw slowdown"),
+    (0x10, "sync_boost", "sync boost"),
+    (0x20, "sw_thermal_slowdown", "thermal slowdown (sw)"),
+    (0x40, "hw_thermal_slowdown", "thermal slowdown (hw)"),
+    (0x80, "hw_power_brake_slowdown", "power brake (hw)"),
+    (0x100, "display_clock_setting", "display clock setting"),
+    (0x200, "board_limit", "board limit"),
+    (0x400, "reliability", "reliability limit"),
+)
+_THROTTLE_WORDS = {key: words for _, key, words in THROTTLE_REASONS}
+NOT_THROTTLING = ("gpu_idle",)
+
+
+def decode_throttle(mask: int | None) -> list[str] | None:
+    """The reason keys set in an NVML clock-event bitmask (None stays unknown); unknown bits are
+    kept as ``bit_0x…`` rather than dropped, so a newer driver's reason is still visible."""
+    if mask is None:
+        return None
+    keys = [key for bit, key, _ in THROTTLE_REASONS if mask & bit]
+    known = sum(bit for bit, _, _ in THROTTLE_REASONS)
+    keys += [f"bit_{1 << i:#x}" for i in range(64) if mask & ~known & (1 << i)]
+    return keys
+
+
+def throttle_words(keys: Iterable[str] | None) -> list[str]:
+    """The reasons that slow a GPU down, in words; idle is left out because it is not a problem."""
+    return [_THROTTLE_WORDS.get(key, key) for key in keys or () if key not in NOT_THROTTLING]
 
 
 @dataclass
@@ -32,6 +73,16 @@ class GpuStats:
     processes: list[tuple[int, int | None]] = field(default_factory=list)
     power_limit_w: float | None = None
     uuid: str | None = None
+    clock_sm_mhz: int | None = None
+    clock_sm_max_mhz: int | None = None
+    throttle: list[str] | None = None  # reason keys (THROTTLE_REASONS), idle included; None: unknown
+    energy_mj: int | None = None  # millijoules since the driver loaded (Volta and newer)
+    process_util: dict[int, float] = field(default_factory=dict)  # pid -> recent SM utilisation %
+
+    @property
+    def throttled_by(self) -> list[str]:
+        """Why the clocks are held down now, in words ("power cap"); empty when not throttled."""
+        return throttle_words(self.throttle)
 
     @property
     def mem_free(self) -> int | None:
@@ -48,6 +99,8 @@ class GpuStats:
         data = asdict(self)
         data["processes"] = [{"pid": pid, "used_bytes": used} for pid, used in self.processes]
         data["mem_free"] = self.mem_free
+        data["throttled_by"] = self.throttled_by
+        data["process_util"] = {str(pid): util for pid, util in self.process_util.items()}
         return data
 
 
@@ -74,6 +127,13 @@ def _reason(nvml: Any, exc: BaseException) -> str:
         getattr(nvml, "NVML_ERROR_LIB_RM_VERSION_MISMATCH", 18): "NVIDIA driver/library version mismatch (reboot after a driver update)",
     }
     return codes.get(value, f"NVML error: {exc}")
+
+
+def _int(value: Any) -> int | None:
+    """An integer reading, or None for anything else (a mock, a sentinel, a negative count)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value >= _NOT_AVAILABLE:
+        return None
+    return int(value)
 
 
 def _text(value: Any) -> str | None:
@@ -172,6 +232,27 @@ class GpuSampler:
                     found[int(pid)] = used
         return sorted(found.items())
 
+    def _optional(self, nvml: Any, names: tuple[str, ...], *args: Any) -> Any:
+        """The first of ``names`` this NVML module has, called safely (older bindings lack newer names)."""
+        for name in names:
+            fn = getattr(nvml, name, None)
+            if fn is not None:
+                value = self._safe(fn, *args)
+                if value is not None:
+                    return value
+        return None
+
+    def _process_util(self, nvml: Any, handle: Any) -> dict[int, float]:
+        """Each process's SM utilisation over the last few seconds (NVML keeps a short sample buffer)."""
+        since = int((time.time() - 5) * 1_000_000)  # microseconds; older samples are stale
+        samples = self._optional(nvml, ("nvmlDeviceGetProcessUtilization",), handle, since) or []
+        seen: dict[int, list[float]] = {}
+        for sample in samples:
+            pid, util = getattr(sample, "pid", None), getattr(sample, "smUtil", None)
+            if pid is not None and isinstance(util, (int, float)) and 0 <= util <= 100:
+                seen.setdefault(int(pid), []).append(float(util))
+        return {pid: sum(values) / len(values) for pid, values in seen.items()}
+
     def _read(self, nvml: Any, index: int, handle: Any) -> GpuStats:
         safe = self._safe
         mem = safe(nvml.nvmlDeviceGetMemoryInfo, handle)
@@ -179,6 +260,7 @@ class GpuSampler:
         temp = safe(nvml.nvmlDeviceGetTemperature, handle, getattr(nvml, "NVML_TEMPERATURE_GPU", 0))
         power = safe(nvml.nvmlDeviceGetPowerUsage, handle)  # milliwatts
         limit = safe(nvml.nvmlDeviceGetEnforcedPowerLimit, handle)
+        clock_sm = getattr(nvml, "NVML_CLOCK_SM", _CLOCK_SM)
         return GpuStats(
             index=index,
             name=_text(safe(nvml.nvmlDeviceGetName, handle)),
@@ -190,6 +272,12 @@ class GpuSampler:
             processes=self._processes(nvml, handle),
             power_limit_w=limit / 1000.0 if limit is not None else None,
             uuid=_text(safe(nvml.nvmlDeviceGetUUID, handle)) if hasattr(nvml, "nvmlDeviceGetUUID") else None,
+            clock_sm_mhz=_int(self._optional(nvml, ("nvmlDeviceGetClockInfo",), handle, clock_sm)),
+            clock_sm_max_mhz=_int(self._optional(nvml, ("nvmlDeviceGetMaxClockInfo",), handle, clock_sm)),
+            throttle=decode_throttle(_int(self._optional(
+                nvml, ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"), handle))),
+            energy_mj=_int(self._optional(nvml, ("nvmlDeviceGetTotalEnergyConsumption",), handle)),
+            process_util=self._process_util(nvml, handle),
         )
 
     def sample(self) -> GpuSnapshot:
@@ -233,10 +321,21 @@ class GpuSampler:
 
 
 _default: GpuSampler | None = None
+_fakes: dict[str, GpuSampler] = {}
 
 
 def default_sampler() -> GpuSampler:
+    """The process's sampler: the real driver, or the fake GPU file named by ``SFT_TUI_FAKE_GPUS``
+    (test-only). The variable is looked at on every call, so a test can set it after import."""
     global _default
+    fake = os.environ.get(FAKE_ENV)
+    if fake:
+        sampler = _fakes.get(fake)
+        if sampler is None:
+            from sft_tui.core.system.fakegpu import FakeNvml
+
+            sampler = _fakes[fake] = GpuSampler(FakeNvml(fake))
+        return sampler
     if _default is None:
         _default = GpuSampler()
     return _default
