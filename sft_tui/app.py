@@ -29,6 +29,7 @@ from sft_tui.core.system.gpus import GpuSampler, default_sampler
 from sft_tui.core.themes import load_themes
 from sft_tui.screens.dialogs import ConfirmScreen, ErrorScreen, HelpScreen
 from sft_tui.screens.work import Background, WorkFailed
+from sft_tui.widgets.notifier import AppNotifier, RunNotifications
 from sft_tui.widgets.stepbar import STEPS
 
 SCREENS_BY_MODE: dict[str, tuple[str, str]] = {
@@ -131,6 +132,7 @@ class SftApp(Background, App):
         self.pending_run_selection: str | None = None  # a run the Runs screen selects when it lists it
         self.executor: DaemonThreadExecutor | None = None  # the loop's, from on_mount
         self.standalone = False  # run by run_until_quit (a real session, not a test's pilot)
+        self.run_notifier = AppNotifier(self)  # toasts and desktop notifications for watched runs
         self._register_themes()
 
     # ------------------------------------------------------------------ start-up
@@ -154,6 +156,7 @@ class SftApp(Background, App):
             if warning:
                 self.notify(warning, severity="warning", timeout=8)
         self.theme_changed_signal.subscribe(self, self._remember_theme)
+        self.run_notifier.start()
         self.switch_mode(self.start_mode)
 
     def _remember_theme(self, theme: Theme) -> None:
@@ -163,6 +166,9 @@ class SftApp(Background, App):
                 save_settings(self.settings)
             except OSError as exc:
                 self.notify(f"could not save the theme choice: {exc}", severity="warning")
+
+    def on_run_notifications(self, message: RunNotifications) -> None:
+        self.run_notifier.show(message)
 
     # ------------------------------------------------------------------ navigation
     def show_run(self, path: str | Path) -> None:

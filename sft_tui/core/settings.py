@@ -28,6 +28,15 @@ class Settings:
     # A llama.cpp checkout whose convert_hf_to_gguf.py converts to GGUF, instead of the installed
     # converter package; $SFT_TUI_LLAMA_CPP overrides it in turn.
     llama_cpp: str | None = None
+    # What a kWh costs (a number) and the currency to print it in ("€", "USD"; "" prints none): for
+    # the energy line of model cards and run summaries.
+    energy_price: float | None = None
+    energy_currency: str = ""
+    # Desktop notifications through the terminal when a watched run ends, fails or stalls: "auto"
+    # (wherever the terminal can show them), "on" or "off"; and a shell command the worker runs for
+    # each (the notification as JSON on stdin), e.g. 'curl -d "$SFT_TUI_BODY" ntfy.sh/my-topic'.
+    notify: str = "auto"
+    notify_command: str | None = None
     # Set by a lenient load when the file could not be used; shown to the user, never saved.
     warning: str | None = field(default=None, compare=False)
 
@@ -39,6 +48,10 @@ class Settings:
         data.pop("warning")
         if data["llama_cpp"] is None:
             data.pop("llama_cpp")  # unset: the file stays as short as before the key existed
+        for key, unset in (("energy_price", None), ("energy_currency", ""), ("notify", "auto"),
+                           ("notify_command", None)):
+            if data.get(key) == unset:
+                data.pop(key)
         return data
 
     def llama_cpp_path(self) -> Path | None:
@@ -53,10 +66,11 @@ def _parse(raw: Any, path: Path) -> Settings:
         raise UserError(f"Settings file {path} must be a mapping of keys, not {type(raw).__name__}.",
                         "write it as 'model_dirs: [...]', 'theme: NAME', 'keymap: {action: key}', "
                         "'llama_cpp: FOLDER'")
-    unknown = sorted(set(raw) - {"model_dirs", "theme", "keymap", "llama_cpp"})
+    unknown = sorted(set(raw) - {"model_dirs", "theme", "keymap", "llama_cpp"} - set(ENERGY_KEYS) - set(NOTIFY_KEYS))
     if unknown:
         raise UserError(f"Settings file {path} has unknown key(s): {', '.join(map(str, unknown))}.",
-                        "known keys are model_dirs, theme, keymap and llama_cpp")
+                        "known keys are model_dirs, theme, keymap, llama_cpp, "
+                        + ", ".join(ENERGY_KEYS + NOTIFY_KEYS))
     dirs = raw.get("model_dirs") or []
     if isinstance(dirs, str):
         dirs = [dirs]
@@ -75,7 +89,48 @@ def _parse(raw: Any, path: Path) -> Settings:
         raise UserError(f"Settings file {path}: llama_cpp must be the folder of a llama.cpp checkout.",
                         "e.g. llama_cpp: ~/src/llama.cpp (or leave it out to use the installed converter)")
     return Settings(model_dirs=list(dirs), theme=theme, keymap=dict(keymap),
-                    llama_cpp=llama_cpp.strip() if llama_cpp else None)
+                    llama_cpp=llama_cpp.strip() if llama_cpp else None, **_energy(raw, path), **_notify(raw, path))
+
+
+ENERGY_KEYS = ("energy_price", "energy_currency")
+
+
+def _energy(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``energy_price`` (per kWh, a number ≥ 0) and ``energy_currency`` (text), checked."""
+    price = raw.get("energy_price")
+    if price is not None and (isinstance(price, bool) or not isinstance(price, (int, float))
+                              or not 0 <= price < float("inf")):
+        raise UserError(f"Settings file {path}: energy_price must be what a kWh costs, a number ≥ 0.",
+                        "e.g. energy_price: 0.30 (and energy_currency: €)")
+    currency = raw.get("energy_currency")
+    if currency is None:
+        currency = ""
+    if not isinstance(currency, str) or len(currency.strip()) > 8:
+        raise UserError(f"Settings file {path}: energy_currency must be a short text such as € or USD.",
+                        "e.g. energy_currency: €")
+    return {"energy_price": float(price) if price is not None else None, "energy_currency": currency.strip()}
+
+
+NOTIFY_KEYS = ("notify", "notify_command")
+NOTIFY_MODES = ("auto", "on", "off")
+
+
+def _notify(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``notify`` (auto|on|off; YAML's bare on/off arrive as booleans) and ``notify_command``, checked."""
+    mode = raw.get("notify", "auto")
+    if isinstance(mode, bool):
+        mode = "on" if mode else "off"
+    if mode is None:
+        mode = "auto"
+    if not isinstance(mode, str) or mode.strip().lower() not in NOTIFY_MODES:
+        raise UserError(f"Settings file {path}: notify must be auto, on or off, not {mode!r}.",
+                        "auto notifies wherever the terminal can show it; e.g. notify: auto")
+    command = raw.get("notify_command")
+    if command is not None and (not isinstance(command, str) or not command.strip()):
+        raise UserError(f"Settings file {path}: notify_command must be a shell command line.",
+                        "e.g. notify_command: 'curl -s -d \"$SFT_TUI_BODY\" ntfy.sh/my-topic' "
+                        "(or leave it out)")
+    return {"notify": mode.strip().lower(), "notify_command": command.strip() if command else None}
 
 
 def load_settings(path: str | Path | None = None, strict: bool = False) -> Settings:

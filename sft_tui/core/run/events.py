@@ -11,7 +11,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ACTIVE_STATES = ("starting", "queued", "loading", "tokenizing", "training", "evaluating", "saving")
 FINAL_STATES = ("done", "failed", "stopped")
@@ -31,7 +31,8 @@ FIELD_TYPES: dict[str, Any] = {
     "lr": _NUMBER, "grad_norm": _NUMBER, "tokens_per_s": _NUMBER, "tokens_seen": _NUMBER,
     "elapsed_s": _NUMBER, "eval_loss": _NUMBER, "allocated": _NUMBER, "reserved": _NUMBER,
     "peak": _NUMBER, "fraction": _NUMBER, "train_rows": _NUMBER, "eval_rows": _NUMBER,
-    "trainable_params": _NUMBER, "total_params": _NUMBER,
+    "trainable_params": _NUMBER, "total_params": _NUMBER, "silent_s": _NUMBER, "median_step_s": _NUMBER,
+    "allowance_s": _NUMBER, "phase": str, "stack": str,
     "type": str, "state": str, "kind": str, "message": str, "hint": str, "msg": str, "level": str,
     "path": str, "device": str, "stage": str, "method": str, "model_path": str, "precision": str,
 }
@@ -43,7 +44,25 @@ class EventWriter:
 
     If the file does not end in a newline (a writer was killed mid-line), the next event starts a
     fresh line, so the torn fragment stays one unreadable line instead of swallowing this event.
+
+    ``observers`` are process-wide: each is called as ``observer(event, path)`` after every line any
+    writer of this process has written, with the event as a reader would parse it back. The worker
+    registers its ``notify_command`` hook here, since it is the one process alive whenever its run's
+    events happen. An observer that raises is ignored: the line is already written, and the run must
+    not fail over a notification.
     """
+
+    observers: list[Callable[[dict[str, Any], Path], None]] = []
+
+    @classmethod
+    def add_observer(cls, observer: Callable[[dict[str, Any], Path], None]) -> None:
+        if observer not in EventWriter.observers:
+            EventWriter.observers.append(observer)
+
+    @classmethod
+    def remove_observer(cls, observer: Callable[[dict[str, Any], Path], None]) -> None:
+        if observer in EventWriter.observers:
+            EventWriter.observers.remove(observer)
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -61,7 +80,20 @@ class EventWriter:
             os.write(fd, line)
         finally:
             os.close(fd)
+        if EventWriter.observers:
+            self._tell_observers(line)
         return event
+
+    def _tell_observers(self, line: bytes) -> None:
+        try:
+            written = json.loads(line)  # exactly what a reader gets: NaN as null, paths as text
+        except ValueError:
+            return
+        for observer in list(EventWriter.observers):
+            try:
+                observer(written, self.path)
+            except Exception:  # noqa: BLE001 - an observer must never fail the write it observes
+                pass
 
     def status(self, state: str, **fields: Any) -> dict[str, Any]:
         return self.write("status", state=state, **fields)
@@ -268,5 +300,22 @@ def format_event(ev: dict[str, Any]) -> str:
         return f"{when} saved  {ev.get('method', 'model')} weights in {ev.get('path')}"
     if kind == "data":
         return f"{when} data   {ev.get('train_rows', '?')} training rows, {ev.get('eval_rows', 0)} validation rows"
+    if kind == "stall":
+        return f"{when} ⚠ stall: {describe_stall(ev)} — thread stacks in events.jsonl"
     rest = {k: v for k, v in ev.items() if k not in ("time", "type")}
     return f"{when} {kind:<6} {json.dumps(rest, default=str)[:200]}"
+
+
+def describe_stall(ev: dict[str, Any]) -> str:
+    """'no step for 5m 12s (median step 0.8 s) while saving a checkpoint' for a ``stall`` event."""
+    silent = ev.get("silent_s")
+    span = "a while"
+    if isinstance(silent, (int, float)):
+        minutes, seconds = divmod(int(round(silent)), 60)
+        span = f"{minutes}m {seconds:02d}s" if minutes else f"{seconds} s"
+    median = ev.get("median_step_s")
+    usual = ""
+    if isinstance(median, (int, float)):
+        usual = f" (median step {median:.2g} s)" if median < 10 else f" (median step {median:.0f} s)"
+    phase = ev.get("phase")  # the watchdog's phases read after "while": "saving a checkpoint"
+    return f"no step for {span}{usual}" + (f" while {phase}" if phase else "")
