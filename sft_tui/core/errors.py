@@ -9,6 +9,7 @@ Hints name config keys (``data.skip_bad_rows: true``); the app shows them throug
 from __future__ import annotations
 
 import errno
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,7 @@ def explain(exc: BaseException, disk: str | Path | None = None, details: str = W
     if isinstance(exc, FileNotFoundError):
         path = getattr(exc, "filename", None) or text
         return Explained("missing_file", f"File not found: {path}", "check the path in your config")
-    if "nan" in low and "loss" in low:
+    if re.search(r"\bnan\b", low) and "loss" in low:  # not "maintenance", "nano", "nanosecond"
         return Explained("nan_loss", text,
                          "lower training.learning_rate (try 10× smaller) or set training.precision: fp32")
     if name in ("OSError", "HFValidationError", "RepositoryNotFoundError", "LocalEntryNotFoundError") and (

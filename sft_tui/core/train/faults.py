@@ -4,7 +4,8 @@ The fault-injection tests need faults at exact moments of a real worker's life â
 a checkpoint is written, a pause mid-checkpoint or mid-final-save to ``kill -9`` into, a NaN loss.
 Each is raised from the same call and with the same exception type as the real fault (``torch.save``
 raising ``OSError(ENOSPC)``), so the code under test cannot tell the difference. Specs, comma
-separated: ``enospc_checkpoint:STEP``, ``pause_checkpoint:STEP``, ``pause_final_save``, ``nan_loss:STEP``.
+separated: ``enospc_checkpoint:STEP``, ``pause_checkpoint:STEP``, ``pause_final_save``, ``nan_loss:STEP``,
+``slow_step:STEP:SECONDS`` (that one step sleeps, for the stall watchdog's test).
 """
 
 from __future__ import annotations
@@ -66,3 +67,13 @@ def nan_at(step: int) -> bool:
 def final_save_pause(writer: Any) -> None:
     if "pause_final_save" in active():
         pause(writer, "in the final save")
+
+
+def slow_step(step: int) -> None:
+    """Sleep at the end of step ``STEP`` for ``SECONDS`` (``slow_step:STEP:SECONDS``): a stall on demand."""
+    arg = active().get("slow_step")
+    if not arg:
+        return
+    at, _, seconds = arg.partition(":")
+    if at.strip().isdigit() and int(at) == step:
+        time.sleep(float(seconds or 0))

@@ -100,6 +100,7 @@ def preflight(config: Config, env: Environment | None = None, *, deep: bool = Tr
     for p in cross_check(config, env):
         report.add(p.field, p.value, p.message, p.fix)
     _check_runs_dir(report, config, runs_dir)
+    _check_trackers(report, config)
     files = _check_data_paths(report, config)
     folder = _check_model(report, config)
     if deep:
@@ -109,6 +110,17 @@ def preflight(config: Config, env: Environment | None = None, *, deep: bool = Tr
             _check_tokenizer(report, config, folder)
     _check_sizes(report, config, folder, gpus, runs_dir)
     return report
+
+
+def _check_trackers(report: Preflight, config: Config) -> None:
+    """A tracker in report_to whose library is missing would fail at the first step: refuse it now."""
+    from sft_tui.core.train.trackers import missing_fix, missing_packages
+
+    missing = missing_packages(config.training.trackers())
+    if missing:
+        names = ", ".join(name for name, _ in missing)
+        report.add("training.report_to", config.training.report_to,
+                   f"the {names} package{'s are' if len(missing) > 1 else ' is'} not installed", missing_fix(missing))
 
 
 def _check_runs_dir(report: Preflight, config: Config, runs_dir: str | Path | None) -> None:
@@ -287,7 +299,11 @@ def _check_tokenizer(report: Preflight, config: Config, folder: Path) -> None:
 
 def _check_sizes(report: Preflight, config: Config, folder: Path | None, gpus: Any,
                  runs_dir: str | Path | None) -> None:
-    """Disk for the adapter and two checkpoints; GPU memory from the estimate (both forceable)."""
+    """Disk for the adapter and two checkpoints; GPU memory from the estimate (both forceable).
+
+    The memory estimate is per device, for the processes this machine would run (``_check_world``).
+    """
+    world = _check_world(report, config, gpus)
     if folder is None:
         return
     from sft_tui.core.models.describe import describe_model
@@ -295,7 +311,7 @@ def _check_sizes(report: Preflight, config: Config, folder: Path | None, gpus: A
 
     try:
         info = describe_model(folder, trust_remote_code=config.model.trust_remote_code)
-        est = estimate_for_config(config, info)
+        est = estimate_for_config(config, info, world_size=world.world_size if world else 1)
     except Exception:  # noqa: BLE001 - an estimate we cannot make is no reason to refuse a run
         return
     trainable = est.trainable_params or 0
@@ -317,9 +333,37 @@ def _check_sizes(report: Preflight, config: Config, folder: Path | None, gpus: A
                        forceable=True)
     if gpus is None:
         return
-    v = verdict(est, gpus)
-    report.facts["memory"] = {"needed": est.total, "verdict": v.level, "text": v.text}
+    v = verdict(est, gpus, _verdict_devices(config, world))
+    report.facts["memory"] = {"needed": est.total, "verdict": v.level, "text": v.text,
+                              "world_size": world.world_size if world else 1}
     if v.level == "does-not-fit":
         report.add("training.batch_size", config.training.batch_size, f"out of GPU memory likely: {v.text}",
                    "lower training.batch_size or data.max_length, turn on training.gradient_checkpointing, "
                    "or use method.type: qlora", forceable=True)
+
+
+def _check_world(report: Preflight, config: Config, gpus: Any) -> Any:
+    """The processes this machine would run (``launcher.World``), or None when its GPUs are unknown or
+    the request cannot be met here — then a finding names the field, both numbers and the fix."""
+    if gpus is None:
+        return None
+    from sft_tui.core.models.memory import gpu_count
+    from sft_tui.core.train.launcher import WorldError, resolve_world
+
+    try:
+        world = resolve_world(config, gpu_count(gpus))
+    except WorldError as exc:
+        if not any(f.field == exc.field for f in report.findings):  # cross_check may have said it already
+            report.add(exc.field, exc.value, exc.message, exc.hint)
+        return None
+    report.facts["world"] = world.to_dict()
+    return world
+
+
+def _verdict_devices(config: Config, world: Any) -> Any:
+    """Which GPUs the memory verdict looks at: those listed, else as many of the roomiest as processes."""
+    if world is None or world.device != "cuda":
+        return None
+    if isinstance(config.training.devices, list):
+        return list(world.gpu_indices)
+    return world.nproc_per_node
