@@ -128,6 +128,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     env = Environment.detect()
     if getattr(args, "preflight", False):
         return cmd_train_preflight(args, env)
+    if getattr(args, "print_launch", False) or getattr(args, "sbatch", None):
+        return cmd_train_launch_plan(args)
     if args.resume:
         from sft_tui.core.train.resume import plan_resume
 
@@ -143,7 +145,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         if not args.config:
             raise UserError("give a config file or --resume RUN", "create a config with: sft-tui config new > run.yaml")
-        config = load_config(args.config, env=env)
+        from sft_tui.core.train.launcher import load_node_config
+
+        # --node-rank / --master-addr go in before validation (a multi-node file may lack master_addr)
+        config = load_node_config(args.config, env, getattr(args, "node_rank", None),
+                                  getattr(args, "master_addr", None))
         if args.name:
             check_run_name(args.name)
             config.output.run_name = args.name
@@ -151,19 +157,92 @@ def cmd_train(args: argparse.Namespace) -> int:
         for f in report.warnings:
             err_console.print(f"  ! {f}", markup=False)
         report.raise_if_blocked(args.force, args.config)  # refused before any run folder exists
+        if config.training.node_rank > 0:
+            return _join_as_node(config, args)
         run = RunDir.create(config, runs_dir=args.runs_dir)
+        if config.training.nodes > 1 and run.name != config.output.run_name and config.output.run_name:
+            run.delete()
+            raise UserError(f"a run named {config.output.run_name} already exists in {run.path.parent}, and every "
+                            "node of a multi-node run must find it by that name",
+                            "choose a new --name (the same on every node), or delete the old run")
     proc = start_worker(run, resume=bool(args.resume))
     if args.detach:
         print(run.path)
         err_console.print(f"worker started (pid {proc.pid}); follow with: sft-tui logs {run.name} --follow")
         return 0
-    code = follow_with_progress(run)
+    code = follow_with_progress(run, notify=not getattr(args, "no_notify", False))
     if code != 130:
         try:
             proc.wait(timeout=60)  # let the worker finish writing before we report
         except Exception:  # noqa: BLE001 - a slow exit must not turn success into a crash
             pass
     return code
+
+
+# How long a node other than 0 waits for node 0 to create the shared run folder: torchrun's own
+# rendezvous waits 10 minutes for every node, so a node started first waits as long here.
+JOIN_TIMEOUT_S = 600.0
+
+
+def _join_as_node(config: Any, args: argparse.Namespace) -> int:
+    """Node K > 0 of a multi-node run: wait for node 0's run folder (shared storage), start this
+    machine's ranks in it, and follow the run as node 0 reports it."""
+    from sft_tui.core.run.launch import node_files, start_worker
+    from sft_tui.core.run.rundir import runs_root
+
+    k = config.training.node_rank
+    name = config.output.run_name
+    if not name:
+        raise UserError(f"node {k} joins node 0's run by its name, and none was given",
+                        "give every node the same --name (`sft-tui train CONFIG --print-launch` shows the commands)")
+    run = RunDir(runs_root(args.runs_dir or config.output.runs_dir) / name)
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    if not run.exists():
+        err_console.print(f"waiting for node 0 to create {run.path} (shared storage)…", markup=False)
+    while not run.exists():
+        if time.monotonic() >= deadline:
+            raise UserError(f"node 0 did not create {run.path} within {JOIN_TIMEOUT_S / 60:.0f} minutes",
+                            "start node 0 first, and keep output.runs_dir on storage every node shares")
+        time.sleep(1.0)
+    proc = start_worker(run, resume=bool(args.resume), node_rank=k)
+    log = node_files(run, k)[0]
+    if args.detach:
+        print(run.path)
+        err_console.print(f"node {k} started (pid {proc.pid}); its output: {log}", markup=False)
+        return 0
+    return follow_with_progress(run, notify=not getattr(args, "no_notify", False))
+
+
+def cmd_train_launch_plan(args: argparse.Namespace) -> int:
+    """`train CONFIG --print-launch` / `--sbatch FILE`: how the run starts on each node; starts nothing.
+
+    The config is checked without this machine (it may be a login node planning for GPU nodes), and
+    the GPUs per node are --gpus-per-node, else this machine's (a single-node run starts here), else
+    as many as training.devices asks.
+    """
+    from pathlib import Path
+
+    from sft_tui.core.models.memory import gpu_count
+    from sft_tui.core.train.launcher import load_node_config, print_launch, sbatch_script
+
+    if not args.config or args.resume:
+        raise UserError("--print-launch and --sbatch plan a config file, not a run",
+                        "use: sft-tui train CONFIG --print-launch")
+    if args.sbatch:
+        # SLURM supplies node 0's address when the job starts; the script passes it on.
+        config = load_node_config(args.config, None, None, args.master_addr or "$MASTER_ADDR")
+        per_node = args.gpus_per_node  # the compute nodes', not this machine's: None takes the request
+        # srun starts in the submit directory, but an absolute path survives a `cd` in the script too
+        text = sbatch_script(config, str(Path(args.config).resolve()), gpus_per_node=per_node)
+        Path(args.sbatch).write_text(text, encoding="utf-8")
+        err_console.print(f"wrote {args.sbatch}; submit it with: sbatch {args.sbatch}", markup=False)
+    if args.print_launch:
+        config = load_node_config(args.config, None, args.node_rank, args.master_addr)
+        per_node = args.gpus_per_node
+        if per_node is None and config.training.nodes == 1:
+            per_node = gpu_count(_gpus())  # a single-node run starts on this machine
+        sys.stdout.write(print_launch(config, per_node, args.config, runs_dir=args.runs_dir, run_name=args.name))
+    return 0
 
 
 def cmd_train_preflight(args: argparse.Namespace, env: Environment) -> int:
@@ -206,17 +285,32 @@ def cmd_train_preflight(args: argparse.Namespace, env: Environment) -> int:
     return 1
 
 
-def follow_with_progress(run: RunDir) -> int:
+def _terminal_notifier(run: RunDir, notify: bool = True) -> Any:
+    """The notifier that writes desktop-notification escapes to this terminal, or None.
+
+    Made before any live display takes over ``sys.stdout``, so it holds the real stream: the
+    escapes must reach the terminal as bytes, not as text for rich to print.
+    """
+    if not notify:
+        return None
+    from sft_tui.core.notify import terminal_notifier
+
+    return terminal_notifier(run)
+
+
+def follow_with_progress(run: RunDir, notify: bool = True) -> int:
     """Draw the run until it ends; Ctrl-C asks the worker to stop (a second one detaches).
 
     Ctrl-C is caught as a flag rather than an exception so it never breaks the event reader
     mid-read: the worker runs in its own session and only hears about it through control.json.
+    ``notify``: tell the terminal (a desktop notification, the bell) when the run ends, fails or stalls.
     """
     import signal
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     console.print(f"run directory: {run.path}")
+    notifier = _terminal_notifier(run, notify)
     interrupts = [0]
     handled = 0
     final: dict[str, Any] = {}
@@ -240,8 +334,12 @@ def follow_with_progress(run: RunDir) -> int:
                 if ev is None:
                     continue  # heartbeat: no new event, but a chance to notice Ctrl-C
                 _show_event(progress, task, ev, final)
+                if notifier is not None:
+                    notifier.feed(ev)
     finally:
         signal.signal(signal.SIGINT, previous_handler)
+    if notifier is not None:
+        notifier.finish()  # a worker that vanished without a final status is news too
     state = final.get("state") or run.status().state
     if state in ("done", "stopped"):
         console.print(f"[green]{state}[/]: adapter saved in {run.adapter_dir}")
@@ -379,6 +477,21 @@ def cmd_runs(args: argparse.Namespace) -> int:
         if st.unreadable:
             err_console.print(f"note: {st.name}: {st.unreadable} line(s) of events.jsonl could not be read and were "
                               "skipped", markup=False)
+        if st.state == "queued" and st.extra.get("queued_reason"):
+            print(f"{st.name}: {st.extra['queued_reason']} (start it now: sft-tui start {st.name}; "
+                  f"cancel: sft-tui stop {st.name})", flush=True)
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    """A queued run starts now, ahead of the queue, on the GPUs it would have waited for."""
+    run = find_run(args.run, args.runs_dir)
+    st = run.status()
+    if st.state != "queued" or not st.alive:
+        raise UserError(f"run {run.name} is not waiting in the queue (status: {st.state})",
+                        "only a queued run can be started now")
+    run.send("start")
+    console.print(f"asked {run.name} to start now, ahead of the queue")
     return 0
 
 
@@ -396,11 +509,18 @@ def cmd_logs(args: argparse.Namespace) -> int:
         for ev in run.events():
             show(ev)
         return 0
+    # JSON lines piped to a program must stay JSON lines: no escapes there.
+    quiet = getattr(args, "no_notify", False) or (args.json and not sys.stdout.isatty())
+    notifier = _terminal_notifier(run, notify=not quiet)
     try:
         for ev in run.follow(poll=0.5):
             show(ev)
+            if notifier is not None:
+                notifier.feed(ev)  # only events newer than this command fire, once each
     except KeyboardInterrupt:
         return 130
+    if notifier is not None:
+        notifier.finish()
     return 0
 
 
@@ -479,9 +599,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name (default: model, method and time)")
     p.add_argument("--force", action="store_true",
                    help="start even if the pre-flight's estimates (memory, disk, batch vs rows) say it will fail")
+    p.add_argument("--no-notify", action="store_true",
+                   help="no desktop notification or bell when the run ends, fails or stalls")
     p.add_argument("--preflight", action="store_true",
                    help="measure a few real steps on the longest batch in a throwaway process and show estimate vs "
                         "measured vs free memory (exit 0 fits, 1 does not, 2 bad input); starts no run")
+    p.add_argument("--node-rank", type=int, metavar="N",
+                   help="this machine's number in a multi-node run, from 0 (overrides training.node_rank)")
+    p.add_argument("--master-addr", metavar="HOST",
+                   help="address of node 0 in a multi-node run (overrides training.master_addr)")
+    p.add_argument("--print-launch", action="store_true",
+                   help="print the command to run on each node and the torchrun line it starts; starts nothing")
+    p.add_argument("--sbatch", metavar="FILE", help="write a SLURM batch script for this config; starts nothing")
+    p.add_argument("--gpus-per-node", type=int, metavar="N",
+                   help="with --print-launch/--sbatch: GPUs on each node (0: CPU processes); default: this "
+                        "machine's, or as many as training.devices asks")
 
     p = add("runs", cmd_runs, "list runs with status, step and loss")
     p.add_argument("--json", action="store_true")
@@ -491,11 +623,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
     p.add_argument("--json", action="store_true", help="raw JSON lines")
     p.add_argument("--all", action="store_true", help="include memory and progress events")
+    p.add_argument("--no-notify", action="store_true",
+                   help="with --follow: no desktop notification or bell when the run ends, fails or stalls")
 
     p = add("stop", cmd_stop, "ask a running worker to checkpoint and stop")
     p.add_argument("run")
     p.add_argument("--wait", action="store_true")
     p.add_argument("--timeout", type=float, default=120.0)
+
+    p = add("start", cmd_start, "start a queued run now, without waiting for its GPUs to free up")
+    p.add_argument("run")
 
     p = add("attach", cmd_tui, "open the training monitor for a run")
     p.add_argument("run")

@@ -135,3 +135,88 @@ def test_estimate_within_20_percent_on_gpu(tmp_path):
     spec.loader.exec_module(bench)
     row = bench.measure(bench.CONFIGS[1], tmp_path, steps=3)
     assert abs(row["error"]) <= 0.2, row
+
+
+# --------------------------------------------------------------------------- several processes
+
+
+def _per_device(info, method, world_size=1, strategy="ddp", zero_stage=2):
+    return estimate_memory(info, method, None, 1, 1024, "bf16", True, "adamw_torch",
+                           world_size=world_size, strategy=strategy, zero_stage=zero_stage)
+
+
+def test_one_process_ignores_the_strategy(llama7b):
+    for method in ("full", "lora"):
+        alone = _per_device(llama7b, method)
+        for strategy in ("fsdp", "deepspeed"):
+            assert _per_device(llama7b, method, 1, strategy).to_dict() == alone.to_dict()
+
+
+def test_full_7b_on_4_gpus_shrinks_per_device_with_sharding(llama7b):
+    P = llama7b.param_count
+    single = _per_device(llama7b, "full")
+    ddp = _per_device(llama7b, "full", 4, "ddp")
+    zero1 = _per_device(llama7b, "full", 4, "deepspeed", 1)
+    zero2 = _per_device(llama7b, "full", 4, "deepspeed", 2)
+    zero3 = _per_device(llama7b, "full", 4, "deepspeed", 3)
+    fsdp = _per_device(llama7b, "full", 4, "fsdp")
+    # ddp replicates everything and adds its gradient buckets (a second copy of the bf16 gradients)
+    assert ddp.sizes["gradients"] == 2 * single.sizes["gradients"] and ddp.total > single.total
+    assert ddp.inputs["world_size"] == 4 and "world_size" not in single.inputs
+    # ZeRO: fp32 master + two fp32 moments + the step buffer = 16 bytes a param, over 4 GPUs
+    assert zero1.sizes["optimizer"] == 16 * P // 4 and zero1.sizes["gradients"] == 2 * P
+    assert zero2.sizes["gradients"] == 2 * P // 4 and zero2.sizes["optimizer"] == zero1.sizes["optimizer"]
+    assert zero3.sizes["weights"] < zero2.sizes["weights"] / 2
+    # fsdp keeps fp32 masters sharded, plus two gathered blocks and the root (embeddings, head) in bf16
+    assert 4 * P // 4 < fsdp.sizes["weights"] < 4 * P // 4 + 2 * GiB
+    assert ddp.total > zero1.total > zero2.total > zero3.total
+    assert fsdp.total < ddp.total / 2
+    assert len({e.sizes["activations"] for e in (single, ddp, zero2, fsdp)}) == 1  # per device, unchanged
+
+
+def test_lora_7b_on_4_gpus(llama7b):
+    ddp = _per_device(llama7b, "lora", 4, "ddp")
+    fsdp = _per_device(llama7b, "lora", 4, "fsdp")
+    zero2 = _per_device(llama7b, "lora", 4, "deepspeed", 2)
+    # LoRA's memory is the frozen base: only sharding the weights (fsdp, ZeRO-3) helps much
+    assert fsdp.weights < ddp.weights / 2.5 and fsdp.total < ddp.total / 2
+    assert zero2.total <= ddp.total and zero2.weights > ddp.weights * 0.95
+    q_ddp = estimate_memory(llama7b, "qlora", 4, 1, 1024, "bf16", True, world_size=4, strategy="ddp")
+    q_fsdp = estimate_memory(llama7b, "qlora", 4, 1, 1024, "bf16", True, world_size=4, strategy="fsdp")
+    assert q_fsdp.sizes["weights"] > 0.9 * q_ddp.sizes["weights"]  # 4-bit storage is not sharded
+
+
+def test_bad_world_inputs_are_user_errors(llama7b):
+    for kwargs, fragment in (({"strategy": "tp"}, "Unknown strategy"), ({"zero_stage": 4}, "ZeRO stage"),
+                             ({"world_size": 0}, "world_size")):
+        with pytest.raises(UserError, match=fragment):
+            estimate_memory(llama7b, **kwargs)
+
+
+def test_verdict_per_device_on_several_gpus(llama7b):
+    est = _per_device(llama7b, "full", 8, "fsdp")
+    need = est.total / GiB
+    gpus = [gpu(i, free_gib=need + 10, total_gib=80) for i in range(8)]
+    v = est.verdict(gpus, 8)
+    assert v.level == "fits" and v.text.startswith("fits on GPUs 0, 1, 2, 3, 4, 5, 6, 7") and "per GPU" in v.text
+    gpus[5] = gpu(5, free_gib=need * 0.5, total_gib=80)
+    v = est.verdict(gpus, 8)
+    assert v.level == "does-not-fit" and v.gpu_index == 5  # the tightest GPU decides
+    assert est.verdict(gpus, 7).level == "fits"  # the 7 roomiest leave GPU 5 out
+    assert est.verdict(gpus, [0, 5]).gpu_index == 5
+    assert est.verdict(gpus, [0, 9]).level == "does-not-fit" and "GPU 9 not found" in est.verdict(gpus, [0, 9]).text
+    assert "needs 9 GPUs" in est.verdict(gpus, 9).text
+    assert est.verdict(gpus, [3]).text.startswith("fits on GPU 3 with")  # one listed GPU reads as before
+
+
+def test_ddp_that_does_not_fit_suggests_fsdp(llama7b):
+    est = _per_device(llama7b, "full", 4, "ddp")
+    v = est.verdict([gpu(i, free_gib=60, total_gib=80) for i in range(4)], 4)
+    assert v.level == "does-not-fit" and "strategy fsdp" in v.text
+
+
+def test_estimate_for_config_takes_the_world(llama7b):
+    cfg = Config.model_validate({"method": {"type": "full"}, "training": {"strategy": "fsdp", "devices": 4}})
+    est = estimate_for_config(cfg, llama7b, world_size=4)
+    assert est.inputs["strategy"] == "fsdp" and est.inputs["world_size"] == 4
+    assert est.total < 0.6 * estimate_for_config(cfg, llama7b).total

@@ -291,7 +291,9 @@ def load_causal_lm(path: str | Path, config: "Config", dtype: Any, *, bits: int 
                             "use method.type: lora on this machine, or run on a CUDA machine")
         compute = dtype if dtype not in (None, torch.float32) else torch.bfloat16
         kwargs["quantization_config"] = quantization_config(bits, compute)
-        kwargs["device_map"] = {"": 0}
+        # Each rank of a multi-GPU run holds its whole quantized model on its own GPU (DDP); under
+        # torchrun LOCAL_RANK says which one. One process: GPU 0 of those visible to it.
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
     name = what or repr(str(path))
     try:
         return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)

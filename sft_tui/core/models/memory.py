@@ -47,7 +47,23 @@ overhead
     rest is what ``torch.cuda.max_memory_reserved`` reports — plus ~500 MiB of CUDA context, which
     the allocator does not see but ``nvidia-smi`` and the free-memory comparison do.
 
-Assumptions: one GPU (no sharding), sequences padded to ``max_length`` (packing gives the same),
+several processes (``world_size`` W > 1, the number per device)
+    ddp: every device holds the whole model, its gradients and optimizer states, plus DDP's gradient
+         buckets (a second copy of the gradients: the Trainer leaves ``gradient_as_bucket_view`` off).
+    fsdp (FSDP2 through accelerate): weights, gradients and optimizer states are sharded over W; with
+         bf16/fp16 the trainable parameters are upcast to fp32 (accelerate keeps fp32 masters when
+         mixed precision is on), and during forward/backward the gathered weights of two blocks
+         (the one computing, the one prefetched) plus the root unit (embeddings, untied head) are held
+         whole, in the compute dtype.
+    deepspeed ZeRO: stage 1 shards the optimizer states, 2 also the gradients, 3 also the weights (with
+         the same gathered blocks as FSDP). With bf16/fp16 DeepSpeed casts the whole model, trainable
+         parameters included, to 16 bits and keeps fp32 master copies inside the optimizer: 4 bytes a
+         trainable parameter plus fp32 moments, all sharded.
+    4/8-bit base weights (qlora, or a quantized checkpoint) are never sharded (integer storage cannot
+    be split by FSDP or ZeRO-3 without extra setup), only the adapters, gradients and optimizer states.
+    Activations are per device (each rank has its own batch). With one process the strategy is ignored.
+
+Assumptions: one GPU unless ``world_size`` says otherwise, sequences padded to ``max_length`` (packing gives the same),
 attention through sdpa/flash (no s² score matrix), Llama-like blocks. ``bench/bench_memory.py``
 measures the error against ``torch.cuda.max_memory_reserved`` and writes it to
 ``bench/results/memory_estimate.json``.
@@ -56,7 +72,7 @@ measures the error against ``torch.cuda.max_memory_reserved`` and writes it to
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Literal
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
 from sft_tui.core.errors import UserError
 from sft_tui.core.format import human_bytes
@@ -76,6 +92,7 @@ OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "sgd", "adafactor
 _PRECISIONS = {"auto": "bf16", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16",
                "fp32": "fp32", "float32": "fp32"}
 PARTS = ("weights", "gradients", "optimizer", "activations", "overhead")
+STRATEGIES = ("ddp", "fsdp", "deepspeed")
 
 
 @dataclass
@@ -122,8 +139,8 @@ class MemoryEstimate:
         data["reserved"] = self.reserved
         return data
 
-    def verdict(self, gpus: Any) -> Verdict:
-        return verdict(self, gpus)
+    def verdict(self, gpus: Any, devices: Sequence[int] | int | None = None) -> Verdict:
+        return verdict(self, gpus, devices)
 
 
 def _norm_precision(precision: str) -> str:
@@ -155,12 +172,24 @@ def _lora_shapes(info: "ModelInfo", target_modules: str | list[str]) -> tuple[in
 def estimate_memory(info: "ModelInfo", method: str = "lora", bits: int | None = None, batch_size: int = 1,
                     max_length: int = 512, precision: str = "bf16", gradient_checkpointing: bool = False,
                     optimizer: str = "adamw_torch", lora_r: int = 16,
-                    target_modules: str | list[str] = "all-linear") -> MemoryEstimate:
-    """Peak GPU memory for one training step; see the module docstring for the formula."""
+                    target_modules: str | list[str] = "all-linear", world_size: int = 1,
+                    strategy: str = "ddp", zero_stage: int = 2) -> MemoryEstimate:
+    """Peak GPU memory for one training step on each device; see the module docstring for the formula.
+
+    ``world_size`` is the number of processes (one per GPU) and ``strategy`` how they share the model:
+    ddp, fsdp or deepspeed with ``zero_stage`` 1-3 ('auto' is ddp).
+    """
     if method not in METHODS:
         raise UserError(f"Unknown training method '{method}'.", "use one of: full, lora, qlora")
     if optimizer not in OPTIMIZERS:
         raise UserError(f"Unknown optimizer '{optimizer}'.", f"use one of: {', '.join(OPTIMIZERS)}")
+    strategy = "ddp" if strategy == "auto" else strategy
+    if strategy not in STRATEGIES:
+        raise UserError(f"Unknown strategy '{strategy}'.", "use one of: auto, ddp, fsdp, deepspeed")
+    if zero_stage not in (1, 2, 3):
+        raise UserError(f"ZeRO stage {zero_stage} does not exist.", "use zero_stage 1, 2 or 3")
+    if world_size < 1:
+        raise UserError("world_size must be at least 1.", "give the number of processes (one per GPU)")
     if batch_size < 1 or max_length < 1 or lora_r < 1:
         raise UserError("batch size, max length and LoRA rank must be at least 1.", "check the numbers you gave")
     if not info.param_count:
@@ -177,6 +206,8 @@ def estimate_memory(info: "ModelInfo", method: str = "lora", bits: int | None = 
         bits = None
     prec = _norm_precision(precision)
     notes: list[str] = []
+    W = world_size
+    sharding = strategy if W > 1 else "ddp"  # one process shards nothing, whatever the strategy
 
     P = int(info.param_count)
     h = int(info.hidden_size or 0)
@@ -193,9 +224,9 @@ def estimate_memory(info: "ModelInfo", method: str = "lora", bits: int | None = 
     if method == "full":
         T = P
         wbytes = 4 if prec in ("fp32", "fp16") else 2
-        if prec == "fp16":
+        if prec == "fp16" and sharding != "deepspeed":
             notes.append("fp16 full fine-tuning keeps fp32 weights (GradScaler needs them); bf16 halves that")
-        weights = P * wbytes
+        frozen, trainable_w = 0.0, P * wbytes
         tbytes = wbytes
         lora_in = lora_count = 0
     else:
@@ -214,18 +245,37 @@ def estimate_memory(info: "ModelInfo", method: str = "lora", bits: int | None = 
             base = q * per + (P - q) * 4  # prepare_model_for_kbit_training upcasts the rest to fp32
         else:
             base = P * base16
-        weights = int(base + T * 4)
+        frozen, trainable_w = base, T * 4
+
+    # ---- how several processes change dtypes (see "several processes" in the module docstring)
+    state_bytes, master = tbytes, 0
+    if sharding == "fsdp" and prec != "fp32" and method == "full":
+        trainable_w, tbytes, state_bytes = P * 4, 4, 4
+    elif sharding == "deepspeed" and prec != "fp32":
+        trainable_w, tbytes, state_bytes, master = T * 2, 2, 4, 4 * T
 
     # ---- gradients and optimizer
     gradients = T * tbytes
-    if optimizer == "adamw_torch":
-        states, step_temp = 2 * T * tbytes, T * tbytes
-    elif optimizer in ("adamw_8bit", "paged_adamw_8bit"):
-        states, step_temp = 2 * T + 4 * MiB, 0
-    elif optimizer == "sgd":
-        states, step_temp = 0, 0
-    else:  # adafactor
-        states, step_temp = T // 2, T * tbytes // 8
+    states, step_temp = _optimizer_bytes(optimizer, T, state_bytes)
+    states += master
+
+    # ---- sharding over the W processes
+    shard_w = W if sharding == "fsdp" or (sharding == "deepspeed" and zero_stage == 3) else 1
+    shard_g = W if sharding == "fsdp" or (sharding == "deepspeed" and zero_stage >= 2) else 1
+    shard_o = W if sharding in ("fsdp", "deepspeed") else 1
+    packed = method == "qlora" or bool(info.quantization)  # integer storage is never sharded
+    weights = int(frozen / (1 if packed else shard_w) + trainable_w / shard_w)
+    gradients = int(gradients / shard_g)
+    states, step_temp = int(states / shard_o), int(step_temp / shard_o)
+    buckets = T * tbytes if sharding == "ddp" and W > 1 else 0
+    gathered = 0
+    if shard_w > 1:
+        compute = 4 if prec == "fp32" else 2
+        if packed:
+            unit_params, root_params = 2 * T / max(L, 1), 0
+        else:
+            unit_params, root_params = 2 * max(P - info.embedding_params, 0) / max(L, 1), info.embedding_params
+        gathered = int((unit_params + root_params) * compute)
 
     # ---- activations
     scale = act / 2
@@ -241,36 +291,57 @@ def estimate_memory(info: "ModelInfo", method: str = "lora", bits: int | None = 
     activations = int(N * (layer_total + outside) + mask)
 
     # ---- the two peaks
-    head_grads = V * h * tbytes if (method == "full" and not info.tie_word_embeddings) else 0
-    backward = weights + states + activations + head_grads
-    step = weights + gradients + states + step_temp
+    head_grads = int(V * h * tbytes / shard_g) if (method == "full" and not info.tie_word_embeddings) else 0
+    backward = weights + gathered + states + activations + head_grads + buckets
+    step = weights + gradients + buckets + states + step_temp
     if backward >= step:
         phase = "backward"
-        held = {"weights": weights, "gradients": head_grads, "optimizer": states, "activations": activations}
+        held = {"weights": weights + gathered, "gradients": head_grads + buckets, "optimizer": states,
+                "activations": activations}
     else:
         phase = "optimizer step"
-        held = {"weights": weights, "gradients": gradients, "optimizer": states + step_temp, "activations": 0}
+        held = {"weights": weights, "gradients": gradients + buckets, "optimizer": states + step_temp,
+                "activations": 0}
     peak = sum(held.values())
     overhead = int(peak * ALLOCATOR_SLACK + ALLOCATOR_FIXED + CUDA_CONTEXT)
     held = {k: int(v) for k, v in held.items()}
-    sizes = {"weights": int(weights), "gradients": int(gradients), "optimizer": int(states + step_temp),
+    sizes = {"weights": int(weights + gathered), "gradients": int(gradients + buckets),
+             "optimizer": int(states + step_temp),
              "activations": activations, "overhead": overhead}
     inputs = {"method": method, "bits": bits, "batch_size": batch_size, "max_length": max_length,
               "precision": prec, "gradient_checkpointing": gradient_checkpointing, "optimizer": optimizer,
               "lora_r": lora_r, "target_modules": target_modules}
+    if W > 1:  # kept out of one-process estimates, whose output stays as it was
+        inputs.update(world_size=W, strategy=strategy, zero_stage=zero_stage)
+        notes.append(f"per device, {W} processes with {strategy}"
+                     + (f" (ZeRO stage {zero_stage})" if strategy == "deepspeed" else ""))
     return MemoryEstimate(weights=held["weights"], gradients=held["gradients"], optimizer=held["optimizer"],
                           activations=held["activations"], overhead=overhead, total=int(peak + overhead),
                           peak_phase=phase, cuda_context=CUDA_CONTEXT, sizes=sizes, trainable_params=int(T),
                           inputs=inputs, notes=notes, _info=info)
 
 
-def estimate_for_config(config: "Config", info: "ModelInfo") -> MemoryEstimate:
-    """The estimate for a run config; 'auto' precision is taken as bf16 (what a modern GPU uses)."""
+def _optimizer_bytes(optimizer: str, T: int, state_bytes: int) -> tuple[int, int]:
+    """(states, step temporaries) for T trainable params whose states are ``state_bytes`` wide."""
+    if optimizer == "adamw_torch":
+        return 2 * T * state_bytes, T * state_bytes
+    if optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+        return 2 * T + 4 * MiB, 0
+    if optimizer == "sgd":
+        return 0, 0
+    return T // 2, T * state_bytes // 8  # adafactor
+
+
+def estimate_for_config(config: "Config", info: "ModelInfo", world_size: int = 1) -> MemoryEstimate:
+    """The estimate for a run config on each of ``world_size`` devices; 'auto' precision is taken as
+    bf16 (what a modern GPU uses). ``launcher.resolve_world(config, gpu_count).world_size`` is the
+    world of a config on a machine."""
     m, t = config.method, config.training
     return estimate_memory(info, method=m.type, bits=m.bits, batch_size=t.batch_size,
                            max_length=config.data.max_length, precision=t.precision,
                            gradient_checkpointing=t.gradient_checkpointing, optimizer=t.optimizer,
-                           lora_r=m.lora_r, target_modules=m.target_modules)
+                           lora_r=m.lora_r, target_modules=m.target_modules, world_size=world_size,
+                           strategy=t.strategy, zero_stage=t.zero_stage)
 
 
 # --------------------------------------------------------------------------- verdict
@@ -282,6 +353,11 @@ def _gpu_list(gpus: Any) -> list[Any]:
     if hasattr(gpus, "gpus"):  # a GpuSnapshot
         return list(gpus.gpus) if getattr(gpus, "available", True) else []
     return list(gpus)
+
+
+def gpu_count(gpus: Any) -> int:
+    """How many GPUs a snapshot (or a list of GPUs) holds; 0 for none or no NVML."""
+    return len(_gpu_list(gpus))
 
 
 def _free(gpu: Any) -> int | None:
@@ -297,6 +373,8 @@ def _remedies(est: MemoryEstimate) -> Iterable[tuple[str, dict[str, Any]]]:
     i = est.inputs
     if not i.get("gradient_checkpointing"):
         yield "gradient checkpointing", {"gradient_checkpointing": True}
+    if i.get("world_size", 1) > 1 and i.get("strategy") == "ddp":
+        yield f"strategy fsdp (shards the model over the {i['world_size']} GPUs)", {"strategy": "fsdp"}
     if i["batch_size"] > 1:
         yield f"batch size 1 (gradient accumulation ×{i['batch_size']})", {"batch_size": 1}
     if i["optimizer"] == "adamw_torch" and i["method"] == "full":
@@ -345,16 +423,56 @@ def suggest(est: MemoryEstimate, budget: int) -> str | None:
     return None
 
 
-def verdict(est: MemoryEstimate, gpus: Any) -> Verdict:
-    """Compare the estimate with each GPU's free memory; the roomiest GPU decides."""
+def verdict(est: MemoryEstimate, gpus: Any, devices: Sequence[int] | int | None = None) -> Verdict:
+    """Compare the per-device estimate with the free memory of the GPUs the run would use.
+
+    ``devices``: None or 1 — the roomiest GPU decides (one process); a count N — the N roomiest,
+    one process each; a list — exactly those GPU indices. With several GPUs the tightest one decides,
+    since every process needs the estimate on its own device.
+    """
     need = est.total
     listed = [g for g in _gpu_list(gpus) if _free(g) is not None]
     if not listed:
         return Verdict("no-gpu", f"no NVIDIA GPU found: training needs ~{human_bytes(need)} of GPU memory "
                                  "(on CPU it uses system RAM and is much slower)")
-    best = max(listed, key=lambda g: _free(g) or 0)
-    free = _free(best) or 0
-    idx = getattr(best, "index", 0)
+    roomiest = sorted(listed, key=lambda g: _free(g) or 0, reverse=True)
+    if isinstance(devices, list | tuple):
+        by_index = {getattr(g, "index", n): g for n, g in enumerate(listed)}
+        missing = [i for i in devices if i not in by_index]
+        if missing:
+            return Verdict("does-not-fit", f"GPU {', '.join(map(str, missing))} not found: the run needs "
+                                           f"~{human_bytes(need)} on each of GPUs {', '.join(map(str, devices))}")
+        used = [by_index[i] for i in devices]
+    else:
+        count = max(int(devices or 1), 1)
+        if count > len(listed):
+            return Verdict("does-not-fit", f"needs {count} GPUs with ~{human_bytes(need)} each, but "
+                                           f"{len(listed)} {'is' if len(listed) == 1 else 'are'} found")
+        used = roomiest[:count]
+    if len(used) == 1:
+        return _one_gpu_verdict(est, used[0])
+    tightest = min(used, key=lambda g: _free(g) or 0)
+    free = _free(tightest) or 0
+    idx = getattr(tightest, "index", 0)
+    spare = free - need
+    names = ", ".join(str(getattr(g, "index", "?")) for g in used)
+    if need <= free * 0.9:
+        return Verdict("fits", f"fits on GPUs {names} with at least {human_bytes(spare)} to spare on each "
+                               f"(needs ~{human_bytes(need)} per GPU)", idx, spare)
+    if need <= free:
+        return Verdict("tight", f"tight on GPU {idx} (of {names}): needs ~{human_bytes(need)} per GPU and it has "
+                                f"{human_bytes(free)} free; the estimate is ±20%, so consider gradient "
+                                f"checkpointing or a smaller batch", idx, spare)
+    advice = suggest(est, int(free * 0.9))
+    tail = f"; try {advice}" if advice else "; it does not fit even with qlora at batch 1 — use a smaller model"
+    return Verdict("does-not-fit", f"needs ~{human_bytes(need)} per GPU but GPU {idx} has {human_bytes(free)} "
+                                   f"free{tail}", idx, spare)
+
+
+def _one_gpu_verdict(est: MemoryEstimate, gpu: Any) -> Verdict:
+    need = est.total
+    free = _free(gpu) or 0
+    idx = getattr(gpu, "index", 0)
     spare = free - need
     if need <= free * 0.9:
         return Verdict("fits", f"fits on GPU {idx} with {human_bytes(spare)} to spare (needs ~{human_bytes(need)})", idx, spare)

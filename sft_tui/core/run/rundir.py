@@ -24,7 +24,7 @@ from sft_tui.core.errors import UserError
 from sft_tui.core.paths import default_runs_dir
 from sft_tui.core.run.events import ACTIVE_STATES, FINAL_STATES, EventTail, EventWriter
 
-COMMANDS = ("stop", "save")
+COMMANDS = ("stop", "save", "start")  # start: a queued run skips the queue
 
 # Every state in which a worker should be alive (the monitor's name for the protocol's active states).
 LIVE_STATES = ACTIVE_STATES
@@ -225,14 +225,15 @@ class RunDir:
 
     # ------------------------------------------------------------------ control
     def send(self, command: str) -> int:
-        """Ask the worker to 'stop' (checkpoint and end) or 'save' (checkpoint now); returns the seq.
+        """Ask the worker to 'stop' (checkpoint and end), 'save' (checkpoint now) or 'start' (a queued run
+        starts now, ahead of the queue); returns the seq.
 
         The seq is above both the file's last one and the clock in milliseconds, so it rises even
         when control.json was garbage (the worker ignores seqs it has handled). Each writer has its
         own temp file and the rename is atomic: two commands at once never share or tear a file.
         """
         if command not in COMMANDS:
-            raise UserError(f"unknown command {command!r}", "use 'stop' or 'save'")
+            raise UserError(f"unknown command {command!r}", "use 'stop', 'save' or 'start'")
         previous, problem = self.read_control_checked()
         seq = int(previous.get("seq", 0)) + 1
         if problem:  # the file was garbage: continue after the highest seq the worker has seen
@@ -273,7 +274,7 @@ class RunDir:
         if type(seq) is not int or not 0 <= seq < 2**63:
             return {}, f"control.json has seq {str(seq)[:40]!r}, not a whole number"
         if command not in COMMANDS:
-            return {}, f"control.json has command {str(command)[:40]!r}, not stop or save"
+            return {}, f"control.json has command {str(command)[:40]!r}, not stop, save or start"
         return {"seq": seq, "command": command}, None
 
     # ------------------------------------------------------------------ derived state
@@ -355,9 +356,20 @@ def fold_event(st: RunStatus, ev: dict[str, Any]) -> None:
             st.ended = ev.get("time")
         else:
             st.ended = None
+        # Why a queued run waits ("waiting for 22 GiB on GPU 1; 9 GiB free, held by alice: ...").
+        if st.state == "queued" and isinstance(ev.get("reason"), str):
+            st.extra["queued_reason"] = ev["reason"]
+        else:
+            st.extra.pop("queued_reason", None)
+        if isinstance(ev.get("gpus"), list):
+            st.extra["gpus"] = [i for i in ev["gpus"] if isinstance(i, int)]
+    elif kind == "ranks":
+        if isinstance(ev.get("world_size"), int):
+            st.extra["world_size"] = ev["world_size"]
     elif kind == "train":
         if st.state == "evaluating":  # training goes on: the evaluation is over
             st.state = "training"
+        st.extra.pop("stall", None)  # steps complete again: the stall is over
         st.step = ev.get("step", st.step)
         st.epoch = ev.get("epoch", st.epoch)
         st.max_steps = ev.get("max_steps", st.max_steps)
@@ -374,6 +386,12 @@ def fold_event(st: RunStatus, ev: dict[str, Any]) -> None:
         st.step = max(st.step, ev.get("step") or 0)  # a stop between logging steps still counts
     elif kind == "error":
         st.error = {k: ev.get(k) for k in ("kind", "message", "hint")}
+    elif kind == "stall":  # the watchdog's summary (its thread stacks stay in events.jsonl)
+        st.extra["stall"] = {k: ev.get(k) for k in ("time", "phase", "silent_s", "median_step_s", "step")}
+    elif kind == "energy":  # cumulative over the run: the latest one is the total so far
+        kwh = ev.get("kwh")
+        if type(kwh) in (int, float) and 0 <= kwh < 1e12:
+            st.extra["energy_kwh"] = kwh
 
 
 def with_liveness(st: RunStatus, pid: int | None) -> RunStatus:

@@ -137,7 +137,7 @@ class EventCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if self.record is not None and path.is_dir():
+        if self.record is not None and path.is_dir() and state.is_world_process_zero:
             from sft_tui.core.train.resume import write_record
 
             write_record(path, *self.record)

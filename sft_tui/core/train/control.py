@@ -46,6 +46,7 @@ class ControlWatcher:
         self.seq_done = seq_done
         self.interval = interval
         self.save_pending = threading.Event()
+        self.start_now = threading.Event()  # a queued run was told to skip the queue
         self.training = False
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -113,6 +114,10 @@ class ControlWatcher:
             self.writer.write("log", level="info", control_seq=seq, msg="stop requested: " + (
                 "saving a checkpoint and ending" if self.training else "ending before training starts"))
             self.request_stop("stop requested")
+        elif cmd["command"] == "start":
+            self.writer.write("log", level="info", control_seq=seq, msg="start requested: " + (
+                "leaving the queue" if not self.training else "already started"))
+            self.start_now.set()
         else:
             self.writer.write("log", level="info", control_seq=seq, msg="save requested: writing a checkpoint" + (
                 "" if self.training else " after the first step"))

@@ -57,8 +57,12 @@ class ResumePlan:
         return out
 
 
-def plan_resume(run: RunDir) -> ResumePlan:
-    """The checkpoint to resume from, or a UserError that says why not and what to do."""
+def plan_resume(run: RunDir, world_size: int | None = None) -> ResumePlan:
+    """The checkpoint to resume from, or a UserError that says why not and what to do.
+
+    ``world_size`` is the number of processes the resume runs with (the worker knows it; the CLI's
+    early check does not, and passes None).
+    """
     config = run.load_config()
     incomplete = run.incomplete_checkpoints()
     checkpoint = run.latest_checkpoint()
@@ -84,6 +88,7 @@ def plan_resume(run: RunDir) -> ResumePlan:
     record = read_record(checkpoint)
     if record:
         _guard(run, config, record, plan)
+        _guard_world(run, config, record, plan, world_size)
     return plan
 
 
@@ -110,9 +115,9 @@ def data_identity(config) -> str | None:
         return None
 
 
-def write_record(checkpoint: Path, config, data: str | None, train_rows: int | None) -> None:
+def write_record(checkpoint: Path, config, data: str | None, train_rows: int | None, world_size: int = 1) -> None:
     """Written into every checkpoint as it is saved, so a resume can tell what changed since."""
-    payload = {"config": config.to_dict(), "data": data, "train_rows": train_rows}
+    payload = {"config": config.to_dict(), "data": data, "train_rows": train_rows, "world_size": world_size}
     (checkpoint / RECORD).write_text(json.dumps(payload, default=str), encoding="utf-8")
 
 
@@ -134,6 +139,25 @@ def _guard(run: RunDir, config, record: dict, plan: ResumePlan) -> None:
         plan.data_changed = (f"warning: the data files changed since {plan.checkpoint.name}"
                              + (f" ({rows} training rows then; the count now is logged when tokenizing)" if rows else "")
                              + ": the resumed run trains on the new data")
+
+
+def _guard_world(run: RunDir, config, record: dict, plan: ResumePlan, world_size: int | None) -> None:
+    """A checkpoint is resumed with the world size it was saved with. DDP checkpoints hold whole
+    weights and optimizer states, so another size works (with another global batch); FSDP and
+    ZeRO checkpoints hold one shard per rank and cannot be re-cut here."""
+    then = record.get("world_size")
+    if world_size is None or not isinstance(then, int) or then == world_size:
+        return
+    strategy = config.training.strategy
+    if strategy in ("fsdp", "deepspeed") and max(then, world_size) > 1:
+        raise UserError(f"run {run.name} was saved by {then} process(es) with {strategy}, which keeps one shard per "
+                        f"process, and would resume with {world_size}",
+                        f"resume on {then} device(s) (set training.devices to {then} in {run.config_path}), or start a "
+                        "new run")
+    t = config.training
+    per_process = t.batch_size * t.gradient_accumulation
+    plan.changed.append((f"processes (global batch {then * per_process} → {world_size * per_process} rows)",
+                         then, world_size))
 
 
 def finish_from_checkpoint(checkpoint: Path, tokenizer, target: Path) -> None:

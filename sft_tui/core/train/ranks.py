@@ -1,0 +1,258 @@
+"""One rank of a multi-process run: who it is, how it meets the others, what it reports.
+
+Under torchrun every rank runs the same recipe; the differences are kept here so the recipe reads
+the same for one process and for many:
+
+- only rank 0 writes the run's ``events.jsonl``, checkpoints and adapter; the other ranks write their
+  events to ``ranks/rank-N.jsonl`` (the supervisor quotes them when a rank fails);
+- every rank reads control.json, and at each step the ranks agree (one tiny all-reduce) on whether
+  to stop or save, so a stop seen by one rank a step before another never leaves a rank waiting in a
+  collective that the others skipped;
+- at each log step the ranks all-gather what each measured on its own — time in the forward pass,
+  time waiting for data, tokens of its own batches, memory — and rank 0 writes one ``ranks`` event,
+  from which the monitor shows a row per rank and names a straggler. Wall time per step is the same
+  on every rank (they meet at the gradient all-reduce), so it cannot show a straggler; the local
+  forward and data times can.
+
+Nothing here is imported by a single-process run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sft_tui.core.run.events import EventWriter
+from sft_tui.core.run.rundir import RunDir
+
+# A collective that waits this long means a rank is gone or hung: it raises, torchrun tears the
+# other ranks down and the supervisor reports which rank failed. Long enough for a slow checkpoint
+# of a large model (every rank waits at the save's barrier), short enough that a hang costs minutes,
+# not the night. The launcher's environment may set another value.
+TIMEOUT_ENV = "SFT_TUI_COLLECTIVE_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 600.0
+
+# A rank whose own work per step (forward + waiting for data) is this much above the median of all
+# ranks is named as the straggler.
+STRAGGLER_RATIO = 1.3
+
+
+@dataclass(frozen=True)
+class Rank:
+    rank: int
+    local_rank: int
+    world_size: int
+    host: str
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> "Rank":
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
+                   int(os.environ.get("WORLD_SIZE", 1)), socket.gethostname())
+
+
+def rank_writer(run: RunDir, rank: Rank) -> EventWriter:
+    """Rank 0 writes the run's events; the others keep their own file beside it."""
+    if rank.main:
+        return run.writer()
+    return EventWriter(run.path / "ranks" / f"rank-{rank.rank}.jsonl")
+
+
+def collective_timeout() -> float:
+    try:
+        return max(float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)), 1.0)
+    except ValueError:
+        return DEFAULT_TIMEOUT_S
+
+
+def init_process_group(rank: Rank) -> str:
+    """Join the other ranks before anything slow, so a rank that cannot join fails in seconds.
+
+    NCCL on GPUs (each rank on its own device), gloo on CPU. transformers and accelerate find the
+    group already initialised and use it, with this timeout.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(rank.local_rank)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=collective_timeout()))
+    return backend
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _device_tensor(values: list[float]):
+    import torch
+    import torch.distributed as dist
+
+    device = "cpu"
+    if dist.get_backend() == "nccl":
+        device = f"cuda:{torch.cuda.current_device()}"
+    return torch.tensor(values, dtype=torch.float32, device=device)
+
+
+def agree(stop: bool, save: bool) -> tuple[bool, bool]:
+    """Whether any rank wants to stop or save now: every rank gets the same answer."""
+    import torch.distributed as dist
+
+    flags = _device_tensor([float(stop), float(save)])
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return bool(flags[0].item()), bool(flags[1].item())
+
+
+def stragglers(rows: list[dict[str, Any]], ratio: float = STRAGGLER_RATIO) -> list[int]:
+    """Ranks whose own work per step (forward + data wait) is ``ratio`` × the median or more.
+
+    Needs at least two ranks with a measurement; a rank with no figure is never named here (a rank
+    that stops reporting ends the run through the collective timeout instead).
+    """
+    work = {r["rank"]: (r.get("forward_s") or 0.0) + (r.get("data_s") or 0.0) for r in rows
+            if r.get("forward_s") is not None}
+    if len(work) < 2:
+        return []
+    ordered = sorted(work.values())
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    if median <= 0:
+        return []
+    return sorted(r for r, w in work.items() if w >= ratio * median)
+
+
+def _tokens_of(args: tuple, kwargs: dict) -> int:
+    mask = kwargs.get("attention_mask")
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    try:
+        if mask is not None:
+            return int(mask.sum().item())
+        if ids is not None:
+            return int(ids.numel())
+    except Exception:  # noqa: BLE001 - an odd input must not break training
+        pass
+    return 0
+
+
+def make_callback(rank: Rank, writer: EventWriter, device: str, stop: Any):
+    """The rank callback (imports transformers, so only rank processes build it)."""
+    from transformers import TrainerCallback
+
+    from sft_tui.core.train.callback import memory_snapshot
+
+    class RankCallback(TrainerCallback):
+        """Keeps the ranks in step on stop/save, and gathers each rank's own measurements."""
+
+        def __init__(self) -> None:
+            self.stop = stop
+            self.forward_s = 0.0
+            self.data_s = 0.0
+            self.tokens = 0
+            self.steps = 0
+            self._fwd_start: float | None = None
+            self._step_end: float | None = None
+            self._window_start = time.monotonic()
+            self._hooked = False
+
+        def _hook(self, model) -> None:
+            if self._hooked or model is None:
+                return
+            self._hooked = True
+
+            def before(module, args, kwargs):  # noqa: ARG001 - hook signature
+                self._fwd_start = time.perf_counter()
+                if module.training:
+                    self.tokens += _tokens_of(args, kwargs)
+
+            def after(module, args, output):  # noqa: ARG001
+                if self._fwd_start is not None and module.training:
+                    self.forward_s += time.perf_counter() - self._fwd_start
+                self._fwd_start = None
+
+            model.register_forward_pre_hook(before, with_kwargs=True)
+            model.register_forward_hook(after)
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self._hook(model)
+            self._window_start = time.monotonic()
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if self._step_end is not None:
+                self.data_s += time.monotonic() - self._step_end
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps += 1
+            # A user's stop (not the end of training, which every rank reaches at the same step anyway).
+            stop_now, save = agree(self.stop.requested, bool(control.should_save))
+            if stop_now:
+                self.stop.request("another rank was asked to stop")  # this rank ends `stopped` too
+                control.should_training_stop = True
+                control.should_save = True
+            elif save:
+                control.should_save = True
+            self._step_end = time.monotonic()
+            return control
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or "loss" not in logs:
+                return
+            import torch.distributed as dist
+
+            now = time.monotonic()
+            window = max(now - self._window_start, 1e-6)
+            steps = max(self.steps, 1)
+            mine = {
+                "rank": rank.rank, "local_rank": rank.local_rank, "host": rank.host, "pid": os.getpid(),
+                "step_time_s": round(window / steps, 5), "forward_s": round(self.forward_s / steps, 5),
+                "data_s": round(self.data_s / steps, 5), "tokens_per_s": round(self.tokens / window, 2),
+                "memory": memory_snapshot(device).get("peak"),
+            }
+            self.forward_s = self.data_s = 0.0
+            self.tokens = self.steps = 0
+            self._window_start = now
+            rows: list[Any] = [None] * rank.world_size
+            dist.all_gather_object(rows, mine)
+            if rank.main:
+                rows = sorted((r for r in rows if isinstance(r, dict)), key=lambda r: r["rank"])
+                writer.write("ranks", step=state.global_step, world_size=rank.world_size, ranks=rows,
+                             tokens_per_s=round(sum(r["tokens_per_s"] for r in rows), 2),
+                             stragglers=stragglers(rows))
+
+    return RankCallback()
+
+
+def rank_log_tail(run: RunDir, rank: int, lines: int = 12) -> list[str]:
+    """The last lines a rank printed (torchrun's per-rank log files under ``ranks/``), newest last."""
+    found: list[Path] = []
+    root = run.path / "ranks"
+    if root.is_dir():
+        for path in root.rglob("*"):
+            if not path.is_file() or path.stat().st_size == 0:
+                continue
+            parts = path.relative_to(root).parts
+            # torchrun: ranks/<run id>/attempt_0/<local rank>/{stdout,stderr}.log
+            if len(parts) >= 2 and parts[-2] == str(rank) and path.name in ("stderr.log", "stdout.log"):
+                found.append(path)
+    out: list[str] = []
+    for path in sorted(found, key=lambda p: (p.name != "stdout.log", p.stat().st_mtime)):
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        out += [line for line in text.splitlines() if line.strip()]
+    return out[-lines:]
