@@ -150,6 +150,7 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
         Binding("ctrl+t", "export_peer", "Export as", show=False, id="training_export_peer"),
         Binding("ctrl+r", "measure", "Measure memory", show=False, id="training_measure"),
         Binding("ctrl+e", "next_problem", "Next problem", show=False, id="training_next_problem"),
+        Binding("ctrl+l", "launch_plan", "Launch plan", show=False, id="training_launch_plan"),
     ]
 
     DEFAULT_CSS = """
@@ -642,6 +643,26 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
         self.app.push_screen(PeerExportScreen(self.session.config.model_copy(deep=True), folder=folder))
 
     @on(Button.Pressed, "#save")
+    def action_launch_plan(self) -> None:
+        """How this config starts: one process, torchrun on this machine, or the command for each node."""
+        if self.result is None or not self.result.valid:
+            self.notify("Fix the problems first: the launch plan is made from a valid config.", severity="error")
+            return
+        from sft_tui.core.errors import UserError
+        from sft_tui.core.models.memory import gpu_count
+        from sft_tui.core.train.launcher import print_launch
+
+        config = self.session.config
+        per_node = gpu_count(self.gpus) if config.training.nodes == 1 else None
+        try:
+            body = print_launch(config, per_node, str(self.session.config_path or "CONFIG.yaml"),
+                                runs_dir=self.session.runs_dir)
+        except UserError as exc:
+            body = f"{exc.message}\n\n{exc.hint}" if exc.hint else exc.message
+        from sft_tui.screens.dialogs import ReportScreen
+
+        self.app.push_screen(ReportScreen("Launch plan", body))
+
     def _save_pressed(self) -> None:
         self.action_save()
 
@@ -743,7 +764,12 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
                 self._refused(report, message.force)
             return
         self.session.run = message.run
-        self.notify(f"Started run {message.run.name}", timeout=3)
+        nodes = self.session.config.training.nodes
+        if nodes > 1:
+            self.notify(f"Started node 0 of run {message.run.name}: start the other {nodes - 1} node(s) with the "
+                        "commands of the launch plan (Ctrl+L)", timeout=10)
+        else:
+            self.notify(f"Started run {message.run.name}", timeout=3)
         self.app.go_step("monitor")
 
     def _refused(self, report: Any, forced: bool) -> None:
@@ -794,6 +820,8 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
             ("Go to the next problem", "Focus the next field in red (Ctrl+E)", self.action_next_problem),
             ("Measure memory (pre-flight)", "Run a few real steps on the longest batch in a throwaway process: "
              "estimate vs measured vs free memory (Ctrl+R)", self.action_measure),
+            ("Show the launch plan", "How the run starts: one process, torchrun, or the command to run on each "
+             "node of a multi-node run (Ctrl+L)", self.action_launch_plan),
         ]
         for name, about in forms.preset_choices():
             cmds.append((f"Preset: {name}", about, lambda n=name: self.apply_preset(n)))

@@ -56,7 +56,17 @@ def start_worker(run: RunDir, resume: bool = False, node_rank: int = 0) -> subpr
 
 
 def start_run(config, runs_dir=None) -> RunDir:
-    """Create the run directory for ``config`` and start its worker detached (TUI and CLI share it)."""
+    """Create the run directory for ``config`` and start its worker detached (TUI and CLI share it).
+
+    Node 0 of a multi-node run starts here like any run; the other nodes join its folder from their
+    own shell (``sft-tui train CONFIG --node-rank K``), never by creating a run of their own.
+    """
+    if config.training.node_rank > 0:
+        from sft_tui.core.errors import UserError
+
+        raise UserError(f"node {config.training.node_rank} of a multi-node run joins node 0's run, it does not start one",
+                        f"start node 0 here (training.node_rank: 0), and on node {config.training.node_rank} run "
+                        "the command the launch plan shows (`sft-tui train CONFIG --print-launch`)")
     run = RunDir.create(config, runs_dir=runs_dir)
     start_worker(run)
     return run

@@ -76,17 +76,31 @@ class MemoryView:
     brief: list[str] = field(default_factory=list)  # the few of them a narrow side panel shows
 
 
+def _world_size(config: Config, gpus: Any) -> int:
+    """Processes this config would run on this machine (1 when it cannot tell: the form shows that problem)."""
+    from sft_tui.core.errors import UserError
+    from sft_tui.core.models.memory import gpu_count
+    from sft_tui.core.train.launcher import resolve_world
+
+    try:
+        return resolve_world(config, gpu_count(gpus)).world_size
+    except UserError:
+        return 1
+
+
 def memory_view(config: Config, info: Any, gpus: Any) -> MemoryView:
     """The estimate for ``config`` on this model against the GPUs found, in a few short lines."""
     from sft_tui.core.errors import UserError
     from sft_tui.core.models.memory import estimate_for_config, suggest, verdict
 
+    world_size = _world_size(config, gpus)
     try:
-        est = estimate_for_config(config, info)
+        est = estimate_for_config(config, info, world_size=world_size)
     except UserError as exc:
         return MemoryView("unknown", str(exc.message if hasattr(exc, "message") else exc),
                           [exc.hint] if getattr(exc, "hint", "") else [])
-    v = verdict(est, gpus)
+    v = verdict(est, gpus, devices=config.training.devices if world_size > 1 or
+                isinstance(config.training.devices, list) else None)
     m = config.method
     method = m.type if m.type != "qlora" else f"qlora {m.bits}-bit"
     setup = (f"{method}, batch {config.training.batch_size} × {config.data.max_length} tokens"
@@ -101,7 +115,12 @@ def memory_view(config: Config, info: Any, gpus: Any) -> MemoryView:
         if tip:
             lines.append(f"try: {tip}")
             brief.append(f"try: {tip}")
-    headline = f"needs ~{human_bytes(est.total)} — {v.text}"
+    if world_size > 1:
+        setup += f", {world_size} processes ({config.training.strategy if config.training.strategy != 'auto' else 'ddp'})"
+        brief[0] = setup
+        lines[0] = setup
+    each = " per GPU" if world_size > 1 else ""
+    headline = f"needs ~{human_bytes(est.total)}{each} — {v.text}"
     if v.level == "no-gpu":
         # Two short lines: run together, a narrow pane wrapped it mid-thought (or cut it, at 80×24).
         headline = f"needs ~{human_bytes(est.total)} of GPU memory\nno NVIDIA GPU: trains on CPU (slow)"

@@ -139,7 +139,7 @@ def need_per_gpu(config: Config, model_folder: str | None) -> int | None:
         from sft_tui.core.models.memory import estimate_for_config
 
         info = describe_model(Path(model_folder), trust_remote_code=config.model.trust_remote_code)
-        return int(estimate_for_config(config, info).total)
+        return int(estimate_for_config(config, info, world_size=wanted_count(config)).total)  # per GPU
     except Exception:  # noqa: BLE001 - no estimate: wait for a mostly free GPU instead
         return None
 

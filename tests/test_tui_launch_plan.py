@@ -1,0 +1,71 @@
+"""The Training screen for more than one GPU or machine: the form's new fields, the per-GPU memory
+line and the launch plan (the command for each node)."""
+
+from __future__ import annotations
+
+from sft_tui.app import SftApp
+from sft_tui.core.config import Config
+from sft_tui.core.setup.session import Session
+from sft_tui.screens.dialogs import ReportScreen
+from test_tui_setup import settle, setup_env, type_into  # noqa: F401  (fixture re-used)
+
+
+async def test_devices_field_and_the_launch_plan_of_a_two_node_run(setup_env):
+    config = Config.model_validate({"model": "demo", "data": "sample:reviews_alpaca.jsonl",
+                                    "training": {"nodes": 2, "master_addr": "10.0.0.1", "devices": 2},
+                                    "output": {"run_name": "two-nodes"}})
+    app = SftApp(session=Session(config=config), start="training")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        await type_into(pilot, "#f-training-devices", "0, 1")
+        await settle(pilot)
+        assert app.session.config.training.devices == [0, 1]
+        await pilot.press("ctrl+l")
+        await settle(pilot)
+        assert isinstance(app.screen, ReportScreen)
+        body = str(app.screen.query_one("#report-body").render())
+        assert "# node 0 (master, 10.0.0.1)" in body and "# node 1" in body
+        assert "--node-rank 1" in body and "--name two-nodes" not in body  # the config names the run
+        await pilot.press("escape")
+        await settle(pilot)
+        assert app.screen is screen
+        # a count the form reads as a count, and a typo the form refuses at the field
+        await type_into(pilot, "#f-training-devices", "3")
+        await settle(pilot)
+        assert app.session.config.training.devices == 3
+        await type_into(pilot, "#f-training-devices", "0, 0")
+        await settle(pilot)
+        assert "distinct" in str(screen.result.problems["training.devices"][0])
+
+
+async def test_a_node_other_than_0_is_not_started_from_the_form(setup_env, tmp_path):
+    from sft_tui.core.errors import UserError
+    from sft_tui.core.run.launch import start_run
+
+    config = Config.model_validate({"training": {"nodes": 2, "node_rank": 1, "master_addr": "10.0.0.1"}})
+    try:
+        start_run(config, runs_dir=tmp_path / "runs")
+    except UserError as exc:
+        assert "joins node 0's run" in exc.message and "--print-launch" in exc.hint
+    else:
+        raise AssertionError("node 1 started a run of its own")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_memory_view_is_per_gpu_for_several_processes():
+    from sft_tui.core.setup.presenters import memory_view
+    from sft_tui.core.system.gpus import GpuSnapshot, GpuStats
+
+    gib = 1 << 30
+    gpus = GpuSnapshot(True, "", [GpuStats(index=i, name="NVIDIA H100", mem_used=0, mem_total=80 * gib,
+                                           util_percent=0.0, temperature_c=30.0, power_w=60.0) for i in range(4)])
+    from sft_tui.core.models.describe import describe_model
+    from sft_tui.core.models.demo import demo_model_dir
+
+    info = describe_model(demo_model_dir())
+    one = memory_view(Config.model_validate({"method": {"type": "full"}}), info, gpus)
+    four = memory_view(Config.model_validate({"method": {"type": "full"}, "training": {"devices": 4,
+                                                                                       "strategy": "fsdp"}}), info, gpus)
+    assert "per GPU" in four.headline and "per GPU" not in one.headline
+    assert "4 processes (fsdp)" in four.lines[0]
