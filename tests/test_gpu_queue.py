@@ -106,3 +106,75 @@ Root Cause (first observed failure):
     assert (failure.rank, failure.local_rank, failure.host, failure.exitcode) == (1, 1, "gpu-node-3", -9)
     assert failure.detail == "killed by signal 9 (SIGKILL)"
     assert parse_failure("no summary here") is None
+
+
+def test_a_hung_rank_is_named_not_the_one_that_timed_out(tmp_path, monkeypatch):
+    """After a hang, torchrun's root cause is a rank that timed out waiting; the heartbeats name the
+    rank that stopped answering."""
+    import json
+
+    from sft_tui.core.config import Config
+    from sft_tui.core.run.rundir import RunDir
+    from sft_tui.core.train.launcher import resolve_world
+    from sft_tui.core.train.supervise import RankFailure, Supervisor
+
+    class Watcher:
+        seq_done = 0
+
+    run = RunDir.create(Config(), runs_dir=tmp_path)
+    ranks = run.path / "ranks"
+    ranks.mkdir()
+    now = time.time()
+    (ranks / "alive-0.json").write_text(json.dumps({"step": 40, "time": now, "host": "node-a", "pid": 1}))
+    (ranks / "alive-1.json").write_text(json.dumps({"step": 12, "time": now - 600, "host": "node-b", "pid": 2}))
+    supervisor = Supervisor(run, run.writer(), Watcher())
+    world = resolve_world(Config.model_validate({"training": {"devices": 2}}), 0)
+    supervisor._report(RankFailure(0, 0, "node-a", 1, "exited with code 1"), 1, world)
+    error = [e for e in run.events() if e["type"] == "error"][-1]
+    assert error["rank"] == 1 and error["host"] == "node-b"
+    assert error["message"].startswith("rank 1 on node-b stopped answering after step 12; 600 s later rank 0 gave up")
+    # without a laggard, the root cause is named as torchrun saw it
+    (ranks / "alive-1.json").write_text(json.dumps({"step": 40, "time": now - 1, "host": "node-b", "pid": 2}))
+    supervisor._report(RankFailure(1, 1, "node-b", -9, "killed by signal 9 (SIGKILL)"), 1, world)
+    error = [e for e in run.events() if e["type"] == "error"][-1]
+    assert error["message"].startswith("rank 1 on node-b killed by signal 9 (SIGKILL)")
+
+
+def test_resume_keeps_the_world_size_or_says_why_not(tmp_path):
+    from pathlib import Path
+
+    from sft_tui.core.config import Config
+    from sft_tui.core.run.rundir import RunDir
+    from sft_tui.core.train.resume import ResumePlan, _guard_world
+
+    run = RunDir.create(Config(), runs_dir=tmp_path)
+    fsdp = Config.model_validate({"training": {"devices": 4, "strategy": "fsdp"}})
+    plan = ResumePlan(Path("checkpoint-40"), 40, 100, False, [])
+    _guard_world(run, fsdp, {"world_size": 4}, plan, 4)  # the same size: nothing to say
+    assert plan.changed == []
+    with pytest.raises(UserError, match="saved by 4 process.*fsdp.*resume with 2"):
+        _guard_world(run, fsdp, {"world_size": 4}, plan, 2)
+    ddp = Config.model_validate({"training": {"devices": 2, "batch_size": 4}})
+    _guard_world(run, ddp, {"world_size": 4}, plan, 2)  # whole copies: another size works
+    assert plan.change_notes() == ["changed since checkpoint-40: processes (global batch 16 → 8 rows) 4 → 2 (applied)"]
+
+
+def test_placements_that_cannot_work_are_config_errors():
+    from sft_tui.core.config import ConfigError, parse_config
+
+    cases = {
+        "training.devices": {"training": {"devices": [0, 0]}},
+        "training.master_addr": {"training": {"nodes": 2}},
+        "training.node_rank": {"training": {"nodes": 2, "node_rank": 2, "master_addr": "h"}},
+        "training.strategy": {"method": {"type": "qlora", "quantization_bits": 8}, "training": {"strategy": "fsdp"}},
+    }
+    for field, raw in cases.items():
+        with pytest.raises(ConfigError) as info:
+            parse_config(raw)
+        assert [p.field for p in info.value.problems] == [field], (field, info.value)
+        assert all(p.fix for p in info.value.problems)
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        with pytest.raises(ConfigError, match="pip install deepspeed"):
+            parse_config({"training": {"strategy": "deepspeed"}})

@@ -498,6 +498,9 @@ def cross_check(config: Config, env: Environment | None = None) -> list[Problem]
     if isinstance(m.target_modules, list) and not m.target_modules:
         p.append(Problem("method.target_modules", [], "no layers to adapt", "use 'all-linear' or name layers such as q_proj, v_proj"))
     p += _placement_problems(t)
+    if m.type == "qlora" and m.bits == 8 and t.strategy == "fsdp":
+        p.append(Problem("training.strategy", "fsdp", "FSDP shards only 4-bit QLoRA weights, not 8-bit ones",
+                         "use method.quantization_bits: 4, or strategy: ddp"))
     if env is not None:
         if m.type == "qlora" and not env.cuda_available:
             p.append(Problem("method.type", "qlora", "qlora needs an NVIDIA GPU with CUDA (bitsandbytes), and none was found",

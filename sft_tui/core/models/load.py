@@ -258,14 +258,19 @@ def tokenizer_for(config: "Config", folder: str | Path | None = None):
 # --------------------------------------------------------------------------- model
 
 
-def quantization_config(bits: int, compute_dtype: Any):
-    """bitsandbytes settings for a qlora base: NF4 with double quantization, or 8-bit."""
+def quantization_config(bits: int, compute_dtype: Any, sharded: bool = False):
+    """bitsandbytes settings for a qlora base: NF4 with double quantization, or 8-bit.
+
+    ``sharded`` (QLoRA under FSDP): the 4-bit weights are stored in the compute dtype's element type,
+    so FSDP can flatten and shard them with the other parameters (bitsandbytes' quant_storage).
+    """
     preload("transformers")  # a first import racing another thread sees a half-made module
     from transformers import BitsAndBytesConfig
 
     if bits == 4:
+        extra = {"bnb_4bit_quant_storage": compute_dtype} if sharded else {}
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=compute_dtype)
+                                  bnb_4bit_compute_dtype=compute_dtype, **extra)
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
@@ -290,10 +295,17 @@ def load_causal_lm(path: str | Path, config: "Config", dtype: Any, *, bits: int 
             raise UserError("qlora loads the base model 4/8-bit, which needs an NVIDIA GPU with CUDA, and none was found",
                             "use method.type: lora on this machine, or run on a CUDA machine")
         compute = dtype if dtype not in (None, torch.float32) else torch.bfloat16
-        kwargs["quantization_config"] = quantization_config(bits, compute)
-        # Each rank of a multi-GPU run holds its whole quantized model on its own GPU (DDP); under
-        # torchrun LOCAL_RANK says which one. One process: GPU 0 of those visible to it.
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+        ranks = int(os.environ.get("WORLD_SIZE", 1))
+        sharded = ranks > 1 and config.training.strategy == "fsdp"
+        if sharded and bits != 4:
+            raise UserError("FSDP shards only 4-bit QLoRA weights; 8-bit weights cannot be sharded",
+                            "use method.quantization_bits: 4, or training.strategy: ddp")
+        kwargs["quantization_config"] = quantization_config(bits, compute, sharded=sharded)
+        if not sharded:
+            # Each rank of a DDP run holds its whole quantized model on its own GPU; under torchrun
+            # LOCAL_RANK says which one. One process: GPU 0 of those visible to it. (FSDP places
+            # the shards itself.)
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
     name = what or repr(str(path))
     try:
         return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)

@@ -149,7 +149,51 @@ def _tokens_of(args: tuple, kwargs: dict) -> int:
     return 0
 
 
-def make_callback(rank: Rank, writer: EventWriter, device: str, stop: Any):
+def heartbeat_path(run_path: Path, rank: int) -> Path:
+    return Path(run_path) / "ranks" / f"alive-{rank}.json"
+
+
+def beat(run_path: Path, rank: Rank, step: int) -> None:
+    """Each rank notes the step it finished and when: after a hang, the rank whose note is oldest is
+    the one that stopped (the others only timed out waiting for it)."""
+    import json
+
+    from sft_tui.core.run.rundir import write_atomic
+
+    try:
+        write_atomic(heartbeat_path(run_path, rank.rank), json.dumps(
+            {"step": step, "time": time.time(), "host": rank.host, "pid": os.getpid()}))
+    except OSError:
+        pass  # a full disk shows elsewhere; a missing heartbeat only makes a hang report vaguer
+
+
+def read_heartbeats(run_path: Path) -> dict[int, dict[str, Any]]:
+    import json
+
+    out: dict[int, dict[str, Any]] = {}
+    for path in (Path(run_path) / "ranks").glob("alive-*.json"):
+        try:
+            rank = int(path.stem.split("-", 1)[1])
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("time"), (int, float)):
+            out[rank] = data
+    return out
+
+
+def hung_rank(beats: dict[int, dict[str, Any]], lag_s: float = 30.0) -> tuple[int, dict[str, Any], float] | None:
+    """(rank, its last note, seconds behind the next oldest) when one rank fell silent well before
+    the others, else None."""
+    if len(beats) < 2:
+        return None
+    ordered = sorted(beats.items(), key=lambda item: item[1]["time"])
+    (rank, note), (_, next_note) = ordered[0], ordered[1]
+    behind = next_note["time"] - note["time"]
+    return (rank, note, behind) if behind >= lag_s else None
+
+
+def make_callback(rank: Rank, writer: EventWriter, device: str, stop: Any, run_path: Path | None = None):
     """The rank callback (imports transformers, so only rank processes build it)."""
     from transformers import TrainerCallback
 
@@ -197,6 +241,8 @@ def make_callback(rank: Rank, writer: EventWriter, device: str, stop: Any):
 
         def on_step_end(self, args, state, control, **kwargs):
             self.steps += 1
+            if run_path is not None:
+                beat(run_path, rank, state.global_step)
             # A user's stop (not the end of training, which every rank reaches at the same step anyway).
             stop_now, save = agree(self.stop.requested, bool(control.should_save))
             if stop_now:

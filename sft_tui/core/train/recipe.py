@@ -413,7 +413,7 @@ def run_training(run: RunDir, resume: bool = False, watcher: "ControlWatcher | N
     if many:
         from sft_tui.core.train.ranks import make_callback
 
-        callbacks.append(make_callback(rank, writer, device.kind, watcher.stop))  # after EventCallback: the ranks agree on its stop
+        callbacks.append(make_callback(rank, writer, device.kind, watcher.stop, run.path))  # after EventCallback: the ranks agree on its stop
     if config.training.early_stopping_patience and has_eval:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.training.early_stopping_patience))
     trainer = build_trainer(config, model, tokenizer, data, args, fast, callbacks)

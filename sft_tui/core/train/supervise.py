@@ -230,6 +230,21 @@ class Supervisor:
             self.writer.write("error", kind="rank_failed", message=message,
                               hint=f"see {self.log_path} for every rank's output")
             return
+        from sft_tui.core.train.ranks import collective_timeout, hung_rank, read_heartbeats
+
+        hung = hung_rank(read_heartbeats(self.run.path), lag_s=min(30.0, collective_timeout() / 2))
+        if hung is not None and hung[0] != failure.rank:
+            # The rank torchrun saw fail only timed out waiting: name the one that stopped answering.
+            rank, note, behind = hung
+            host = f" on {note.get('host')}" if note.get("host") else ""
+            tail = rank_log_tail(self.run, rank)
+            message = (f"rank {rank}{host} stopped answering after step {note.get('step')}; {behind:.0f} s later "
+                       f"rank {failure.rank} gave up waiting for it ({failure.detail}) and torchrun stopped every rank")
+            self.writer.write("error", kind="rank_failed", message=message, rank=rank, host=note.get("host"),
+                              exitcode=failure.exitcode, last_lines=tail, world_size=world.world_size,
+                              hint=f"a hung rank is often a deadlock in a collective or a stuck GPU; every rank's "
+                                   f"output is in {self.log_path}; resume with `sft-tui train --resume {self.run.name}`")
+            return
         where = f" on {failure.host}" if failure.host else ""
         own = _rank_error(self.run, failure.rank)
         tail = rank_log_tail(self.run, failure.local_rank if failure.local_rank is not None else failure.rank)
