@@ -390,7 +390,7 @@ def test_gauges_show_holders_and_throttling_within_the_width():
     assert throttled.plain == "throttled: power cap (1410/1980 MHz)"
     assert any("yellow" in str(span.style) for span in throttled.spans)
     hidden = "\n".join(line.plain for line in gpu_lines(snap, [], 80, holders={0: [rows[3]]}))
-    assert "? 5.0 GiB pid 30 (not visible)" in hidden
+    assert "pid 30 5.0 GiB (owner unknown)" in hidden
 
 
 def test_gauges_without_a_gpu_are_unchanged_by_holders():

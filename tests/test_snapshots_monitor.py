@@ -70,7 +70,7 @@ def finished_run(tmp_path):
 
 def gpu_sampler() -> FakeSampler:
     gpu = GpuStats(index=0, name="NVIDIA H100 80GB HBM3", mem_used=31 * GIB, mem_total=80 * GIB, util_percent=93.0,
-                   temperature_c=66.0, power_w=512.0, processes=[(os.getpid(), 27 * GIB), (99999, 4 * GIB)],
+                   temperature_c=66.0, power_w=512.0, processes=[(os.getpid(), 27 * GIB), (4_194_305, 4 * GIB)],
                    power_limit_w=700.0)
     return FakeSampler(GpuSnapshot(True, "", [gpu], "550.54"))
 

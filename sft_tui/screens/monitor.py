@@ -17,27 +17,29 @@ evaluates the ETA is paused; a finished run offers no Stop/Save and shows no wor
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 from rich.console import Group
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
-from textual.widgets import Static
+from textual.widgets import Button, Static
 
 from sft_tui.core.format import STATE_STYLES, compact, display_path, human_bytes, human_duration
-from sft_tui.core.run.events import FINAL_STATES, EventTail, format_event
+from sft_tui.core.run.events import FINAL_STATES, EventTail, describe_stall, format_event
 from sft_tui.core.run.index import with_liveness
 from sft_tui.core.run.metrics import RunMetrics
 from sft_tui.core.run.rundir import LIVE_STATES, RunDir
 from sft_tui.screens.base import GpusSampled, StepScreen
-from sft_tui.screens.dialogs import ConfirmScreen, ErrorScreen
+from sft_tui.screens.dialogs import ConfirmScreen, ErrorScreen, ReportScreen
 from sft_tui.screens.work import background
 from sft_tui.widgets.chart import PALETTE, ChartSeries, LineChart
 from sft_tui.widgets.eventlog import EventLog
 from sft_tui.widgets.gauges import GpuPanel, bar, wrapped
+from sft_tui.widgets.ranks import RanksPanel, rank_rows
 
 # (key, title, series keys)
 CHART_VIEWS = [("loss", "loss", ("loss", "eval_loss")), ("lr", "", ("lr",)),
@@ -53,17 +55,59 @@ NO_RUN_TEXT = ("No run selected\n"
                "The monitor follows one training run: start one on Training (F4) or open one on Runs (F8). "
                "From any shell: sft-tui attach RUN")
 LABEL_W = 11  # the stats panel's label column
+# Events the log pane leaves out: drawn elsewhere (stats, the ranks panel), written at every step or minute.
+QUIET_EVENTS = ("memory", "ranks", "energy")
+MIN_CHART_ROWS = 12  # the per-rank table is shown only when the chart keeps at least this many rows
+LAST_LINES = 8  # of a failed rank's output, in the error panel
 
 
 def log_style(ev: dict[str, Any]) -> str:
-    style = {"error": "bold red", "status": "bold", "checkpoint": "green", "eval": "yellow"}.get(ev.get("type"), "")
+    style = {"error": "bold red", "status": "bold", "checkpoint": "green", "eval": "yellow",
+             "stall": "bold yellow"}.get(ev.get("type"), "")
     if ev.get("type") == "log" and ev.get("level") in ("warning", "error"):
         style = "yellow" if ev["level"] == "warning" else "red"
     return style
 
 
 def _log_line(ev: dict[str, Any]) -> tuple[str, str]:
-    return format_event(ev), log_style(ev)
+    line = format_event(ev)
+    if ev.get("type") == "stall":  # the stacks are one key away here, not only in events.jsonl
+        line = line.replace("thread stacks in events.jsonl", "k shows the thread stacks")
+    return line, log_style(ev)
+
+
+def shown_in_log(events) -> list[dict[str, Any]]:
+    return [ev for ev in events if ev.get("type") not in QUIET_EVENTS]
+
+
+def latest_of(events: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
+    for ev in reversed(events):
+        if ev.get("type") == kind:
+            return ev
+    return None
+
+
+class RankErrorScreen(ErrorScreen):
+    """The error panel with a failed rank's last lines of output under the message, dimmed (in a box that
+    scrolls, ending at the last line, so a short terminal still shows the title and the hint)."""
+
+    DEFAULT_CSS = """
+    RankErrorScreen #error-output-box { height: auto; max-height: 30vh; margin-top: 1; scrollbar-size-vertical: 1; }
+    RankErrorScreen #error-output { color: $text-muted; }
+    """
+
+    def __init__(self, message: str, hint: str, title: str, output_title: str, lines: list[str]) -> None:
+        super().__init__(message, hint, title)
+        self.output_title, self.output_lines = output_title, lines
+
+    def on_mount(self) -> None:
+        body = Text(self.output_title + "\n", style="bold")
+        body.append("\n".join(self.output_lines), style="dim")
+        hint = self.query("#error-hint")
+        box = VerticalScroll(Static(body, id="error-output"), id="error-output-box")
+        self.query_one(Vertical).mount(box, before=hint.first() if hint else self.query_one(Button))
+        box.call_after_refresh(box.scroll_end, animate=False)
+        # (ErrorScreen's own on_mount, which focuses OK, runs too: Textual calls each class's handler.)
 
 
 def stat_rows(rows: list[tuple[str, list[str], str]], width: int) -> list[Text]:
@@ -100,25 +144,35 @@ run keeps training when you quit or your SSH connection drops; re-open it with
 
 | key | does |
 | --- | --- |
-| x | stop the run (asks first); the worker saves a checkpoint and the adapter |
+| x | stop the run (asks first); the worker saves a checkpoint and the adapter. A queued run is cancelled |
+| n | start a queued run now, ahead of the queue (only while it waits for a GPU) |
 | s | save a checkpoint now |
 | c | chart: loss → learning rate → grad norm → tokens/s |
 | l | log-scale y axis on/off |
 | m | smoothing: off → 0.6 → 0.9 → 0.97 (raw values stay faint underneath) |
 | o | show the run folder's path (and copy it to the clipboard) |
-| e | show the last error again |
+| e | show the last error again (a failed rank's last output with it) |
+| k | show the thread stacks of the latest stall |
 | Tab | move to the metrics or the log, then ↑/↓ to scroll them |
 
 Stop and Save are offered only while the run's worker is alive. The header says what the run is
 doing: **evaluating** pauses the ETA (no training step passes while the worker evaluates), and a
 finished run says how it ended and what to do next.
 
+A **queued** run waits for GPU memory on a shared machine: the line under the header says what it
+waits for and who holds the GPU. When a run's steps stop coming, a yellow line says for how long
+(the worker's watchdog); k shows where each thread was.
+
 The GPU panel shows each GPU's memory (our worker's share in bold), utilisation, temperature
-and power about once a second; without an NVIDIA GPU it says so and shows the worker's memory.
+and power about once a second, and who holds each GPU; the run's own GPUs come first. Without an
+NVIDIA GPU it says so and shows the worker's memory. A run of several processes shows a row per
+rank (tokens/s, forward and data-wait time, memory) and names the slowest rank; where the screen is
+short, one line sums it up.
 """
 
     BINDINGS = [
         Binding("x", "stop_run", "Stop", id="monitor_stop"),
+        Binding("n", "start_now", "Start now", id="monitor_start_now"),  # only while queued
         Binding("s", "save_now", "Save", id="monitor_save"),
         Binding("c", "cycle_chart", "Chart", id="monitor_chart"),
         # At 80 columns the footer holds only the keys above: these are in F1 and Ctrl+P.
@@ -126,6 +180,7 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         Binding("m", "cycle_smoothing", "Smooth", show=False, id="monitor_smoothing"),
         Binding("o", "open_folder", "Folder", show=False, id="monitor_open_folder"),
         Binding("e", "show_error", "Error", show=False, id="monitor_show_error"),
+        Binding("k", "show_stack", "Stacks", show=False, id="show_stack"),
         # x / s without a live worker only say why (the footer does not offer them then).
         Binding("x", "explain('stop')", "Stop", show=False, id="monitor_stop_why"),
         Binding("s", "explain('save')", "Save", show=False, id="monitor_save_why"),
@@ -144,6 +199,9 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
             self.generation, self.events, self.alive, self.metrics = generation, events, alive, metrics
             self.unreadable = unreadable  # lines of events.jsonl skipped so far (the tail's count)
             self.error: str | None = None
+            # The first read's latest per-rank report and stall (later reads bring them in ``events``).
+            self.ranks: dict[str, Any] | None = None
+            self.stall: dict[str, Any] | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -169,6 +227,8 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         self._last_sample: GpusSampled | None = None
         self._model_in_header = True
         self._status_cache: tuple | None = None
+        self.last_ranks: dict[str, Any] | None = None  # the latest ``ranks`` event (multi-process runs)
+        self.last_stall: dict[str, Any] | None = None  # the latest ``stall`` event, with its stacks
 
     # ------------------------------------------------------------------ layout
     def compose_body(self) -> ComposeResult:
@@ -179,6 +239,7 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
             with VerticalScroll(id="monitor-side"):
                 yield Static("", id="stats")
                 yield GpuPanel(id="gpus")
+        yield RanksPanel(id="ranks")
         yield EventLog(_log_line, id="log")
 
     def on_mount(self) -> None:
@@ -220,6 +281,7 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         self.stop_sent = False
         self._last_read_error = None
         self.unreadable = 0
+        self.last_ranks = self.last_stall = None
         self.query_one(EventLog).reset()
         self.query_one(EventLog).display = run is not None
         self._bind_chart()
@@ -249,8 +311,11 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
                     metrics.status.method = config.method.type
                 except Exception:  # noqa: BLE001
                     pass
+                ranks = stall = None
                 while chunk := tail.read_new(max_bytes=self.CHUNK_BYTES):
                     metrics.feed(chunk)
+                    ranks = latest_of(chunk, "ranks") or ranks
+                    stall = latest_of(chunk, "stall") or stall
                 events = []
             else:
                 events = tail.read_new()
@@ -259,7 +324,10 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
             message = self.EventsRead(gen, [], False)
             message.error = f"cannot read {run.events_path.name}: {exc.strerror or exc}"
             return message
-        return self.EventsRead(gen, events, alive, metrics, tail.unreadable)
+        message = self.EventsRead(gen, events, alive, metrics, tail.unreadable)
+        if first:
+            message.ranks, message.stall = ranks, stall
+        return message
 
     def work_failed(self, worker) -> None:
         if worker.group == "monitor-tail":
@@ -288,11 +356,14 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         if message.metrics is not None:
             self.metrics = message.metrics
             self.loaded = True
+            self.last_ranks, self.last_stall = message.ranks, message.stall
             self._bind_chart()
-            log.reset(self.metrics.logs)
+            log.reset(shown_in_log(self.metrics.logs))
         else:
             self.metrics.feed(message.events)
-            log.add(ev for ev in message.events if ev.get("type") != "memory")
+            self.last_ranks = latest_of(message.events, "ranks") or self.last_ranks
+            self.last_stall = latest_of(message.events, "stall") or self.last_stall
+            log.add(shown_in_log(message.events))
         if message.events or message.metrics is not None:
             self.query_one(LineChart).touch()
         self._render_all()
@@ -316,7 +387,39 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
             return
         note = self._worker_note()
         pids, rss = (message.pids, message.rss) if note is None else ([], None)
-        self.query_one(GpuPanel).update_snapshot(message.snapshot, pids, rss, bool(pids), note)
+        self.query_one(GpuPanel).update_snapshot(self._run_gpus_first(message.snapshot), pids, rss, bool(pids), note,
+                                                 holders=message.holders)
+
+    def _run_gpus_first(self, snapshot: Any) -> Any:
+        """The snapshot with the run's own GPUs (physical indices, from its ``starting`` status) first."""
+        ours = self.metrics.status.extra.get("gpus") if self.run is not None else None
+        gpus = getattr(snapshot, "gpus", None)
+        if not ours or not gpus or len(gpus) < 2:
+            return snapshot
+        order = {index: i for i, index in enumerate(ours)}
+        ordered = sorted(gpus, key=lambda g: order.get(g.index, len(order)))
+        if [g.index for g in ordered] == [g.index for g in gpus]:
+            return snapshot
+        return dataclasses.replace(snapshot, gpus=ordered)
+
+    def _update_ranks(self) -> None:
+        """The per-rank table of a multi-process run: a table when the chart keeps room enough, else one line."""
+        panel = self.query_one(RanksPanel)
+        event = self.last_ranks if self.run is not None and self.loaded else None
+        world = event.get("world_size") if event is not None else None
+        show = event is not None and (type(world) is int and world > 1 or len(rank_rows(event)) > 1)
+        was_shown = panel.display
+        panel.display = show
+        if not show:
+            if panel.event is not None:
+                panel.update_ranks(None, True)
+            return
+        main = self.query_one("#monitor-main")
+        room = main.outer_size.height + (panel.outer_size.height if was_shown else 0)
+        need = panel.table_height(self.size.width)
+        compact = not need or room - need < MIN_CHART_ROWS
+        if panel.event is not event or panel.compact != compact:
+            panel.update_ranks(event, compact)
 
     def _worker_note(self) -> str | None:
         """What the GPU panel says instead of the worker's memory, when there is no worker to measure."""
@@ -343,11 +446,29 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         return (self.run is not None and self.loaded and self.alive
                 and self.metrics.status.state in (*LIVE_STATES, "new"))
 
+    def is_queued(self) -> bool:
+        """The run's worker waits for a GPU: it can be started now or cancelled, not saved."""
+        return self.is_live() and self.metrics.status.state == "queued"
+
+    def stalled(self) -> dict[str, Any] | None:
+        """The watchdog's latest stall while the run is still going and no step has come since."""
+        if self.run is None or not self.loaded or self.live_status().state not in LIVE_STATES:
+            return None
+        return self.metrics.status.extra.get("stall")  # a later train event clears it
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("stop_run", "save_now"):
+        if action == "stop_run":
             return self.is_live()  # hidden from the footer unless a worker runs
+        if action == "save_now":
+            return self.is_live() and not self.is_queued()  # a queued run has nothing to save yet
+        if action == "start_now":
+            return self.is_queued()
         if action == "explain":
+            if parameters and parameters[0] == "save":
+                return not self.is_live() or self.is_queued()
             return not self.is_live()
+        if action == "show_stack":
+            return self.last_stall is not None
         if action in ("open_folder", "cycle_chart", "toggle_log", "cycle_smoothing"):
             return self.run is not None  # nothing to chart or open without a run
         return True
@@ -369,7 +490,8 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         self.query_one("#stats", Static).update(self._stats())
         self.query_one(LineChart).set_empty_text(self._empty_text())
         self._update_gpus()
-        offer = (self.is_live(), self.run is not None)
+        self._update_ranks()
+        offer = (self.is_live(), self.run is not None, self.is_queued(), self.last_stall is not None)
         if offer != self._was_live:
             self._was_live = offer
             self.refresh_bindings()
@@ -409,7 +531,9 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
             text.append(f" {100 * (m.last_progress.get('fraction') or 0):.0f}%")
         elif st.state == "evaluating" and m.eval_fraction() is not None:
             text.append(f" {100 * m.eval_fraction():.0f}%")  # type: ignore[operator]
-        if self.stop_sent and st.state in LIVE_STATES:
+        if self.stop_sent and st.state == "queued":
+            text.append(" · cancelling: it leaves the queue", style="yellow")
+        elif self.stop_sent and st.state in LIVE_STATES:
             text.append(" · stopping: saving a checkpoint and the adapter…", style="yellow")
         elif st.state == "done":
             text.append(" · next: Evaluate (F6), Export (F7)", style="green")
@@ -424,8 +548,25 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         return text
 
     def _progress(self) -> Text:
-        m = self.metrics
+        """The progress line — or, while queued, what the run waits for, whole — and a stall warning under it."""
         width = self._width("#run-progress", 78)
+        queued = self.run is not None and self.loaded and self.live_status().state == "queued"
+        lines = self._queued_lines(width) if queued else [self._progress_line(width)]
+        stall = self.stalled()
+        if stall is not None:
+            lines += wrapped(f"⚠ {describe_stall(stall)} · k shows the thread stacks", width, "bold yellow", 2)
+        text = lines[0]
+        for line in lines[1:]:
+            text.append("\n")
+            text.append_text(line)
+        return text
+
+    def _queued_lines(self, width: int) -> list[Text]:
+        reason = self.metrics.status.extra.get("queued_reason") or BEFORE_TRAINING["queued"]
+        return wrapped(str(reason), width, "", 2, Text("queued: ", style="magenta"))
+
+    def _progress_line(self, width: int) -> Text:
+        m = self.metrics
         text = Text(no_wrap=True, overflow="ellipsis")
         if self.run is None:
             text.append("Start one on Training (F4) or open one on Runs (F8).", style="dim")
@@ -487,6 +628,13 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
             rows.append(("seen", [f"{compact(last.get('tokens_seen'), 3)} tokens"], ""))
         if last.get("mfu") is not None:
             rows.append(("MFU", [f"{100 * last['mfu']:.1f}%", "of the GPU's", "peak bf16"], ""))
+        kwh = m.status.extra.get("energy_kwh")
+        if kwh is not None:
+            from sft_tui.core.system.energy import energy_line
+
+            settings = getattr(self.app, "settings", None)
+            price = getattr(settings, "energy_price", None)
+            rows.append(("energy", [energy_line(kwh, price, getattr(settings, "energy_currency", "") or "")], ""))
         ckpt = m.last_checkpoint
         rows.append(("checkpoint", [f"step {ckpt.get('step')}" if ckpt else "none yet"], ""))
         if m.last_saved is not None:
@@ -516,8 +664,42 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
             return
         err = self.metrics.errors[-1]
         kind = str(err.get("kind") or "error").replace("_", " ")
-        self.app.push_screen(ErrorScreen(str(err.get("message") or "the worker failed"), str(err.get("hint") or ""),
-                                         title=f"Training failed: {kind}"))
+        message, hint = str(err.get("message") or "the worker failed"), str(err.get("hint") or "")
+        title = f"Training failed: {kind}"
+        output = [str(line) for line in err.get("last_lines") or [] if isinstance(line, str)][-LAST_LINES:] \
+            if isinstance(err.get("last_lines"), list) else []
+        if output:  # a failed rank: what it printed last
+            rank, host = err.get("rank"), err.get("host")
+            who = f"rank {rank}" if type(rank) is int else "the failed process"
+            if isinstance(host, str) and host:
+                who += f" on {host}"
+            self.app.push_screen(RankErrorScreen(message, hint, title, f"Last output of {who}:", output))
+        else:
+            self.app.push_screen(ErrorScreen(message, hint, title=title))
+
+    def action_show_stack(self) -> None:
+        """The thread stacks the watchdog wrote with the latest stall."""
+        stall = self.last_stall
+        if stall is None:
+            self.notify("this run has reported no stall")
+            return
+        stack = stall.get("stack") if isinstance(stall.get("stack"), str) else ""
+        step = stall.get("step")
+        title = "Stall" + (f" at step {step:.0f}" if type(step) in (int, float) else "") + ": where each thread was"
+        body = describe_stall(stall) + "\n\n" + (stack.rstrip() or "(the watchdog wrote no thread stacks)")
+        self.app.push_screen(ReportScreen(title, body))
+
+    def action_start_now(self) -> None:
+        """A queued run starts now, ahead of the queue (it may not find the memory it waited for)."""
+        run = self._require_alive("start")
+        if run is None:
+            return
+        if self.live_status().state != "queued":
+            self.notify(f"{run.name} is not queued ({self.live_status().state})", severity="warning")
+            return
+        run.send("start")
+        self.notify(f"starting {run.name} now, ahead of the queue; it may run out of GPU memory if the GPU "
+                    "is still busy")
 
     def _require_alive(self, what: str) -> RunDir | None:
         if self.run is None:
@@ -540,6 +722,9 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
         run = self._require_alive("stop")
         if run is None:
             return
+        if self.live_status().state == "queued":
+            self._cancel_queued(run)
+            return
 
         def answered(choice: str | None) -> None:
             if choice == "stop":
@@ -555,9 +740,26 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
             answered,
         )
 
+    def _cancel_queued(self, run: RunDir) -> None:
+        def answered(choice: str | None) -> None:
+            if choice == "stop":
+                run.send("stop")
+                self.stop_sent = True
+                self._render_all()
+                self.notify(f"cancelling the queued run {run.name}")
+
+        self.app.push_screen(
+            ConfirmScreen(f"Cancel the queued run {run.name}?\n\nIt is waiting for a GPU, not training, so "
+                          "there is nothing new to save; it leaves the queue and ends as stopped.",
+                          [("stop", "Cancel the queued run"), ("cancel", "Keep it queued")]),
+            answered,
+        )
+
     def action_save_now(self) -> None:
         run = self._require_alive("save")
-        if run is not None:
+        if run is not None and self.live_status().state == "queued":
+            self.notify(f"nothing to save yet: {run.name} is queued and has not started", severity="warning")
+        elif run is not None:
             run.send("save")
             self.notify("asked the worker to save a checkpoint after this step")
 
@@ -585,11 +787,19 @@ and power about once a second; without an NVIDIA GPU it says so and shows the wo
 
     def commands(self):
         commands = []
-        if self.is_live():
+        if self.is_queued():
+            commands += [
+                ("Monitor: start the queued run now", "Skip the queue and start now (n)", self.action_start_now),
+                ("Monitor: cancel the queued run", "Leave the queue and end the run (x)", self.action_stop_run),
+            ]
+        elif self.is_live():
             commands += [
                 ("Monitor: stop run", "Checkpoint, save the adapter and end the run (x)", self.action_stop_run),
                 ("Monitor: save checkpoint now", "Ask the worker to save a checkpoint (s)", self.action_save_now),
             ]
+        if self.last_stall is not None:
+            commands.append(("Monitor: show the stall's thread stacks", "Where each thread was (k)",
+                             self.action_show_stack))
         if self.run is not None:
             commands += [
                 ("Monitor: next chart", "Loss → learning rate → grad norm → tokens/s (c)", self.action_cycle_chart),

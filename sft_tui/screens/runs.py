@@ -74,14 +74,16 @@ line says how many); **unreadable** means its events cannot be read at all.
 | --- | --- |
 | Enter / o | open the run in the monitor (F5) |
 | r | resume a stopped, failed or died run from its newest complete checkpoint (a finished run is not retrained) |
-| x | stop a running run (asks first; it saves a checkpoint) |
+| x | stop a running run (asks first; it saves a checkpoint); a queued run is cancelled |
+| n | start a queued run now, ahead of the queue |
 | d | delete a run folder (asks first; a running run must be stopped first) |
 | Space | mark / unmark a run for comparison |
 | c | compare: the loss curves of the marked runs on one chart (two or more marked) |
 | ← / → | scroll the table's columns; the line under the table shows them all for the highlighted run |
 
 The footer shows only what the highlighted run allows: **x Stop** while its worker runs, **r Resume**
-for a run that ended before finishing.
+for a run that ended before finishing, **n Start now** for a run **queued** for a GPU (the line under
+the table says what it waits for).
 """
 
     BINDINGS = [
@@ -91,6 +93,7 @@ for a run that ended before finishing.
         # r on a run that cannot resume (finished, running) still says why; only the footer omits it.
         Binding("r", "explain_resume", "Resume", show=False, id="runs_resume_why"),
         Binding("x", "stop_run", "Stop", id="runs_stop"),
+        Binding("n", "start_now", "Start now", id="runs_start_now"),  # only for a queued run
         Binding("d", "delete_run", "Delete", id="runs_delete"),
         Binding("space", "toggle_mark", "Mark", id="runs_mark"),
         Binding("c", "compare", "Compare", id="runs_compare"),
@@ -148,13 +151,14 @@ for a run that ended before finishing.
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Offer what the highlighted run allows; the rest is hidden from the footer (and inert)."""
-        if action in ("stop_run", "resume_run", "explain_resume"):
+        if action in ("stop_run", "resume_run", "explain_resume", "start_now"):
             sel = self.selected()
             if sel is None:
                 return False
             st = sel[1]
             resumable = not st.alive and st.state in RESUMABLE
-            return {"stop_run": st.alive, "resume_run": resumable, "explain_resume": not resumable}[action]
+            return {"stop_run": st.alive, "resume_run": resumable, "explain_resume": not resumable,
+                    "start_now": st.alive and st.state == "queued"}[action]
         if action == "compare":
             return len(self.marked) >= 2
         if action in ("open_run", "delete_run", "toggle_mark"):
@@ -271,6 +275,7 @@ for a run that ended before finishing.
                 text.append(f" · last checkpoint {Path(st.last_checkpoint).name}")
             if run.has_adapter:
                 text.append(" · adapter saved", style="green")
+            text.append_text(self._extra_facts(st))
             if st.state == "unreadable":
                 text.append(f"\n{run.events_path.name} cannot be read, so its status is unknown", style="red")
                 text.append(f"\nWhat to do: check the file's permissions (ls -l {run.events_path})", style="dim")
@@ -284,6 +289,32 @@ for a run that ended before finishing.
                 if st.error.get("hint"):
                     text.append(f"\nWhat to do: {st.error['hint']}", style="dim")
         self.query_one("#run-detail", Static).update(text)
+
+    @staticmethod
+    def _extra_facts(st: RunStatus) -> Text:
+        """What the core folds besides the columns: why a queued run waits, a stall, ranks, GPUs, energy."""
+        text = Text()
+        extra = st.extra
+        world = extra.get("world_size")
+        if type(world) is int and world > 1:
+            text.append(f" · {world} processes", style="dim")
+        gpus = extra.get("gpus")
+        if gpus and st.state not in ("queued", "new"):
+            text.append(f" · GPU{'s' if len(gpus) > 1 else ''} {', '.join(str(g) for g in gpus)}", style="dim")
+        kwh = extra.get("energy_kwh")
+        if kwh is not None:
+            from sft_tui.core.system.energy import format_kwh
+
+            text.append(f" · {format_kwh(kwh)}", style="dim")
+        if st.state == "queued":
+            reason = extra.get("queued_reason") or "waiting for a free GPU"
+            text.append(f"\nqueued: {reason}", style="magenta")
+        stall = extra.get("stall")
+        if stall and st.alive:
+            from sft_tui.core.run.events import describe_stall
+
+            text.append(f"\n⚠ {describe_stall(stall)}", style="bold yellow")
+        return text
 
     # ------------------------------------------------------------------ selection
     def selected_key(self) -> str | None:
@@ -377,13 +408,37 @@ for a run that ended before finishing.
         self.session.run = run
         self.app.go_step("monitor")  # type: ignore[attr-defined]
 
+    def action_start_now(self) -> None:
+        """A queued run starts now, ahead of the queue."""
+        sel = self._need_selection()
+        if sel is None:
+            return
+        run, st = sel
+        if not run.is_alive() or st.state != "queued":
+            self.notify(f"{run.name} is not queued ({st.state})", severity="warning")
+            return
+        run.send("start")
+        self.notify(f"starting {run.name} now, ahead of the queue; it may run out of GPU memory if the GPU "
+                    "is still busy")
+
     def action_stop_run(self) -> None:
         sel = self._need_selection()
         if sel is None:
             return
-        run, _ = sel
+        run, st = sel
         if not run.is_alive():
             self.notify(f"{run.name} is not running", severity="warning")
+            return
+        if st.state == "queued":
+            def cancel(choice: str | None) -> None:
+                if choice == "stop":
+                    run.send("stop")
+                    self.notify(f"cancelling the queued run {run.name}")
+
+            self.app.push_screen(ConfirmScreen(f"Cancel the queued run {run.name}? It is waiting for a GPU, not "
+                                               "training, so there is nothing new to save; it leaves the queue.",
+                                               [("stop", "Cancel the queued run"), ("cancel", "Keep it queued")]),
+                                 cancel)
             return
 
         def answered(choice: str | None) -> None:
@@ -446,9 +501,14 @@ for a run that ended before finishing.
         self.app.push_screen(CompareScreen(runs))
 
     def commands(self):
-        return [("Runs: compare marked runs", "Overlay the loss curves of the marked runs (c)", self.action_compare),
-                ("Runs: open in the monitor", "Follow the highlighted run (Enter)", self.action_open_run),
-                ("Runs: delete run", "Remove the highlighted run's folder (d)", self.action_delete_run)]
+        commands = [("Runs: compare marked runs", "Overlay the loss curves of the marked runs (c)", self.action_compare),
+                    ("Runs: open in the monitor", "Follow the highlighted run (Enter)", self.action_open_run),
+                    ("Runs: delete run", "Remove the highlighted run's folder (d)", self.action_delete_run)]
+        sel = self.selected()
+        if sel is not None and sel[1].alive and sel[1].state == "queued":
+            commands.append(("Runs: start the queued run now", "Skip the queue and start now (n)",
+                             self.action_start_now))
+        return commands
 
 
 class CompareScreen(Background, ModalScreen[None]):

@@ -84,7 +84,8 @@ def holder_lines(rows: list[Holder], width: int, limit: int = MAX_HOLDER_LINES) 
             continue
         used = human_bytes(h.used_bytes, "?")
         if not h.visible:
-            entries.append(Text.assemble(("? ", "bold"), used, (f" pid {h.pid} (not visible)", "dim")))
+            # A container or another user's process: its memory is known, not whose it is.
+            entries.append(Text.assemble((f"pid {h.pid}", "bold"), " ", used, (" (owner unknown)", "dim")))
         else:
             entries.append(Text.assemble((h.user or "?", "bold"), " ", used, (" " + (h.command or f"pid {h.pid}"), "dim")))
     shown = entries if len(entries) <= limit else entries[: limit - 1]
@@ -140,7 +141,9 @@ def gpu_lines(snapshot: GpuSnapshot | None, our_pids: list[int], width: int,
             line.append(f" {gpu.mem_used / gib:.1f}/{gpu.mem_total / gib:.0f}G")
         lines.append(line)
         if our_pids:
-            lines.append(Text.assemble(("     ours ", "dim"), (f"{ours / gib:.1f}G", "bold cyan") if ours else ("0 (not on this GPU)", "dim"),
+            # "not on this GPU" only where it fits: at 80 columns the panel cut it mid-word.
+            idle = "0 (not on this GPU)" if width >= len("     ours 0 (not on this GPU)") else "0"
+            lines.append(Text.assemble(("     ours ", "dim"), (f"{ours / gib:.1f}G", "bold cyan") if ours else (idle, "dim"),
                                        no_wrap=True))
         util = gpu.util_percent
         line = Text("util ", style="dim", no_wrap=True)

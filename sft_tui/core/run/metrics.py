@@ -132,6 +132,8 @@ class RunMetrics:
                         if value is not None:
                             series.xs.append(step)
                             series.ys.append(value)
+                if st.extra:
+                    st.extra.pop("stall", None)  # a step completed: the stall is over (as fold_event)
                 if "epoch" in ev:
                     st.epoch = ev["epoch"]
                 if "max_steps" in ev:
@@ -160,6 +162,8 @@ class RunMetrics:
                     self.eval_started = ev.get("time")
             elif kind == "error":
                 self.errors.append(ev)
+            elif kind in ("ranks", "energy"):
+                continue  # one a log step or minute: folded, not kept as log lines (they would push real ones out)
             logs.append(ev)
         if count:
             if st.state != "evaluating":
