@@ -7,6 +7,7 @@ CPU. The workers are real and detached, so nothing here depends on a TUI being o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -44,6 +45,22 @@ def start(home: Path, env: dict, name: str, max_steps: int) -> RunDir:
     return RunDir(home / "runs" / name)
 
 
+async def monitor_text(run: RunDir) -> str:
+    from pilot_support import wait_for as ui_wait_for
+    from sft_tui.app import SftApp
+    from sft_tui.core.settings import Settings
+    from sft_tui.core.setup.session import Session
+
+    app = SftApp(session=Session(run=run, runs_dir=run.path.parent), start="monitor", settings=Settings())
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = app.screen
+        assert await ui_wait_for(pilot, lambda: screen.loaded and screen.is_queued())
+        await pilot.pause(0.3)
+        text = " ".join(str(screen.query_one("#run-progress").render()).split())
+        await pilot.press("ctrl+q")
+    return text
+
+
 def states(run: RunDir) -> list[tuple[str, float]]:
     return [(e["state"], e["time"]) for e in run.events() if e["type"] == "status"]
 
@@ -58,15 +75,20 @@ def test_run_b_waits_for_run_a_and_starts_when_it_ends(tmp_path, demo_model_dir)
     a = start(tmp_path, env, "run-a", max_steps=30)
     wait_for(lambda: any(s == "starting" and e for s, e in states(a)[1:]) or a.status().state not in ("starting", "new"),
              timeout=60, what="run A to claim the GPU")
-    # A holds its memory as it would on a GPU once loaded; B needs 30 GiB more and 5 are free.
+    # A holds its memory as it would on a GPU once loaded; B needs 30 GiB and 5 are free.
+    write_fake_gpus(fake, gpu({colleague: 40 * GIB, a.pid(): 35 * GIB}))
     b = start(tmp_path, env, "run-b", max_steps=4)
     wait_for(lambda: b.status().state == "queued", timeout=60, what="run B to queue")
-    write_fake_gpus(fake, gpu({colleague: 40 * GIB, a.pid(): 35 * GIB}))
     wait_for(lambda: "5.0 GiB free" in (b.status().extra.get("queued_reason") or ""), timeout=30,
              what="B's reason to follow the GPU")
     reason = b.status().extra["queued_reason"]
     assert reason.startswith("waiting for 30 GiB on GPU 0; 5.0 GiB free, held by ")
     assert "1 run(s) queued" not in reason  # A is not queued: it holds the GPU
+
+    # The monitor on B says why it waits; closing the app leaves B waiting, as the TUI is only a view.
+    shown = asyncio.run(monitor_text(b))
+    assert "waiting for 30 GiB on GPU 0" in shown and "5.0 GiB free" in shown
+    assert b.is_alive() and b.status().state == "queued"
 
     listing = cli("runs", env=env)
     assert "queued" in listing.stdout and "run-b: waiting for 30 GiB on GPU 0" in listing.stdout
