@@ -32,11 +32,40 @@ REGEN = os.environ.get("SFT_TUI_REGEN_GOLDEN") == "1"
 IMPORTS = {  # fixture -> the tool it is for
     "axolotl_lora.yml": "axolotl",
     "axolotl_qlora.yml": "axolotl",
+    "axolotl_deepspeed.yml": "axolotl",
     "llamafactory_lora_sft.yaml": "llamafactory",
     "llamafactory_full_sft.yaml": "llamafactory",
+    "llamafactory_lora_ds.yaml": "llamafactory",
     "trl_sft.py": "trl",
+    "trl_sft_multi.py": "trl",
 }
 SUFFIX = {"axolotl": ".yaml", "llamafactory": ".yaml", "trl": ".py"}
+
+
+def _deepspeed(monkeypatch, installed: bool) -> None:
+    """strategy deepspeed is valid only where the deepspeed package is installed (config.cross_check asks
+    importlib); these tests are about files, not this machine, so they say which it is."""
+    import importlib.machinery
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        if name == "deepspeed":
+            return importlib.machinery.ModuleSpec("deepspeed", None) if installed else None
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+
+
+@pytest.fixture
+def deepspeed_installed(monkeypatch):
+    _deepspeed(monkeypatch, True)
+
+
+@pytest.fixture
+def deepspeed_missing(monkeypatch):
+    _deepspeed(monkeypatch, False)
 
 
 def _normalise(text: str) -> str:
@@ -62,7 +91,7 @@ def _dump(result) -> str:
 
 
 @pytest.mark.parametrize("fixture", list(IMPORTS))
-def test_import_golden(fixture):
+def test_import_golden(fixture, deepspeed_installed):
     result = import_config(FIXTURES / fixture)
     assert result.source == IMPORTS[fixture]
     parse_config(result.config.to_dict())  # a valid sft-tui config, cross-field rules included
@@ -103,12 +132,16 @@ def test_import_llamafactory_reads_dataset_info():
     assert any(u.key == "template" and "qwen3_nothink" == u.value for u in r.unmapped)
 
 
-def test_import_llamafactory_full_reports_hub_dataset_and_deepspeed():
+def test_import_llamafactory_full_reports_hub_dataset_and_missing_zero_file(deepspeed_installed):
     r = import_config(FIXTURES / "llamafactory_full_sft.yaml")
     assert r.config.method.type == "full" and r.config.data.template == "llama3"
     assert r.config.model.attn_implementation == "flash_attention_2"
     keys = {u.key: u.reason for u in r.unmapped}
-    assert "hub dataset" in keys["dataset: alpaca_en"] and "deepspeed" in keys
+    assert "hub dataset" in keys["dataset: alpaca_en"] and "deepspeed" not in keys
+    # examples/deepspeed/ds_z3_config.json is not beside the fixture: the strategy maps, the stage is noted
+    assert r.config.training.strategy == "deepspeed" and r.config.training.zero_stage == 2
+    assert any("ds_z3_config.json was not found beside the imported config" in n and "zero_stage" in n
+               for n in r.notes)
 
 
 def test_import_trl_script_reads_literals_without_running_it():
@@ -122,6 +155,146 @@ def test_import_trl_script_reads_literals_without_running_it():
     keys = {u.key: u.reason for u in r.unmapped}
     assert "literal" in keys["SFTConfig.run_name"]  # an f-string is not a literal
     assert "LoraConfig.modules_to_save" in keys and "from_pretrained.device_map" in keys
+    assert c.training.report_to == ["wandb"] and r.mapped["training.report_to"] == "SFTConfig.report_to"
+
+
+# --------------------------------------------------------------------------- trackers, GPUs and sharding
+
+
+def test_import_axolotl_deepspeed_reads_the_zero_file_and_trackers(deepspeed_installed):
+    r = import_config(FIXTURES / "axolotl_deepspeed.yml")
+    t = r.config.training
+    assert (t.strategy, t.zero_stage) == ("deepspeed", 2)  # zero_optimization.stage of deepspeed_configs/zero2.json
+    assert t.report_to == ["wandb", "tensorboard"]  # wandb_project turns W&B on, as in Axolotl
+    assert r.mapped["training.zero_stage"] == "deepspeed"
+    assert "set WANDB_PROJECT=llama-full-ft in the environment; sft-tui does not store it" in " ".join(r.notes)
+    keys = {u.key: u.reason for u in r.unmapped}
+    assert "no CPU offload" in keys["deepspeed: zero_optimization.offload_optimizer"]
+    assert keys["wandb_entity"] == "set WANDB_ENTITY=my-team in the environment; sft-tui does not store it"
+    assert "run folder" in keys["wandb_name"] and "WANDB_LOG_MODEL=checkpoint" in keys["wandb_log_model"]
+    assert any("allgather_bucket_size" in n for n in r.notes)  # the rest of the file, by name
+    assert any("set training.devices" in n for n in r.notes)  # the file does not say how many GPUs
+
+
+def test_import_deepspeed_where_it_is_not_installed(deepspeed_missing):
+    """The imported config must validate here: the strategy becomes unmapped with the fix, its stage a note."""
+    r = import_config(FIXTURES / "axolotl_deepspeed.yml")
+    assert r.config.training.strategy == "auto" and r.config.training.zero_stage == 2
+    keys = {u.key: u.reason for u in r.unmapped}
+    assert "deepspeed package is not installed" in keys["deepspeed"] and "pip install deepspeed" in keys["deepspeed"]
+    assert next(u.value for u in r.unmapped if u.key == "deepspeed") == "deepspeed_configs/zero2.json"
+    assert any("ZeRO stage 2 was left out" in n for n in r.notes)
+    assert not any("set training.devices" in n for n in r.notes)
+    parse_config(r.config.to_dict())
+
+
+def test_import_llamafactory_deepspeed_and_tensorboard(deepspeed_installed):
+    r = import_config(FIXTURES / "llamafactory_lora_ds.yaml")
+    t = r.config.training
+    assert (t.strategy, t.zero_stage, t.report_to) == ("deepspeed", 3, ["tensorboard"])
+    notes = " ".join(r.notes)
+    assert "zero_allow_untested_optimizer" in notes and "stage3_max_live_parameters" in notes
+    keys = {u.key: u.reason for u in r.unmapped}
+    assert "SFT_TUI_COLLECTIVE_TIMEOUT_S" in keys["ddp_timeout"]
+
+
+def test_import_trl_fsdp_and_wandb():
+    r = import_config(FIXTURES / "trl_sft_multi.py")
+    t = r.config.training
+    assert (t.strategy, t.report_to) == ("fsdp", ["wandb"])
+    # FSDP's own activation checkpointing is what sft-tui's gradient_checkpointing means under FSDP
+    assert t.gradient_checkpointing is True
+    assert r.mapped["training.gradient_checkpointing"] == "SFTConfig.fsdp_config.activation_checkpointing"
+    keys = {u.key: u.reason for u in r.unmapped}
+    assert "every process" in keys["SFTConfig.fsdp_config.cpu_ram_efficient_loading"]
+    assert "SFTConfig.fsdp_config.state_dict_type" not in keys and "SFTConfig.fsdp" not in keys
+
+
+def test_import_axolotl_fsdp2_settings_that_do_not_carry_over():
+    text = ("base_model: m\nfsdp_version: 2\ngradient_checkpointing: false\nfsdp_config:\n  offload_params: true\n"
+            "  state_dict_type: SHARDED_STATE_DICT\n  auto_wrap_policy: TRANSFORMER_BASED_WRAP\n"
+            "  transformer_layer_cls_to_wrap: LlamaDecoderLayer\n  reshard_after_forward: true\n"
+            "  activation_checkpointing: true\n")
+    r = import_config(text, "axolotl")
+    assert r.config.training.strategy == "fsdp" and r.config.training.gradient_checkpointing is True
+    keys = {u.key: u.reason for u in r.unmapped}
+    assert set(keys) == {"fsdp_config.offload_params", "fsdp_config.state_dict_type"}
+    assert "no CPU offload" in keys["fsdp_config.offload_params"] and "rank 0" in keys["fsdp_config.state_dict_type"]
+    assert any("LlamaDecoderLayer" in n and "_no_split_modules" in n for n in r.notes)
+    assert not any("FSDP version" in n for n in r.notes)
+
+
+def test_import_axolotl_fsdp1_list_and_prefixed_keys():
+    text = ("base_model: m\nfsdp:\n  - full_shard\n  - auto_wrap\n  - offload\nfsdp_config:\n"
+            "  fsdp_sync_module_states: true\n  fsdp_state_dict_type: FULL_STATE_DICT\n")
+    r = import_config(text, "axolotl")
+    assert r.config.training.strategy == "fsdp"
+    keys = {u.key: u.reason for u in r.unmapped}
+    assert "no CPU offload" in keys["fsdp: offload"]
+    assert "FSDP1" in keys["fsdp_config.fsdp_sync_module_states"]
+    assert any("FSDP version 1 settings are read as FSDP2" in n for n in r.notes)
+
+
+def test_import_deepspeed_inline_and_with_fsdp(deepspeed_installed):
+    text = ("base_model: m\ndeepspeed:\n  zero_optimization:\n    stage: 3\n    offload_param:\n      device: nvme\n"
+            "  optimizer:\n    type: AdamW\nfsdp_version: 2\nfsdp_config:\n  reshard_after_forward: true\n")
+    r = import_config(text, "axolotl")
+    assert (r.config.training.strategy, r.config.training.zero_stage) == ("deepspeed", 3)
+    keys = {u.key: u.reason for u in r.unmapped}
+    assert "weights on the GPUs" in keys["deepspeed: zero_optimization.offload_param"]
+    assert "training.optimizer" in keys["deepspeed: optimizer"]
+    assert "one of them" in keys["fsdp_config"]
+    stage0 = import_config("base_model: m\ndeepspeed:\n  zero_optimization:\n    stage: 0\n", "axolotl")
+    assert stage0.config.training.strategy == "ddp" and any("stage 0" in n for n in stage0.notes)
+
+
+@pytest.mark.parametrize("value, trackers, unmapped", [
+    ("none", "none", None),
+    ("[wandb, tensorboard]", ["wandb", "tensorboard"], None),
+    ("wandb,mlflow", ["wandb", "mlflow"], None),
+    ("[wandb, swanlab]", ["wandb"], "not one of sft-tui's trackers"),
+    ("swanlab", "none", "not one of sft-tui's trackers"),
+    ("all", "none", "every tracker installed"),
+])
+def test_import_report_to(value, trackers, unmapped):
+    r = import_config(f"model_name_or_path: m\nstage: sft\nfinetuning_type: lora\nreport_to: {value}\n", "llamafactory")
+    assert r.config.training.report_to == trackers
+    keys = {u.key: u.reason for u in r.unmapped}
+    assert (unmapped in keys["report_to"]) if unmapped else ("report_to" not in keys)
+
+
+def test_import_llamafactory_swanlab_is_named_as_no_tracker_of_ours():
+    r = import_config("model_name_or_path: m\nstage: sft\nuse_swanlab: true\nswanlab_project: p\nreport_to: none\n",
+                      "llamafactory")
+    keys = {u.key: u.reason for u in r.unmapped}
+    assert "SwanLab is not one of sft-tui's trackers" in keys["use_swanlab"] and "swanlab_project" in keys
+    assert r.config.training.report_to == "none"
+
+
+def test_import_axolotl_tracker_switches():
+    r = import_config("base_model: m\nuse_mlflow: true\nmlflow_tracking_uri: http://mlflow:5000\nuse_wandb: false\n"
+                      "use_comet: true\ntrackio_project_name: sft-tui\nwandb_mode: offline\n", "axolotl")
+    assert r.config.training.report_to == ["mlflow", "trackio"]
+    keys = {u.key: u.reason for u in r.unmapped}
+    assert "MLFLOW_TRACKING_URI=http://mlflow:5000" in keys["mlflow_tracking_uri"]
+    assert "not one of sft-tui's trackers" in keys["use_comet"]
+    assert "WANDB_MODE=offline" in keys["wandb_mode"]
+    assert not r.notes  # trackio_project_name sft-tui is sft-tui's own project
+    off = import_config("base_model: m\nuse_wandb: false\nuse_tensorboard: false\n", "axolotl")
+    assert off.config.training.report_to == "none" and not off.unmapped
+
+
+def test_unmapped_reasons_are_true_today(deepspeed_installed):
+    """sft-tui trains on several GPUs and reports to trackers now: no reason may say otherwise."""
+    from sft_tui.core.interop._common import REASONS
+    from sft_tui.core.train.ranks import DEFAULT_TIMEOUT_S, TIMEOUT_ENV
+
+    assert TIMEOUT_ENV in REASONS["ddp_timeout"] and f"default {int(DEFAULT_TIMEOUT_S)} s" in REASONS["ddp_timeout"]
+    for key in ("report_to", "deepspeed", "fsdp", "fsdp_config"):
+        assert key not in REASONS, key
+    for fixture in IMPORTS:
+        for u in import_config(FIXTURES / fixture).unmapped:
+            assert "one device" not in u.reason and "events.jsonl" not in u.reason, (fixture, u)
 
 
 # --------------------------------------------------------------------------- golden export
@@ -134,6 +307,60 @@ def test_export_golden(target):
     assert "sample:" not in text.split("Not carried over")[-1].split("\n\n", 1)[-1]
     assert str(sample_data_dir() / "reviews_chat.jsonl") in text  # sample:NAME written as the bundled file
     _golden(f"export.{target}{SUFFIX[target]}", text)
+
+
+def _placed_config(**training) -> Config:
+    raw = yaml.safe_load((FIXTURES / "sft_tui_config.yaml").read_text())
+    raw["training"].update(training)
+    return parse_config(raw)
+
+
+# on 2 nodes of 4 GPUs each, sharded with ZeRO-3, logged to MLflow and Trackio
+DEEPSPEED_NODES = {"devices": 4, "nodes": 2, "master_addr": "10.0.0.1", "strategy": "deepspeed", "zero_stage": 3,
+                   "report_to": ["mlflow", "trackio"]}
+
+
+@pytest.mark.parametrize("target", ["axolotl", "llamafactory", "trl"])
+def test_export_golden_deepspeed_on_two_nodes(target, deepspeed_installed):
+    text = export_config(_placed_config(**DEEPSPEED_NODES), target)
+    _golden(f"export_deepspeed.{target}{SUFFIX[target]}", text)
+    if target == "trl":
+        ast.parse(text)
+
+
+def test_export_launch_commands_follow_the_devices():
+    """The header's command starts the peer on the GPUs sft-tui would use (verified in each tool's docs)."""
+    two = _placed_config(devices=[0, 2], strategy="ddp", report_to="none")
+    assert "Train with: CUDA_VISIBLE_DEVICES=0,2 axolotl train FILE --launcher torchrun -- --nproc_per_node=2\n" \
+        in export_config(two, "axolotl")
+    assert "Train with: CUDA_VISIBLE_DEVICES=0,2 FORCE_TORCHRUN=1 llamafactory-cli train FILE\n" \
+        in export_config(two, "llamafactory")
+    assert "Run with: CUDA_VISIBLE_DEVICES=0,2 torchrun --nproc_per_node=2 THIS_FILE\n" in export_config(two, "trl")
+    one = _placed_config(devices="auto", strategy="fsdp", report_to="none")
+    lf = export_config(one, "llamafactory")
+    assert "Train with: llamafactory-cli train FILE\n" in lf and "LLaMA-Factory uses every visible GPU" in lf
+    ax = export_config(one, "axolotl")  # one process: sft-tui does not shard, so neither does the export
+    assert "fsdp_config" not in ax and "training.strategy fsdp: sft-tui shards only across several processes" in ax
+    waits = export_config(_placed_config(wait_for_gpu=True, stall_factor=20.0), "trl")
+    assert "training.wait_for_gpu" in waits and "has no stall watch" in waits
+
+
+def test_export_files_write_the_zero_config_beside(tmp_path, deepspeed_installed):
+    config = _placed_config(devices=2, strategy="deepspeed", zero_stage=3)
+    for target in ("axolotl", "llamafactory"):
+        out = tmp_path / target / "train.yaml"
+        files = export_files(config, target, out)
+        ds = out.parent.resolve() / "ds_zero3.json"
+        assert json.loads(files[ds])["zero_optimization"]["stage"] == 3
+        assert yaml.safe_load(files[out])["deepspeed"] == str(ds)
+        assert "The DeepSpeed ZeRO config" not in files[out]  # the file itself is written, not a copy in the header
+        for path, text in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        back = import_config(out)
+        assert (back.config.training.strategy, back.config.training.zero_stage) == ("deepspeed", 3)
+        assert not back.notes or not any("not read" in n for n in back.notes)  # sft-tui reads its own file whole
+    assert list(export_files(config, "trl", tmp_path / "t.py")) == [tmp_path / "t.py"]  # TRL holds it inline
 
 
 def test_export_header_lists_what_does_not_carry_over():
@@ -167,27 +394,35 @@ VARIANTS = {
     "qlora-messages": {},
     "qlora-8bit-sharegpt": {"method": {"quantization_bits": 8},
                             "data": {"path": "sample:reviews_sharegpt.jsonl", "format": "sharegpt", "template": "llama3"},
-                            "training": {"precision": "fp16", "optimizer": "adamw_8bit", "scheduler": "cosine"}},
-    "lora-alpaca": {"method": {"type": "lora", "quantization_bits": None, "target_modules": "all-linear",
-                               "use_dora": False},
-                    "data": {"path": "sample:reviews_alpaca.jsonl", "format": "alpaca", "template": "alpaca",
-                             "train_on_prompt": True, "packing": False, "system_prompt": None},
-                    "training": {"precision": "fp32", "max_steps": None, "optimizer": "adamw_torch",
-                                 "scheduler": "constant_with_warmup", "early_stopping_patience": None,
-                                 "eval_steps": None}},
-    "full-text-validation-file": {"method": {"type": "full", "quantization_bits": None, "use_dora": False,
-                                             "use_rslora": False},
-                                  "data": {"path": "sample:reviews_text.jsonl", "format": "text", "template": "auto",
-                                           "validation_path": "sample:reviews_text.jsonl", "system_prompt": None},
-                                  "training": {"precision": "auto", "optimizer": "sgd", "gradient_checkpointing": False}},
+                            "training": {"precision": "fp16", "optimizer": "adamw_8bit", "scheduler": "cosine",
+                                         "report_to": ["trackio"]}},
+    "lora-alpaca-fsdp": {"method": {"type": "lora", "quantization_bits": None, "target_modules": "all-linear",
+                                    "use_dora": False},
+                         "data": {"path": "sample:reviews_alpaca.jsonl", "format": "alpaca", "template": "alpaca",
+                                  "train_on_prompt": True, "packing": False, "system_prompt": None},
+                         "training": {"precision": "fp32", "max_steps": None, "optimizer": "adamw_torch",
+                                      "scheduler": "constant_with_warmup", "early_stopping_patience": None,
+                                      "eval_steps": None, "devices": 2, "strategy": "fsdp",
+                                      "report_to": ["tensorboard", "wandb"]}},
+    "full-text-validation-file-zero3": {"method": {"type": "full", "quantization_bits": None, "use_dora": False,
+                                                   "use_rslora": False},
+                                        "data": {"path": "sample:reviews_text.jsonl", "format": "text",
+                                                 "template": "auto", "validation_path": "sample:reviews_text.jsonl",
+                                                 "system_prompt": None},
+                                        "training": {"precision": "auto", "optimizer": "sgd",
+                                                     "gradient_checkpointing": False, "devices": [0, 1],
+                                                     "strategy": "deepspeed", "zero_stage": 3,
+                                                     "report_to": ["mlflow"]}},
 }
 LORA_FIELDS = {"method.lora_r", "method.lora_alpha", "method.lora_dropout", "method.target_modules"}
-# What a target cannot hold (each is named in the export's header, tested above).
-NOT_CARRIED = {"axolotl": {"output.run_name"}, "llamafactory": {"model.dtype", "output.run_name"},
-               "trl": {"output.run_name"}}
+# What a target cannot hold (each is named in the export's header, tested above). No peer config says how
+# many GPUs it runs on: the header's launch command does.
+NOT_CARRIED = {"axolotl": {"output.run_name", "training.devices"},
+               "llamafactory": {"model.dtype", "output.run_name", "training.devices"},
+               "trl": {"output.run_name", "training.devices"}}
 # What an exported file carries that sft-tui has no field for (the import reports these and nothing else).
-EXPECTED_UNMAPPED = {"axolotl": {"output_dir", "evals_per_epoch"}, "llamafactory": {"output_dir", "report_to"},
-                     "trl": {"SFTConfig.output_dir", "SFTConfig.report_to"}}
+EXPECTED_UNMAPPED = {"axolotl": {"output_dir", "evals_per_epoch"}, "llamafactory": {"output_dir"},
+                     "trl": {"SFTConfig.output_dir"}}
 
 
 def _config(name: str) -> Config:
@@ -209,6 +444,8 @@ def _unsupported(target: str, config: Config) -> set[str]:
         skip.add("data.validation_split")  # ignored by sft-tui when a validation file is given
     if target == "llamafactory" and config.data.format == "text":
         skip |= {"data.format"}  # LLaMA-Factory's sft stage has no plain-text rows (named in the header)
+    if target == "llamafactory" and config.training.strategy == "fsdp":
+        skip |= {"training.strategy"}  # started from an accelerate config, not the YAML (named in the header)
     if target == "axolotl" and config.data.format == "alpaca":
         skip |= {"data.system_prompt"} if config.data.system_prompt is None else set()
     return skip
@@ -216,7 +453,7 @@ def _unsupported(target: str, config: Config) -> set[str]:
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("target", ["axolotl", "llamafactory", "trl"])
-def test_round_trip(target, variant, tmp_path):
+def test_round_trip(target, variant, tmp_path, deepspeed_installed):
     ours = _config(variant)
     out = tmp_path / f"exported{SUFFIX[target]}"
     for path, text in export_files(ours, target, out).items():
@@ -331,7 +568,7 @@ def test_missing_file_is_a_user_error(tmp_path):
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_exported_trl_script_is_python_importing_only_the_hf_stack(variant):
+def test_exported_trl_script_is_python_importing_only_the_hf_stack(variant, deepspeed_installed):
     tree = ast.parse(export_config(_config(variant), "trl"))
     modules = set()
     for node in ast.walk(tree):
@@ -346,7 +583,7 @@ def test_exported_trl_script_is_python_importing_only_the_hf_stack(variant):
     assert ("LoraConfig" in calls) == (_config(variant).method.type != "full")
 
 
-def test_exported_trl_keywords_exist_in_the_installed_trl():
+def test_exported_trl_keywords_exist_in_the_installed_trl(deepspeed_installed):
     """Every SFTConfig / LoraConfig keyword the export writes is a field of the installed classes."""
     import dataclasses
 

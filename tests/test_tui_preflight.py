@@ -164,7 +164,7 @@ async def load_file(pilot, path: Path) -> None:
 
 @pytest.mark.parametrize("name, source, model, unmapped", [
     ("axolotl_lora.yml", "Axolotl", "NousResearch/Llama-3.2-1B", "output_dir"),
-    ("llamafactory_lora_sft.yaml", "LLaMA-Factory", "Qwen/Qwen3-4B-Instruct-2507", "report_to"),
+    ("llamafactory_lora_sft.yaml", "LLaMA-Factory", "Qwen/Qwen3-4B-Instruct-2507", "ddp_timeout"),
     ("trl_sft.py", "TRL", "Qwen/Qwen2.5-0.5B-Instruct", "SFTConfig.push_to_hub"),
 ])
 async def test_load_accepts_a_peer_config_and_lists_what_did_not_carry_over(setup_env, name, source, model,  # noqa: F811

@@ -16,7 +16,7 @@ import yaml
 from sft_tui.core.config import Config
 
 from ._common import SOURCES, ImportResult, Unmapped, fail
-from .axolotl import export_axolotl, import_axolotl
+from .axolotl import export_axolotl, export_axolotl_files, import_axolotl
 from .axolotl import looks_like as _looks_axolotl
 from .llamafactory import DATA_INFO, dataset_info, export_llamafactory, export_llamafactory_files, import_llamafactory
 from .llamafactory import looks_like as _looks_llamafactory
@@ -109,7 +109,7 @@ def import_config(path_or_text: str | Path, source: Source | None = None, *,
     if source not in SOURCES:
         raise fail(f"unknown source {source!r}", HINT_FROM)
     if source == "trl":
-        result = import_trl(text)
+        result = import_trl(text, folder)
     else:
         raw = _yaml(text, str(path) if path else "the input")
         result = import_axolotl(raw, folder) if source == "axolotl" else import_llamafactory(raw, folder)
@@ -132,9 +132,12 @@ def export_config(config: Config, target: Source, *, dataset_dir: str = ".") -> 
 
 
 def export_files(config: Config, target: Source, out_path: str | Path) -> dict[Path, str]:
-    """Every file an export needs, by path: the config itself at ``out_path``, and for LLaMA-Factory a
-    ``dataset_info.json`` beside it (merged into one already there)."""
+    """Every file an export needs, by path: the config itself at ``out_path``, for LLaMA-Factory a
+    ``dataset_info.json`` beside it (merged into one already there), and for strategy deepspeed with
+    Axolotl or LLaMA-Factory the ZeRO config beside it (``ds_zeroN.json``; TRL holds it inline)."""
     out_path = Path(out_path)
     if target == "llamafactory":
         return export_llamafactory_files(config, out_path)
+    if target == "axolotl":
+        return export_axolotl_files(config, out_path)
     return {out_path: export_config(config, target)}

@@ -18,16 +18,18 @@ from sft_tui.core.config import SECTIONS, Config, _problem_from_error, cross_che
 from sft_tui.core.errors import UserError
 
 SOURCES = ("axolotl", "llamafactory", "trl")
+TOOL_NAMES = {"axolotl": "Axolotl", "llamafactory": "LLaMA-Factory", "trl": "TRL"}
 DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt", ".tsv")
 NO_EQUIVALENT = "no sft-tui equivalent"
 # Why common settings have no equivalent, by their last name part (``SFTConfig.output_dir`` -> output_dir).
 REASONS = {
     "output_dir": "sft-tui writes each run to its own run directory (output.runs_dir/output.run_name)",
     "overwrite_output_dir": "sft-tui never writes into an existing run directory",
-    "report_to": "sft-tui records metrics in the run directory (events.jsonl) and shows them live",
-    "deepspeed": "sft-tui trains on one device; no DeepSpeed or FSDP",
-    "fsdp": "sft-tui trains on one device; no DeepSpeed or FSDP",
-    "fsdp_config": "sft-tui trains on one device; no DeepSpeed or FSDP",
+    "ddp_timeout": "sft-tui sets the timeout of the processes' collective calls from the "
+                   "SFT_TUI_COLLECTIVE_TIMEOUT_S environment variable (default 600 s)",
+    "run_name": "sft-tui names each tracker run after its run folder (output.run_name)",
+    "ddp_backend": "sft-tui uses nccl between GPUs and gloo between CPU processes",
+    "ddp_find_unused_parameters": "sft-tui sets it itself (off when training LoRA adapters)",
     "resume_from_checkpoint": "resume a run with `sft-tui train --resume RUN`",
     "push_to_hub": "export the trained adapter with `sft-tui export RUN`",
     "hub_model_id": "export the trained adapter with `sft-tui export RUN`",
@@ -72,6 +74,7 @@ class Builder:
         self.used: set[str] = set()
         self.values: dict[str, Any] = {}
         self.origin: dict[str, str] = {}
+        self.recorded: dict[str, Any] = {}
         self.unmapped: list[Unmapped] = []
         self.notes: list[str] = []
 
@@ -106,6 +109,7 @@ class Builder:
             return False
         self.values[target] = getattr(checked, name)
         self.origin[target] = key
+        self.recorded[target] = value if record is None else record  # what the peer wrote, for reports
         return True
 
     def skip(self, key: str, value: Any, reason: str = NO_EQUIVALENT) -> None:
@@ -143,13 +147,31 @@ class Builder:
             if not problems:
                 break
             for prob in problems:
-                value = self.values.pop(prob.field)
+                self.values.pop(prob.field)
+                value = self.recorded.pop(prob.field, None)
                 key = self.origin.pop(prob.field)
                 reason = f"sft-tui would reject it ({prob.field}): {prob.message}"
                 self.unmapped.append(Unmapped(key, _plain(value), reason + (f"; {prob.fix}" if prob.fix else "")))
             config = self._config()
+        config = self._placement(config)
         return ImportResult(config=config, source=self.source, unmapped=self.unmapped, notes=self.notes,
                             mapped=dict(sorted(self.origin.items())))
+
+    def _placement(self, config: Config) -> Config:
+        """A ZeRO stage without its strategy (moved to unmapped above) goes too; a sharding strategy on
+        the default one device gets a note, since no peer config says how many GPUs it ran on."""
+        t = config.training
+        if "training.zero_stage" in self.values and t.strategy != "deepspeed":
+            stage, key = self.values.pop("training.zero_stage"), self.origin.pop("training.zero_stage")
+            self.note(f"{key}: ZeRO stage {stage} was left out with the strategy; set training.strategy: deepspeed "
+                      f"and training.zero_stage: {stage} where deepspeed is installed")
+            config = self._config()
+        if t.strategy in ("fsdp", "deepspeed") and t.devices == "auto":
+            tool = TOOL_NAMES.get(self.source, self.source)
+            self.note(f"training.strategy {t.strategy} shards across several processes, but the {tool} config does not "
+                      "say how many GPUs it ran on: set training.devices (a count such as 2, or GPU "
+                      "indices such as [0, 1]); left at auto, sft-tui trains on one GPU")
+        return config
 
     def _config(self) -> Config:
         data: dict[str, dict[str, Any]] = {}

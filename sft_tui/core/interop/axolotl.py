@@ -11,10 +11,13 @@ early_stopping_patience, seed, chat_template, default_system_message, dataset_pr
 ``datasets.py`` (SFTDataset: path, type, ds_type, data_files, split, field_messages,
 message_property_mappings, field), ``enums.py`` (ChatTemplate). Reference:
 https://docs.axolotl.ai/docs/config-reference.html and https://docs.axolotl.ai/docs/dataset-formats/.
+Trackers (``use_wandb``, ``wandb_project``, ``use_tensorboard``…), ``deepspeed``, ``fsdp_config`` /
+``fsdp_version`` and the multi-GPU launch command: see ``_distributed.py``.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,9 @@ from sft_tui.core.config import Config
 
 from ._common import (format_for_export, NO_EQUIVALENT, Builder, ImportResult, Skip, as_bool, data_paths, export_path, header,
                       is_local_path, loader_for, one_of, sample_name, warmup_from_steps)
+from ._distributed import (axolotl_fsdp, axolotl_trackers, axolotl_trackers_out, deepspeed_header, deepspeed_json,
+                           deepspeed_name, fsdp_settings, map_deepspeed, runtime_lost, tracker_lost, train_command,
+                           uses)
 from .hf import OPTIMIZERS, SCHEDULERS
 
 # Axolotl defaults that differ from sft-tui's (schemas above): a key left out means these.
@@ -119,6 +125,9 @@ def import_axolotl(raw: dict[str, Any], base_dir: Path | None = None) -> ImportR
         b.convert("data.template", "chat_template", one_of(TEMPLATES, "chat_template"))
     else:
         b.used.add("chat_template")
+    map_deepspeed(b, "deepspeed", base_dir)
+    axolotl_fsdp(b)
+    axolotl_trackers(b)
     return b.finish()
 
 
@@ -286,7 +295,9 @@ def _datasets(b: Builder, base_dir: Path | None) -> None:
 # --------------------------------------------------------------------------- export
 
 
-def export_axolotl(config: Config) -> str:
+def export_axolotl(config: Config, deepspeed_path: str | None = None) -> str:
+    """The Axolotl YAML; with strategy deepspeed it names the ZeRO file ``deepspeed_path`` (default: a
+    file name beside the config, whose contents the header holds — ``export_axolotl_files`` writes it)."""
     m, d, t, mo = config.method, config.data, config.training, config.model
     lost: list[str] = []
     out: dict[str, Any] = {"base_model": mo.path}
@@ -353,9 +364,11 @@ def export_axolotl(config: Config) -> str:
     out["num_epochs"] = t.epochs
     if t.max_steps:
         out["max_steps"] = t.max_steps
+    fsdp = uses(config, "fsdp")
     out.update(learning_rate=t.learning_rate, lr_scheduler=t.scheduler, warmup_ratio=t.warmup_ratio,
                micro_batch_size=t.batch_size, gradient_accumulation_steps=t.gradient_accumulation,
-               gradient_checkpointing=t.gradient_checkpointing, optimizer=t.optimizer)
+               # under FSDP the checkpointing is FSDP's own (fsdp_config.activation_checkpointing)
+               gradient_checkpointing=t.gradient_checkpointing and not fsdp, optimizer=t.optimizer)
     out.update({"auto": {"bf16": "auto"}, "bf16": {"bf16": True}, "fp16": {"bf16": False, "fp16": True},
                 "fp32": {"bf16": False, "fp16": False}}[t.precision])
     if mo.attn_implementation != "auto":
@@ -371,9 +384,32 @@ def export_axolotl(config: Config) -> str:
     out["output_dir"] = f"./outputs/{config.output.run_name or 'sft-tui'}"
     if config.output.runs_dir:
         lost.append(f"output.runs_dir {config.output.runs_dir}: Axolotl writes to output_dir")
+    out.update(axolotl_trackers_out(config))
+    lost += tracker_lost(config, "Axolotl")
+    command = train_command(config, "axolotl", lost)
+    ds_head = ""
+    if uses(config, "deepspeed"):
+        out["deepspeed"] = deepspeed_path or deepspeed_name(config)
+        ds_head = "" if deepspeed_path else deepspeed_header(config, out["deepspeed"])
+    elif fsdp:
+        settings = fsdp_settings(config)
+        out["fsdp_version"] = settings.pop("version")
+        out["fsdp_config"] = {"offload_params": False, **settings}
+        if t.optimizer == "adamw_8bit":
+            lost.append("training.optimizer adamw_8bit: Axolotl refuses it with FSDP2 (it suggests adamw_torch_8bit)")
+    lost += runtime_lost(config, "Axolotl")
     text = yaml.safe_dump(out, sort_keys=False, allow_unicode=True, width=1000)
     return header(lost, "Axolotl config written by `sft-tui config export --to axolotl`. "
-                        "Train with: axolotl train FILE") + "\n" + text
+                        f"Train with: {command}") + ds_head + "\n" + text
+
+
+def export_axolotl_files(config: Config, out_path: Path) -> dict[Path, str]:
+    """The YAML at ``out_path`` and, with strategy deepspeed, the ZeRO config beside it."""
+    if not uses(config, "deepspeed"):
+        return {out_path: export_axolotl(config)}
+    ds_path = out_path.parent.resolve() / deepspeed_name(config)
+    return {out_path: export_axolotl(config, deepspeed_path=str(ds_path)),
+            ds_path: json.dumps(deepspeed_json(config), indent=2) + "\n"}
 
 
 def _dataset_entry(path: str, fmt: str, columns: dict[str, str], lost: list[str]) -> dict[str, Any]:
@@ -402,4 +438,4 @@ def _dataset_entry(path: str, fmt: str, columns: dict[str, str], lost: list[str]
     return entry
 
 
-__all__ = ["import_axolotl", "export_axolotl", "looks_like", "NO_EQUIVALENT", "Skip"]
+__all__ = ["import_axolotl", "export_axolotl", "export_axolotl_files", "looks_like", "NO_EQUIVALENT", "Skip"]

@@ -9,6 +9,8 @@ train_on_prompt, val_size, packing, default_system, preprocessing_num_workers), 
 (AttentionFunction), the rest is Hugging Face TrainingArguments (see ``hf.py``). Examples followed:
 ``examples/train_lora/qwen3_lora_sft.yaml``, ``examples/train_full/qwen3_full_sft.yaml``; docs:
 https://llamafactory.readthedocs.io/en/latest/ and ``data/README.md`` (dataset_info.json format).
+``report_to``, ``deepspeed``, ``fsdp`` / ``fsdp_config`` and the multi-GPU launch command: see
+``_distributed.py``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from sft_tui.core.config import Config
 
 from ._common import (detected_format, format_for_export, Builder, ImportResult, Skip, as_bool, data_paths, export_path, fail, header, is_local_path,
                       one_of, sample_name)
+from ._distributed import (deepspeed_header, deepspeed_json, deepspeed_name, map_deepspeed, map_hf_fsdp,
+                           map_report_to, other_trackers, report_to_out, runtime_lost, tracker_lost, train_command,
+                           uses)
 from .hf import map_training_args, training_args
 
 DATA_INFO = "dataset_info.json"
@@ -94,6 +99,10 @@ def import_llamafactory(raw: dict[str, Any], base_dir: Path | None = None) -> Im
         b.used.add("per_device_eval_batch_size")
     if raw.get("load_best_model_at_end") and "training.early_stopping_patience" in b.values:
         b.used.update({"load_best_model_at_end", "metric_for_best_model"})
+    map_report_to(b, "report_to")
+    other_trackers(b)
+    map_deepspeed(b, "deepspeed", base_dir)
+    map_hf_fsdp(b, "fsdp", "fsdp_config", base_dir)
     return b.finish()
 
 
@@ -282,7 +291,9 @@ def dataset_info(config: Config) -> dict[str, Any]:
     return out
 
 
-def export_llamafactory(config: Config, dataset_dir: str = ".") -> str:
+def export_llamafactory(config: Config, dataset_dir: str = ".", deepspeed_path: str | None = None) -> str:
+    """The LLaMA-Factory YAML; with strategy deepspeed it names the ZeRO file ``deepspeed_path`` (default:
+    a file name whose contents the header holds — ``export_llamafactory_files`` writes it)."""
     m, d, t, mo = config.method, config.data, config.training, config.model
     lost: list[str] = []
     out: dict[str, Any] = {"model_name_or_path": mo.path}
@@ -352,13 +363,24 @@ def export_llamafactory(config: Config, dataset_dir: str = ".") -> str:
                    metric_for_best_model="eval_loss")
     if t.precision == "auto":
         lost.append("training.precision auto: set bf16: true (or fp16: true) for mixed precision on a GPU")
-    out["report_to"] = "none"
+    out["report_to"] = report_to_out(config)
+    lost += tracker_lost(config, "LLaMA-Factory")
+    command = train_command(config, "llamafactory", lost)
+    ds_head = ""
+    if uses(config, "deepspeed"):
+        out["deepspeed"] = deepspeed_path or deepspeed_name(config)
+        ds_head = "" if deepspeed_path else deepspeed_header(config, out["deepspeed"])
+    elif uses(config, "fsdp"):
+        lost.append("training.strategy fsdp: not written, and the command above trains with DDP; LLaMA-Factory "
+                    "takes FSDP from an accelerate config instead (accelerate launch --config_file CONFIG "
+                    "src/train.py FILE from its checkout, as in its examples/accelerate/)")
+    lost += runtime_lost(config, "LLaMA-Factory")
     info = json.dumps(dataset_info(config), indent=2, ensure_ascii=False)
     head = header(lost, "LLaMA-Factory config written by `sft-tui config export --to llamafactory`. "
-                        "Train with: llamafactory-cli train FILE")
+                        f"Train with: {command}")
     head += (f"# The data is registered in dataset_dir/{DATA_INFO} (`-o FILE` writes it beside FILE):\n"
              + "".join(f"#   {line}\n" for line in info.splitlines()))
-    return head + "\n" + yaml.safe_dump(out, sort_keys=False, allow_unicode=True, width=1000)
+    return head + ds_head + "\n" + yaml.safe_dump(out, sort_keys=False, allow_unicode=True, width=1000)
 
 
 def export_llamafactory_files(config: Config, out_path: Path) -> dict[Path, str]:
@@ -375,5 +397,10 @@ def export_llamafactory_files(config: Config, out_path: Path) -> dict[Path, str]
         if not isinstance(info, dict):
             raise fail(f"{info_path} is not a mapping of dataset names", "move it, or export into another folder")
     info.update(dataset_info(config))
-    return {out_path: export_llamafactory(config, dataset_dir=str(folder)),
-            info_path: json.dumps(info, indent=2, ensure_ascii=False) + "\n"}
+    files = {info_path: json.dumps(info, indent=2, ensure_ascii=False) + "\n"}
+    ds_path = None
+    if uses(config, "deepspeed"):
+        ds_path = folder / deepspeed_name(config)
+        files[ds_path] = json.dumps(deepspeed_json(config), indent=2) + "\n"
+    yaml_text = export_llamafactory(config, dataset_dir=str(folder), deepspeed_path=str(ds_path) if ds_path else None)
+    return {out_path: yaml_text, **files}

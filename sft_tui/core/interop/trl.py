@@ -12,18 +12,22 @@ logging_steps default 10; https://huggingface.co/docs/trl/sft_trainer), peft ``t
 (r, lora_alpha, lora_dropout, target_modules, use_dora, use_rslora;
 https://huggingface.co/docs/peft/package_reference/lora), transformers ``BitsAndBytesConfig`` and
 ``from_pretrained`` (dtype, attn_implementation, trust_remote_code, revision), TrainingArguments in ``hf.py``.
-Checked against the installed trl 1.16, peft 0.21 and transformers 5.
+Checked against the installed trl 1.16, peft 0.21 and transformers 5. ``report_to``, ``project``,
+``deepspeed``, ``fsdp`` / ``fsdp_config`` and the multi-GPU launch command: see ``_distributed.py``.
 """
 
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 from typing import Any
 
 from sft_tui.core.config import Config
 
 from ._common import (format_for_export, Builder, ImportResult, as_bool, data_paths, export_path, fail, header, is_local_path,
                       loader_for, one_of, sample_name)
+from ._distributed import (PROJECT, deepspeed_json, fsdp_settings, map_deepspeed, map_hf_fsdp, map_report_to,
+                           map_trackio_project, report_to_out, runtime_lost, tracker_lost, train_command, uses)
 from .hf import HF_DEFAULTS, map_training_args, training_args
 
 ARGS_CLASSES = ("SFTConfig", "TrainingArguments")
@@ -117,7 +121,8 @@ def looks_like(text: str) -> bool:
     return any(f"{name}(" in text for name in ARGS_CLASSES + ("SFTTrainer", "LoraConfig"))
 
 
-def import_trl(text: str) -> ImportResult:
+def import_trl(text: str, base_dir: Path | None = None) -> ImportResult:
+    """The settings of a TRL script; ``base_dir`` is where a DeepSpeed or FSDP JSON it names is looked up."""
     script = Script(text)
     b = Builder("trl", {})
     found = script.first(*ARGS_CLASSES)
@@ -159,6 +164,10 @@ def import_trl(text: str) -> ImportResult:
         b.used.update({k("load_best_model_at_end"), k("metric_for_best_model")})
     if b.raw.get(k("per_device_eval_batch_size")) == b.values.get("training.batch_size"):
         b.used.add(k("per_device_eval_batch_size"))
+    map_report_to(b, k("report_to"))
+    map_trackio_project(b, k("project"))
+    map_deepspeed(b, k("deepspeed"), base_dir)
+    map_hf_fsdp(b, k("fsdp"), k("fsdp_config"), base_dir)
 
     _model(script, b)
     _lora(script, b)
@@ -421,6 +430,14 @@ def _py(value: Any) -> str:
     return repr(value)
 
 
+def _literal(value: Any, indent: str = "    ") -> str:
+    """A dict as a Python literal, one key a line (short ones on one), indented for a keyword argument."""
+    if not isinstance(value, dict) or len(repr(value)) <= 60:
+        return _py(value)
+    inner = indent + "    "
+    return "{\n" + "".join(f"{inner}{k!r}: {_literal(v, inner)},\n" for k, v in value.items()) + indent + "}"
+
+
 def _call(name: str, kwargs: dict[str, Any], indent: str = "    ") -> str:
     inner = "".join(f"{indent}{k}={v if isinstance(v, _Code) else _py(v)},\n" for k, v in kwargs.items())
     return f"{name}(\n{inner})"
@@ -451,14 +468,19 @@ def export_trl(config: Config) -> str:
         lost.append(f"data.template {d.template}: {fmt} rows are trained without a template")
     if config.output.runs_dir:
         lost.append(f"output.runs_dir {config.output.runs_dir}: the script writes to output_dir")
+    lost += tracker_lost(config, "TRL")
+    command = train_command(config, "trl", lost)
+    lost += runtime_lost(config, "TRL")
     needs = "pip install trl peft transformers datasets"
+    if uses(config, "deepspeed"):
+        needs += " deepspeed"
     if t.optimizer in ("adamw_8bit", "paged_adamw_8bit") or m.type == "qlora":
         needs += " bitsandbytes  (and a CUDA GPU)"
 
     files = data_paths(config)
     loader = loader_for(files[0])
     lines = ['"""Supervised fine-tuning with TRL\'s SFTTrainer, written by `sft-tui config export --to trl`.', ""]
-    lines += [line[2:] for line in header(lost, f"Needs: {needs}. Run with: python THIS_FILE").splitlines()]
+    lines += [line[2:] for line in header(lost, f"Needs: {needs}. Run with: {command}").splitlines()]
     lines += ['"""', "", "from datasets import " + ("load_dataset" if loader else "load_from_disk")
               + (", load_dataset" if not loader and d.validation_path and loader_for(d.validation_path) else "")]
     lines += ["from peft import LoraConfig"] if m.type != "full" else []
@@ -523,8 +545,11 @@ def export_trl(config: Config) -> str:
                 "target_modules": m.target_modules if isinstance(m.target_modules, str) else list(m.target_modules),
                 "use_dora": m.use_dora, "use_rslora": m.use_rslora, "bias": "none", "task_type": "CAUSAL_LM"}
         lines.append("peft_config = " + _call("LoraConfig", lora))
+    fsdp = uses(config, "fsdp")
     args = {"output_dir": f"outputs/{config.output.run_name or 'sft-tui'}", **training_args(config, warmup_key="warmup_steps"),
-            "gradient_checkpointing": t.gradient_checkpointing, "max_length": d.max_length, "packing": d.packing}
+            # under FSDP the checkpointing is FSDP's own (fsdp_config["activation_checkpointing"])
+            "gradient_checkpointing": t.gradient_checkpointing and not fsdp, "max_length": d.max_length,
+            "packing": d.packing}
     if d.num_proc:
         args["dataset_num_proc"] = d.num_proc
     if fmt == "text":
@@ -540,7 +565,13 @@ def export_trl(config: Config) -> str:
             args["eval_steps"] = t.eval_steps
     if t.early_stopping_patience:
         args.update(load_best_model_at_end=True, metric_for_best_model="eval_loss")
-    args["report_to"] = "none"
+    args["report_to"] = report_to_out(config)
+    if "trackio" in config.training.trackers():
+        args["project"] = PROJECT
+    if uses(config, "deepspeed"):
+        args["deepspeed"] = _Code(_literal(deepspeed_json(config)))
+    elif fsdp:
+        args.update(fsdp=True, fsdp_config=_Code(_literal(fsdp_settings(config))))
     lines.append("args = " + _call("SFTConfig", args))
     lines.append("")
     trainer = {"model": _Code("model"), "args": _Code("args"), "train_dataset": _Code("train_dataset"),
