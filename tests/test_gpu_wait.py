@@ -72,7 +72,7 @@ def test_run_b_waits_for_run_a_and_starts_when_it_ends(tmp_path, demo_model_dir)
     env = dict(os.environ, SFT_TUI_HOME=str(tmp_path), SFT_TUI_RUNS_DIR=str(tmp_path / "runs"),
                SFT_TUI_FAKE_GPUS=str(fake), SFT_TUI_QUEUE_POLL_S="0.3", OMP_NUM_THREADS="1")
 
-    a = start(tmp_path, env, "run-a", max_steps=30)
+    a = start(tmp_path, env, "run-a", max_steps=4)  # its memory stays on the fake GPU until the test frees it
     wait_for(lambda: any(s == "starting" and e for s, e in states(a)[1:]) or a.status().state not in ("starting", "new"),
              timeout=60, what="run A to claim the GPU")
     # A holds its memory as it would on a GPU once loaded; B needs 30 GiB and 5 are free.

@@ -120,7 +120,8 @@ class TrainingScreen(StepScreen):
     TITLE = "Training"
     HELP = """
 The **run settings**, grouped like the config file: method, LoRA, quantization, optimisation,
-schedule, sequences, evaluation, saving. Each field says in one line what it does.
+schedule, sequences, evaluation, saving, GPUs and processes, several machines, watching the run.
+Each field says in one line what it does.
 
 * Values are **checked as you type**: a problem is shown in red under its field, and **Start** stays
   disabled until every problem is fixed.
@@ -137,6 +138,11 @@ schedule, sequences, evaluation, saving. Each field says in one line what it doe
 * **Ctrl+T** shows the form as an Axolotl YAML, a LLaMA-Factory YAML or a TRL script, to save or copy.
 * **Ctrl+R** measures memory: a few real training steps on the longest batch, in a throwaway process
   (estimate vs measured vs free), with settings that fit proposed when it does not.
+* **GPUs**: `devices` is auto (the GPU with the most free memory), a count, or indices such as 0, 2;
+  more than one starts that many processes (`strategy`: ddp, fsdp or deepspeed). **wait for GPUs**
+  queues the run until its GPUs have the memory it needs, even with the app closed.
+* **Ctrl+L** shows the launch plan: one process, torchrun on this machine, or the command to run on
+  each node of a multi-node run.
 * **Ctrl+G** (or the Start button) checks once more, writes the run folder, starts training in a
   background worker that survives closing the app, and opens the monitor. A run the checks say
   cannot work is not started; when only estimates object, you are asked whether to start anyway.
