@@ -64,24 +64,49 @@ def _train(home, env, name: str, **training) -> RunDir:
 
 @pytest.fixture(scope="module")
 def pair(home):
-    """The same 8 steps: two processes × batch 2, and one process × batch 4."""
+    """The same 8 steps: two processes × batch 2 — stopped after step 3 and resumed — and one
+    process × batch 4 straight through."""
     home, env = home
-    two = _train(home, env, "two", devices=2, batch_size=2, max_steps=8)
+    config = write_config(home / "two.yaml", devices=2, batch_size=2, max_steps=8)
+    # Step 3 takes 4 s, so the stop lands while it runs, on every machine.
+    slow = dict(env, SFT_TUI_FAULTS="slow_step:3:4")
+    proc = cli("train", str(config), "--name", "two", "--detach", env=slow)
+    assert proc.returncode == 0, proc.stderr
+    two = RunDir(home / "runs" / "two")
+    wait_for(lambda: any(e["type"] == "ranks" and e["step"] >= 2 for e in two.events()), timeout=240,
+             what="both ranks training")
+    pids = {r["pid"] for e in two.events() if e["type"] == "ranks" for r in e["ranks"]}
+    stop = cli("stop", "two", "--wait", "--timeout", "120", env=env)
+    assert stop.returncode == 0, stop.stderr
+    stopped = two.status()
+    resumed = cli("train", "--resume", "two", env=env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr + two.log_path.read_text()[-3000:]
     one = _train(home, env, "one", batch_size=4, max_steps=8)
-    return two, one
+    return two, one, stopped, pids
 
 
 def _losses(run: RunDir) -> dict[int, float]:
     return {e["step"]: e["loss"] for e in run.events() if e["type"] == "train"}
 
 
+def test_stop_ends_every_rank_with_a_checkpoint_and_resume_continues(pair):
+    two, _, stopped, pids = pair
+    assert stopped.state == "stopped" and 2 <= stopped.step < 8, stopped
+    assert stopped.last_checkpoint and Path(stopped.last_checkpoint).name == f"checkpoint-{stopped.step}"
+    assert not any(pid_alive(p) for p in pids), "every rank ended"
+    states = [e["state"] for e in two.events() if e["type"] == "status"]
+    assert states.count("stopped") == 1 and states[-1] == "done"
+    steps = [e["step"] for e in two.events() if e["type"] == "train"]
+    assert steps[-1] == 8 and min(s for s in steps[steps.index(stopped.step) + 1:]) == stopped.step + 1
+
+
 def test_two_processes_train_one_adapter_like_one_process(pair):
-    two, one = pair
+    two, one, _, _ = pair
     assert two.status().state == "done", two.log_path.read_text()[-3000:]
     files = lambda run: sorted(p.name for p in run.adapter_dir.iterdir())  # noqa: E731
     assert files(two) == files(one)
     assert "adapter_model.safetensors" in files(two)
-    a, b = _losses(two), _losses(one)
+    a, b = _losses(two), _losses(one)  # the resumed steps overwrite nothing: each step is logged once
     assert sorted(a) == sorted(b) == list(range(1, 9))
     worst = max(abs(a[s] - b[s]) for s in a)
     assert worst < LOSS_TOLERANCE, (a, b)
@@ -89,7 +114,7 @@ def test_two_processes_train_one_adapter_like_one_process(pair):
 
 
 def test_events_carry_the_world_and_every_rank(pair):
-    two, _ = pair
+    two, _, _, _ = pair
     events = two.events()
     launched = [e for e in events if e.get("world_size") == 2 and e["type"] == "log"]
     assert launched, "the launch is logged with the world size"
@@ -100,30 +125,6 @@ def test_events_carry_the_world_and_every_rank(pair):
     assert all(r["step_time_s"] > 0 and r["forward_s"] > 0 and r["tokens_per_s"] > 0 for r in last)
     assert (two.path / "launch.json").is_file()
     assert not list((two.path).glob(".adapter*")), "no staging folder left behind"
-
-
-def test_stop_ends_every_rank_with_a_checkpoint_and_resume_continues(home):
-    home, env = home
-    config = write_config(home / "stopme.yaml", devices=2, batch_size=2, max_steps=14)
-    proc = cli("train", str(config), "--name", "stopme", "--detach", env=env)
-    assert proc.returncode == 0, proc.stderr
-    run = RunDir(home / "runs" / "stopme")
-    wait_for(lambda: any(e["type"] == "ranks" for e in run.events()), timeout=240, what="both ranks training")
-    pids = [r["pid"] for e in run.events() if e["type"] == "ranks" for r in e["ranks"]]
-    stop = cli("stop", "stopme", "--wait", "--timeout", "120", env=env)
-    assert stop.returncode == 0, stop.stderr
-    st = run.status()
-    assert st.state == "stopped", run.log_path.read_text()[-3000:]
-    assert run.latest_checkpoint() is not None
-    assert not any(pid_alive(p) for p in set(pids)), "every rank ended"
-    stopped_at = st.step
-    assert 0 < stopped_at < 14
-    resumed = cli("train", "--resume", "stopme", env=env)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr + run.log_path.read_text()[-3000:]
-    st = run.status()
-    assert st.state == "done" and st.step == 14
-    train_steps = [e["step"] for e in run.events() if e["type"] == "train"]
-    assert train_steps[-1] == 14 and min(s for s in train_steps if s > stopped_at) == stopped_at + 1
 
 
 def test_a_killed_rank_ends_the_run_with_an_error_naming_it(home):

@@ -26,8 +26,6 @@ GPUs fixed (their fields may change at will).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -196,15 +194,7 @@ def write_fake_gpus(path: str | Path, gpus: list[dict[str, Any]], driver_version
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"driver_version": driver_version, "gpus": gpus, **extra}, indent=1)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from sft_tui.core.run.rundir import write_atomic
+
+    write_atomic(path, text)
     return path
