@@ -69,3 +69,31 @@ def test_memory_view_is_per_gpu_for_several_processes():
                                                                                        "strategy": "fsdp"}}), info, gpus)
     assert "per GPU" in four.headline and "per GPU" not in one.headline
     assert "4 processes (fsdp)" in four.lines[0]
+
+
+async def test_the_model_screen_says_who_holds_each_gpu(setup_env):
+    """On a shared server, choosing a model starts with who is using the GPUs now."""
+    import os
+
+    from sft_tui.core.system.gpus import GpuSnapshot, GpuStats
+    from pilot_support import wait_for
+
+    gib = 1 << 30
+
+    class Sampler:
+        def sample(self):
+            return GpuSnapshot(True, "", [GpuStats(index=0, name="NVIDIA H100 80GB HBM3", mem_used=71 * gib,
+                                                   mem_total=80 * gib, util_percent=97.0, temperature_c=70.0,
+                                                   power_w=600.0, processes=[(os.getpid(), 71 * gib)])])
+
+    app = SftApp(gpu_sampler=Sampler())
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        lines = app.screen.query_one("#memory-lines")
+        assert await wait_for(pilot, lambda: "GPU0 H100 80GB HBM3: 9.0 GiB free of 80 GiB" in str(lines.render()),
+                              timeout=20)
+        shown = str(lines.render())
+        import psutil
+
+        me = psutil.Process().username()
+        assert f"71 GiB {me} " in shown  # the holder's user and its command

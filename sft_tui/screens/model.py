@@ -390,6 +390,7 @@ Runs screen, where **r** resumes it.
         self._say(message.text)
 
     def gpus_sampled(self, message: GpusSampled) -> None:
+        self.holders = message.holders  # shown under the estimate: on a shared server, who holds what
         self.update_memory()
 
     # ------------------------------------------------------------------ details and memory
@@ -443,7 +444,8 @@ Runs screen, where **r** resumes it.
         head.remove_class(*LEVEL_CLASSES)
         head.add_class(level)
         head.update(headline)
-        self.query_one("#memory-lines", Static).update("\n".join(lines))
+        gpus = P.gpu_holder_lines(self.gpus, getattr(self, "holders", None))
+        self.query_one("#memory-lines", Static).update("\n".join([*lines, *([""] if gpus and lines else []), *gpus]))
 
     # ------------------------------------------------------------------ events
     @on(DataTable.RowHighlighted, "#model-table")

@@ -369,3 +369,23 @@ __all__ = [
     "problem_lines", "report_lines", "row_cells", "rows_read", "rows_with_problems", "sample_choices",
     "set_mapping", "shorten_path", "skipped_lines_text", "unreadable_count", "visible_columns",
 ]
+
+
+def gpu_holder_lines(snapshot: Any, holders: dict[int, list[Any]] | None, limit: int = 2) -> list[str]:
+    """Each GPU's free memory and who holds it, for choosing a model on a shared server:
+    "GPU1 H100 80GB HBM3: 9.0 GiB free of 80 GiB" then "  alice 71 GiB python train.py"."""
+    if snapshot is None or not getattr(snapshot, "available", False):
+        return []
+    lines: list[str] = []
+    for gpu in snapshot.gpus:
+        name = (gpu.name or "GPU").replace("NVIDIA ", "")
+        free = f"{human_bytes(gpu.mem_free)} free of {human_bytes(gpu.mem_total)}" if gpu.mem_free is not None else "n/a"
+        lines.append(f"GPU{gpu.index} {name}: {free}")
+        rows = (holders or {}).get(gpu.index) or []
+        for h in rows[:limit]:
+            who = f"run {h.run_name}" if h.run_name else h.label()
+            lines.append(f"  {human_bytes(h.used_bytes, '?')} {who}")
+        if len(rows) > limit:
+            lines.append(f"  +{len(rows) - limit} more (sft-tui gpus)")
+    return lines
+
