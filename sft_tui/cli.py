@@ -134,6 +134,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         from sft_tui.core.train.resume import plan_resume
 
         run = find_run(args.resume, args.runs_dir)
+        if getattr(args, "node_rank", None):  # node K's part of resuming a multi-node run
+            config = run.load_config()
+            config.training.node_rank = args.node_rank
+            return _join_as_node(config, argparse.Namespace(**{**vars(args), "runs_dir": str(run.path.parent)}),
+                                 resume=True)
         if run.is_alive():
             raise UserError(f"run {run.name} is already running", f"follow it with: sft-tui logs {run.name} --follow")
         plan = plan_resume(run)  # refuses a finished run, or one without a complete checkpoint
@@ -184,7 +189,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 JOIN_TIMEOUT_S = 600.0
 
 
-def _join_as_node(config: Any, args: argparse.Namespace) -> int:
+def _join_as_node(config: Any, args: argparse.Namespace, resume: bool = False) -> int:
     """Node K > 0 of a multi-node run: wait for node 0's run folder (shared storage), start this
     machine's ranks in it, and follow the run as node 0 reports it."""
     from sft_tui.core.run.launch import node_files, start_worker
@@ -204,13 +209,26 @@ def _join_as_node(config: Any, args: argparse.Namespace) -> int:
             raise UserError(f"node 0 did not create {run.path} within {JOIN_TIMEOUT_S / 60:.0f} minutes",
                             "start node 0 first, and keep output.runs_dir on storage every node shares")
         time.sleep(1.0)
-    proc = start_worker(run, resume=bool(args.resume), node_rank=k)
+    proc = start_worker(run, resume=resume, node_rank=k)
     log = node_files(run, k)[0]
     if args.detach:
         print(run.path)
         err_console.print(f"node {k} started (pid {proc.pid}); its output: {log}", markup=False)
         return 0
-    return follow_with_progress(run, notify=not getattr(args, "no_notify", False))
+    # Node 0's worker.pid names a process on node 0, so the run's liveness cannot be judged here:
+    # this node waits for its own part, and says how the run stands when that ends.
+    err_console.print(f"node {k}: training its part of run {run.name} (node 0 reports the run: sft-tui logs "
+                      f"{run.name} --follow there); this node's output: {log}", markup=False)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        err_console.print(f"node {k} keeps training in the background; stop the whole run with "
+                          f"`sft-tui stop {run.name}`", markup=False)
+        return 130
+    state = next((e.get("state") for e in reversed(run.events()) if e.get("type") == "status"), None)
+    err_console.print(f"node {k}: its processes ended " + ("cleanly" if code == 0 else f"with code {code}")
+                      + (f"; the run is {state}" if state else ""), markup=False)
+    return 0 if code == 0 else 1
 
 
 def cmd_train_launch_plan(args: argparse.Namespace) -> int:
@@ -503,7 +521,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
             print(json.dumps(ev), flush=True)
     else:
         def show(ev: dict[str, Any]) -> None:
-            if args.all or ev.get("type") not in ("memory", "progress"):
+            if args.all or ev.get("type") not in ("memory", "progress", "ranks", "energy"):
                 print(format_event(ev), flush=True)
     if not args.follow:
         for ev in run.events():
@@ -622,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
     p.add_argument("--json", action="store_true", help="raw JSON lines")
-    p.add_argument("--all", action="store_true", help="include memory and progress events")
+    p.add_argument("--all", action="store_true", help="include memory, progress, per-rank and energy events")
     p.add_argument("--no-notify", action="store_true",
                    help="with --follow: no desktop notification or bell when the run ends, fails or stalls")
 

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
     stages = StageProgress(writer)
     stages(STAGE_WORKER, 0.0)
-    _register_hooks()
+    if not args.node_rank:  # node 0 reports the run; another node's events are only its own part
+        _register_hooks()
 
     # Commands are read from here on, before anything slow: a stop sent while the model loads counts.
     from sft_tui.core.train.control import ControlWatcher, StopHandle
@@ -131,6 +132,8 @@ def _rank_main(run: RunDir, args) -> int:
 
     rank = Rank.from_env()
     writer = rank_writer(run, rank)
+    if rank.main:  # rank 0 writes the run's done, stopped, stall and out-of-memory events
+        _register_hooks()
     stages = StageProgress(writer)
     seq = args.control_seq if args.control_seq is not None else run.control_seq()
     watcher = ControlWatcher(run, writer, StopHandle(), seq_done=seq)

@@ -34,5 +34,27 @@ def test_gpu_check_dry_run(tmp_path, demo_model_dir):
     tp = result["sections"]["throughput"]
     assert tp["ours_vs_trl"][0]["ratio"] > 0 and len(tp["fast_paths"]) >= 8
     assert all("tokens_per_s" in f for f in tp["fast_paths"]), tp["fast_paths"]
+    # The sections for the shared-GPU features: ok, or skipped with the reason (never silently absent).
+    for name in ("shared", "queue", "multi_gpu"):
+        status = result["sections"][name]["status"]
+        assert status == "ok" or (status.startswith("skipped: ") and len(status) > 12), (name, status)
+        assert name in result["timings"], name
+    shared = result["sections"]["shared"]
+    if shared["status"] == "ok":  # the fake GPU lists the real worker and helper: `sft-tui gpus --json` names them
+        assert all(shared["checks"].values()), shared["checks"]
+        assert shared["worker"]["run_name"] and shared["worker"]["ours"]
+        assert "--_hold-gpu" in shared["helper"]["command"] and shared["helper"]["used_bytes"] == 4 << 30
+        assert shared["gpu"]["throttled_by"] == ["power cap"] and shared["available"]["energy_counter"]
+    queue = result["sections"]["queue"]
+    if queue["status"] == "ok":  # waited on the fake GPU, named the holder, started once it left, finished
+        assert all(queue["checks"].values()), queue["checks"]
+        assert queue["reason"].startswith("waiting for 30 GiB on GPU 0;") and "--_hold-gpu" in queue["reason"]
+        assert queue["waited_s"] >= 0 and queue["start_latency_s"] is not None and queue["run"]["final"] == "done"
+    multi = result["sections"]["multi_gpu"]
+    if multi["status"] == "ok":  # the 2-process gloo DDP run: one ranks row per process
+        ddp = multi["runs"]["ddp-lora-gloo"]
+        assert ddp["ok"] and ddp["world_size"] == 2 and ddp["backend"] == "gloo"
+        assert sorted(ddp["ranks"]) == ["0", "1"] and all(r["tokens_per_s"] > 0 for r in ddp["ranks"].values())
     md = (out / "RESULTS.md").read_text()
     assert "GPU check (dry run on CPU)" in md and "| method | length |" in md
+    assert "- shared GPU" in md and "- queue" in md and "multi-GPU" in md

@@ -400,3 +400,11 @@ def test_gauges_without_a_gpu_are_unchanged_by_holders():
     before = [line.plain for line in gpu_lines(snap, [], 30, 1024**3, True)]
     after = [line.plain for line in gpu_lines(snap, [], 30, 1024**3, True, holders=None)]
     assert before == after and before[0] == "GPU no NVIDIA GPU found"
+
+
+def test_a_hostile_command_line_reaches_no_terminal_as_an_escape():
+    from sft_tui.core.system.holders import short_command
+
+    shown = short_command(["python", "x\x1b]52;c;aGFjaw==\x07", "--name\x9b31m"])
+    assert "\x1b" not in shown and "\x07" not in shown and "\x9b" not in shown
+    assert shown.startswith("python x ]52;c;aGFjaw==")

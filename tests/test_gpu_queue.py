@@ -178,3 +178,83 @@ def test_placements_that_cannot_work_are_config_errors():
     if importlib.util.find_spec("deepspeed") is None:
         with pytest.raises(ConfigError, match="pip install deepspeed"):
             parse_config({"training": {"strategy": "deepspeed"}})
+
+
+def test_sharded_checkpoints_count_as_complete(tmp_path):
+    """FSDP keeps its optimizer in optimizer.bin, DeepSpeed in global_stepN/ (with `latest`); a
+    checkpoint of either must not be set aside as incomplete."""
+    import json
+
+    from sft_tui.core.run.rundir import checkpoint_problem
+
+    def make(name, files, folders=()):
+        path = tmp_path / name
+        path.mkdir()
+        for f in files:
+            (path / f).write_text("x")
+        for d in folders:
+            (path / d).mkdir()
+            (path / d / "mp_rank_00_model_states.pt").write_text("x")
+        (path / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+        return path
+
+    common = ["rng_state_0.pth", "rng_state_1.pth", "adapter_model.safetensors"]
+    assert checkpoint_problem(make("ddp", [*common, "optimizer.pt", "scheduler.pt"])) is None
+    assert checkpoint_problem(make("fsdp", [*common, "optimizer.bin", "scheduler.pt"])) is None
+    assert checkpoint_problem(make("zero", [*common, "latest"], ["global_step4"])) is None
+    assert checkpoint_problem(make("fsdp-full", ["rng_state_0.pth", "pytorch_model_fsdp.bin", "optimizer.bin",
+                                                 "scheduler.pt"])) is None
+    assert checkpoint_problem(make("torn", [*common, "scheduler.pt"])) == "missing optimizer.pt"
+
+
+def test_claims_last_until_the_first_step_and_a_resumed_run_queues_at_the_back(tmp_path):
+    from sft_tui.core.run.rundir import RunDir, write_pid
+
+    def make(name):
+        cfg = config()
+        cfg.output.run_name = name
+        run = RunDir.create(cfg, runs_dir=tmp_path)
+        write_pid(run)
+        return run
+
+    old = make("old")  # queued long ago, ran, was resumed: it waits again from now on
+    old.writer().status("queued", reason="r")
+    old.writer().status("starting", gpus=[0], claim_bytes=GIB)
+    old.writer().status("stopped")
+    time.sleep(0.01)
+    me = make("me")
+    me.writer().status("queued", reason="r")
+    time.sleep(0.01)
+    old.writer().status("queued", reason="r")
+    assert [run.name for _, run, _ in ahead_and_claims(me)[0]] == []  # old is behind me now
+    busy = make("busy")
+    busy.writer().status("starting", gpus=[1], claim_bytes=9 * GIB)
+    busy.writer().status("training")
+    assert ahead_and_claims(me)[1] == {1: 9 * GIB}  # training, but no step yet: still claimed
+    busy.writer().write("train", step=1, loss=1.0)
+    assert ahead_and_claims(me)[1] == {}  # its memory now shows in NVML
+
+
+def test_place_chooses_among_the_gpus_the_user_left_visible(tmp_path, monkeypatch):
+    import threading
+
+    from sft_tui.core.run.rundir import RunDir
+    from sft_tui.core.train.supervise import place
+
+    class Sampler:
+        def sample(self):
+            return snap(70, 10, 40, 60)
+
+    class Watcher:
+        start_now = threading.Event()
+
+    run = RunDir.create(config(), runs_dir=tmp_path)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,2")  # GPU 0 has the most free memory, but is not ours
+    placed = place(run, config(), run.writer(), Watcher(), sampler=Sampler())
+    assert placed.gpus == [2] and placed.world.world_size == 1
+    import os
+
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "2" and os.environ["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,2")
+    named = place(run, config(devices=[0, 3]), run.writer(), Watcher(), sampler=Sampler())
+    assert named.gpus == [0, 3] and named.world.world_size == 2  # indices named in the config win

@@ -701,3 +701,14 @@ def test_export_takes_a_run_name_as_well_as_a_file(tmp_path, capsys, monkeypatch
     assert "base_model:" in capsys.readouterr().out
     assert main(["--runs-dir", str(tmp_path), "config", "export", "no-such-run", "--to", "axolotl"]) == 2
     assert "no config file or run named 'no-such-run'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source", ["axolotl", "llamafactory"])
+def test_keys_that_are_not_names_are_listed_not_a_traceback(tmp_path, source):
+    """YAML reads `123:` and `true:` as a number and a bool; they are listed as not carried over."""
+    path = tmp_path / "odd.yaml"
+    path.write_text("base_model: m\nmodel_name_or_path: m\n123: x\ntrue: y\nfsdp_version: 2\n"
+                    "fsdp_config:\n  5: z\n  reshard_after_forward: true\n")
+    result = import_config(path, source)
+    keys = {u.key for u in result.unmapped}
+    assert {"123", "True"} <= keys

@@ -164,12 +164,13 @@ def test_two_nodes_on_one_machine_share_one_run_folder(home):
     assert plan.returncode == 0, plan.stderr
     commands = [line for line in plan.stdout.splitlines() if line.startswith("sft-tui train")]
     assert [c.split()[-1] for c in commands] == ["0", "1"] and all("--name nodes" in c for c in commands)
-    node1 = subprocess.Popen([sys.executable, "-m", "sft_tui", *commands[1].split()[1:], "--detach"], env=env,
+    node1 = subprocess.Popen([sys.executable, "-m", "sft_tui", *commands[1].split()[1:]], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     node0 = cli(*commands[0].split()[1:], env=env)  # in the foreground, as a person would
     out, err = node1.communicate(timeout=120)
     run = RunDir(home / "runs" / "nodes")
     assert node0.returncode == 0 and node1.returncode == 0, node0.stderr + err + run.log_path.read_text()[-2000:]
+    assert "node 1: its processes ended cleanly; the run is done" in err  # judged by its own part, not node 0's pid
     wait_for(lambda: run.status().state == "done", timeout=120, what="the two-node run to finish")
     ranks = [e for e in run.events() if e["type"] == "ranks"][-1]
     assert ranks["world_size"] == 2 and [r["rank"] for r in ranks["ranks"]] == [0, 1]

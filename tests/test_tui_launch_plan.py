@@ -97,3 +97,31 @@ async def test_the_model_screen_says_who_holds_each_gpu(setup_env):
 
         me = psutil.Process().username()
         assert f"71 GiB {me} " in shown  # the holder's user and its command
+
+
+async def test_the_save_button_saves_and_opens_no_launch_plan(setup_env, tmp_path):
+    """A decorator once moved onto the launch plan's action: Save YAML opened the plan instead."""
+    from sft_tui.widgets.filepicker import FilePicker
+
+    config = Config.model_validate({"model": "demo", "data": "sample:reviews_alpaca.jsonl"})
+    app = SftApp(session=Session(config=config), start="training")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        app.screen.query_one("#save").press()
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, FilePicker)  # where to save it
+
+
+def test_memory_view_of_a_multi_node_config_with_auto_devices():
+    """nodes: 2 with devices: auto once passed "auto" on as a GPU count (a ValueError in the panel)."""
+    from sft_tui.core.models.demo import demo_model_dir
+    from sft_tui.core.models.describe import describe_model
+    from sft_tui.core.setup.presenters import memory_view
+    from sft_tui.core.system.gpus import GpuSnapshot, GpuStats
+
+    gib = 1 << 30
+    gpus = GpuSnapshot(True, "", [GpuStats(index=0, name="NVIDIA H100", mem_used=0, mem_total=80 * gib,
+                                           util_percent=0.0, temperature_c=30.0, power_w=60.0)])
+    config = Config.model_validate({"training": {"nodes": 2, "master_addr": "10.0.0.1"}})
+    view = memory_view(config, describe_model(demo_model_dir()), gpus)
+    assert "per GPU" in view.headline and "2 processes (ddp)" in view.lines[0]

@@ -321,7 +321,9 @@ def worker_hook(settings: Any, timeout: float = HOOK_TIMEOUT_S) -> Callable[[dic
         return None
     hook = CommandHook(command, timeout=timeout)
     notifiers: dict[Path, RunNotifier] = {}
-    lock = threading.Lock()
+    # Reentrant: the worker's signal handler writes an event, and so runs this, on top of whatever
+    # the main thread was doing — possibly this very function (a plain lock deadlocked there).
+    lock = threading.RLock()
 
     def observe(event: dict[str, Any], path: Path) -> None:
         with lock:

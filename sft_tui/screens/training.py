@@ -648,7 +648,6 @@ Each field says in one line what it does.
         folder = self.session.config_path.parent if self.session.config_path else Path(".")
         self.app.push_screen(PeerExportScreen(self.session.config.model_copy(deep=True), folder=folder))
 
-    @on(Button.Pressed, "#save")
     def action_launch_plan(self) -> None:
         """How this config starts: one process, torchrun on this machine, or the command for each node."""
         if self.result is None or not self.result.valid:
@@ -669,6 +668,7 @@ Each field says in one line what it does.
 
         self.app.push_screen(ReportScreen("Launch plan", body))
 
+    @on(Button.Pressed, "#save")
     def _save_pressed(self) -> None:
         self.action_save()
 

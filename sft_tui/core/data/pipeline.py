@@ -365,12 +365,15 @@ def _tokenized_inner(path: Any, tokenizer: Any, data: DataConfig, progress: Prog
         del out
         for f in work.glob("map*.arrow"):
             f.unlink(missing_ok=True)
-        if target.exists():
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.replace(work, target)
-        except OSError:  # another process finished the same key first: theirs is as good
-            pass
+        # Another process that finished the same key first keeps its copy (the same rows): deleting it
+        # pulled the files from under that process while it loaded them. Only a partial one is replaced.
+        if not (target / "meta.json").exists():
+            if target.exists():
+                shutil.rmtree(target, ignore_errors=True)
+            try:
+                os.replace(work, target)
+            except OSError:  # another process moved its copy in just now: theirs is as good
+                pass
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if progress:

@@ -140,6 +140,7 @@ class Builder:
         for key, value in self.raw.items():
             if key in self.used or key in ignore or value is None:
                 continue
+            key = str(key)  # YAML reads `123:` or `true:` as a number or a bool
             self.skip(key, value, REASONS.get(key.rsplit(".", 1)[-1], NO_EQUIVALENT))
         config = self._config()
         for _ in range(10):  # each pass moves the fields the cross-field rules reject to unmapped

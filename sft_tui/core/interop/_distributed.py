@@ -168,7 +168,7 @@ def axolotl_trackers(b: Builder) -> None:
             turn_on(name, "report_to")
     for key in list(raw):
         value = raw[key]
-        if value is None or key in b.used:
+        if value is None or key in b.used or not isinstance(key, str):  # `123:` is no tracker setting
             continue
         if key in ("wandb_name", "mlflow_run_name", "trackio_run_name"):
             b.skip(key, value, RUN_NAME)
@@ -193,7 +193,7 @@ def other_trackers(b: Builder) -> None:
     """Comet (Axolotl's ``use_comet``, ``comet_*``) and SwanLab (``use_swanlab``, ``swanlab_*`` in Axolotl's
     plugin and LLaMA-Factory's finetuning arguments): switched off they say nothing; otherwise no equivalent."""
     for key, value in b.raw.items():
-        if value is None or key in b.used:
+        if value is None or key in b.used or not isinstance(key, str):
             continue
         if key in ("use_comet", "use_swanlab") and value is False:
             b.used.add(key)
@@ -316,6 +316,9 @@ def _same(value: Any, ours: Any) -> bool:
 def _fsdp_settings(b: Builder, settings: dict, prefix: str, version: Any) -> None:
     """Check each FSDP setting against the FSDP2 sft-tui runs; what differs is reported by name."""
     for raw_name, value in settings.items():
+        if not isinstance(raw_name, str):
+            b.skip(f"{prefix}.{raw_name}", value, "not a setting name")
+            continue
         name = raw_name.removeprefix("fsdp_")
         key = f"{prefix}.{raw_name}"
         if value is None:

@@ -302,6 +302,14 @@ def format_event(ev: dict[str, Any]) -> str:
         return f"{when} data   {ev.get('train_rows', '?')} training rows, {ev.get('eval_rows', 0)} validation rows"
     if kind == "stall":
         return f"{when} ⚠ stall: {describe_stall(ev)} — thread stacks in events.jsonl"
+    if kind == "ranks" and isinstance(ev.get("ranks"), list):
+        rows = [r for r in ev["ranks"] if isinstance(r, dict)]
+        each = "  ".join(f"r{r.get('rank')} {r.get('tokens_per_s') or 0:,.0f} tok/s" for r in rows)
+        slow = ev.get("stragglers") if isinstance(ev.get("stragglers"), list) else []
+        return (f"{when} ranks  step {ev.get('step')}  {ev.get('world_size')} processes  "
+                f"{ev.get('tokens_per_s') or 0:,.0f} tok/s: {each}" + (f"  slowest: rank {slow[0]}" if slow else ""))
+    if kind == "energy" and isinstance(ev.get("kwh"), (int, float)):
+        return f"{when} energy {ev['kwh']:.3f} kWh so far (GPU {', '.join(map(str, ev.get('gpus') or []))})"
     rest = {k: v for k, v in ev.items() if k not in ("time", "type")}
     return f"{when} {kind:<6} {json.dumps(rest, default=str)[:200]}"
 

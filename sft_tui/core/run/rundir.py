@@ -386,6 +386,8 @@ def fold_event(st: RunStatus, ev: dict[str, Any]) -> None:
         st.step = max(st.step, ev.get("step") or 0)  # a stop between logging steps still counts
     elif kind == "error":
         st.error = {k: ev.get(k) for k in ("kind", "message", "hint")}
+    elif kind == "log" and ev.get("stall_ended") is True:  # a save or evaluation that stalled has ended
+        st.extra.pop("stall", None)
     elif kind == "stall":  # the watchdog's summary (its thread stacks stay in events.jsonl)
         st.extra["stall"] = {k: ev.get(k) for k in ("time", "phase", "silent_s", "median_step_s", "step")}
     elif kind == "energy":  # cumulative over the run: the latest one is the total so far
@@ -550,14 +552,22 @@ def checkpoint_problem(path: Path) -> str | None:
     """
     try:
         names = {p.name: p.stat().st_size for p in path.iterdir() if p.is_file()}
+        folders = {p.name for p in path.iterdir() if p.is_dir()}
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"
-    missing = [f for f in CHECKPOINT_FILES if not names.get(f)]
+    # Sharded runs keep their optimizer elsewhere: FSDP (through accelerate) as optimizer.bin,
+    # DeepSpeed in a global_stepN folder (with its scheduler) named by the `latest` file.
+    deepspeed = bool(names.get("latest")) and any(f.startswith("global_step") for f in folders)
+    missing = [f for f in CHECKPOINT_FILES if not names.get(f)
+               and not (f == "optimizer.pt" and (names.get("optimizer.bin") or deepspeed))
+               and not (f == "scheduler.pt" and deepspeed)]
     if not any(n.startswith("rng_state") and size for n, size in names.items()):
         missing.append("rng_state.pth")
     weights = ["adapter_model.safetensors"] if names.get("adapter_model.safetensors") else []
     if not weights and names.get("model.safetensors"):
         weights = ["model.safetensors"]
+    if not weights and (names.get("pytorch_model_fsdp.bin") or "pytorch_model_fsdp_0" in folders):
+        weights = ["pytorch_model_fsdp"]  # FSDP's own save of the (full or sharded) weights
     if not weights and names.get("model.safetensors.index.json"):
         try:
             index = json.loads((path / "model.safetensors.index.json").read_text())

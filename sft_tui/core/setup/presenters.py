@@ -76,16 +76,20 @@ class MemoryView:
     brief: list[str] = field(default_factory=list)  # the few of them a narrow side panel shows
 
 
-def _world_size(config: Config, gpus: Any) -> int:
-    """Processes this config would run on this machine (1 when it cannot tell: the form shows that problem)."""
+def _world(config: Config, gpus: Any) -> tuple[int, Any]:
+    """(processes of the whole run, the GPUs of this machine it uses: indices or a count) — (1, None)
+    when it cannot tell (the form shows that problem)."""
     from sft_tui.core.errors import UserError
     from sft_tui.core.models.memory import gpu_count
     from sft_tui.core.train.launcher import resolve_world
 
     try:
-        return resolve_world(config, gpu_count(gpus)).world_size
+        world = resolve_world(config, gpu_count(gpus))
     except UserError:
-        return 1
+        return 1, None
+    devices = config.training.devices
+    here = devices if isinstance(devices, list) else (world.nproc_per_node if world.world_size > 1 else None)
+    return world.world_size, here
 
 
 def memory_view(config: Config, info: Any, gpus: Any) -> MemoryView:
@@ -93,14 +97,13 @@ def memory_view(config: Config, info: Any, gpus: Any) -> MemoryView:
     from sft_tui.core.errors import UserError
     from sft_tui.core.models.memory import estimate_for_config, suggest, verdict
 
-    world_size = _world_size(config, gpus)
+    world_size, here = _world(config, gpus)
     try:
         est = estimate_for_config(config, info, world_size=world_size)
     except UserError as exc:
         return MemoryView("unknown", str(exc.message if hasattr(exc, "message") else exc),
                           [exc.hint] if getattr(exc, "hint", "") else [])
-    v = verdict(est, gpus, devices=config.training.devices if world_size > 1 or
-                isinstance(config.training.devices, list) else None)
+    v = verdict(est, gpus, devices=here)
     m = config.method
     method = m.type if m.type != "qlora" else f"qlora {m.bits}-bit"
     setup = (f"{method}, batch {config.training.batch_size} × {config.data.max_length} tokens"

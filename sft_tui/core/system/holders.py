@@ -11,6 +11,7 @@ from here", never as an error. ``gpus.py`` stays the NVML reader; this is the at
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ class Holder:
         return data
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def short_command(cmdline: list[str], limit: int = COMMAND_MAX) -> str:
     """A command line people recognise at a glance: folders dropped from the program and from path
     arguments ("/usr/bin/python3 /home/a/train.py" → "python3 train.py"), cut with "…" past ``limit``."""
@@ -59,7 +63,9 @@ def short_command(cmdline: list[str], limit: int = COMMAND_MAX) -> str:
         if (i == 0 or arg.startswith("/")) and "/" in arg.rstrip("/"):
             arg = os.path.basename(arg.rstrip("/"))
         parts.append(arg)
-    text = " ".join(part for part in parts if part)
+    # Another user's process names its own command line: control characters in it (an escape
+    # sequence that would rewrite your terminal or clipboard) are shown as spaces, never sent.
+    text = " ".join(_CONTROL.sub(" ", part) for part in parts if part)
     return text if len(text) <= limit else text[: max(limit - 1, 1)] + "…"
 
 

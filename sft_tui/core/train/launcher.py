@@ -51,6 +51,7 @@ supervisor's pid is the run's). GPU indices are physical (nvidia-smi / NVML orde
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 import sys
@@ -221,10 +222,23 @@ def launch_command(world: World, run_dir: str | Path, worker_args: Sequence[str]
                  "--master-port", str(world.master_port)]
     else:
         argv += ["--standalone"]  # a free port of its own: two runs on one machine never clash
-    argv += ["--max-restarts", "0", "--shutdown-timeout", str(SHUTDOWN_TIMEOUT_S),
-             "--log-dir", str(run_dir / RANKS_DIR), "--redirects", "3", "--tee", "0:3",
+    argv += ["--max-restarts", "0"]
+    if torchrun_knows("--shutdown-timeout"):  # torch 2.12+; older torchrun waits its own 30 s
+        argv += ["--shutdown-timeout", str(SHUTDOWN_TIMEOUT_S)]
+    argv += ["--log-dir", str(run_dir / RANKS_DIR), "--redirects", "3", "--tee", "0:3",
              "-m", WORKER_MODULE, str(run_dir), RANK_CHILD_FLAG, *worker_args]
     return argv
+
+
+@functools.lru_cache(maxsize=None)
+def torchrun_knows(flag: str) -> bool:
+    """Whether this torch's torchrun accepts ``flag`` (torch >= 2.4 is allowed; flags were added since)."""
+    try:
+        from torch.distributed.run import get_args_parser
+
+        return flag in get_args_parser()._option_string_actions
+    except Exception:  # noqa: BLE001 - no torch or another parser: leave the flag out
+        return False
 
 
 def env_settings(world: World, base_env: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -29,8 +29,9 @@ from sft_tui.core.run.rundir import RunDir, list_runs
 GIB = 1 << 30
 POLL_ENV = "SFT_TUI_QUEUE_POLL_S"  # tests poll faster
 DEFAULT_POLL_S = 5.0
-# Status states of a run that has claimed GPUs but whose memory NVML may not show yet.
-CLAIMING_STATES = ("starting", "loading", "tokenizing")
+# Status states of a run that has claimed GPUs but whose memory NVML may not show yet (a training run
+# only until its first step is logged).
+CLAIMING_STATES = ("starting", "loading", "tokenizing", "training")
 # Without an estimate, a GPU counts as free when this share of its memory is free.
 FREE_SHARE_WITHOUT_ESTIMATE = 0.9
 
@@ -158,10 +159,18 @@ def queue_lock(runs_dir: Path) -> Iterator[None]:
 
 
 def _queued_at(run: RunDir) -> float | None:
+    """When the run's current wait began: the first ``queued`` of its latest run of them (a resumed
+    run queues again at the back, not at the place it had the first time)."""
+    began: float | None = None
+    previous = None
     for ev in run.events():
-        if ev.get("type") == "status" and ev.get("state") == "queued":
-            return ev.get("time")
-    return None
+        if ev.get("type") != "status":
+            continue
+        state = ev.get("state")
+        if state == "queued" and previous != "queued":
+            began = ev.get("time")
+        previous = state
+    return began
 
 
 def ahead_and_claims(me: RunDir) -> tuple[list[tuple[float, RunDir, dict[str, Any]]], dict[int, int]]:
@@ -183,7 +192,12 @@ def ahead_and_claims(me: RunDir) -> tuple[list[tuple[float, RunDir, dict[str, An
             if at is not None and at < mine:
                 ahead.append((at, run, last_status))
         elif st.state in CLAIMING_STATES:
-            claim = next((e for e in reversed(events) if e.get("type") == "status" and e.get("gpus")), None)
+            at = next((i for i in range(len(events) - 1, -1, -1) if events[i].get("type") == "status"
+                       and events[i].get("gpus")), None)
+            claim = events[at] if at is not None else None
+            # Held until its first step: only then do the optimizer states and activations exist.
+            if claim is not None and any(e.get("type") == "train" for e in events[at:]):
+                claim = None
             if claim and isinstance(claim.get("gpus"), list):
                 for index in claim["gpus"]:
                     if isinstance(index, int):
@@ -214,10 +228,9 @@ def wait_for_gpus(run: RunDir, config: Config, writer: Any, sampler: Any, need: 
             ahead, claims = ahead_and_claims(run)
             for _, other, _ in ahead:  # earlier runs take their GPUs first
                 try:
-                    other_config = other.load_config()
-                except Exception:  # noqa: BLE001 - an unreadable neighbour does not block the queue
+                    their = choose(other.load_config(), snapshot, _claim_of(other), claims)
+                except Exception:  # noqa: BLE001 - a neighbour that cannot be placed does not block this run
                     continue
-                their = choose(other_config, snapshot, _claim_of(other), claims)
                 for index in their.gpus if their.ready else []:
                     claims[index] = claims.get(index, 0) + (_claim_of(other) or 0)
             holders = holders_of(snapshot) if holders_of is not None else None
@@ -228,7 +241,11 @@ def wait_for_gpus(run: RunDir, config: Config, writer: Any, sampler: Any, need: 
                     choice = Choice(choice.gpus or sorted(g.index for g in sorted(
                         snapshot.gpus, key=lambda g: -(g.mem_free or 0))[:wanted_count(config)]))
                     writer.write("log", level="warning", msg="started now by request, ahead of the queue")
-                writer.status("starting", gpus=choice.gpus, claim_bytes=need or 0)
+                # Without an estimate the claim is the whole GPU: a zero claim let the next run in.
+                by_index = {g.index: g for g in snapshot.gpus}
+                claim = need if need is not None else max((by_index[i].mem_total or 0 for i in choice.gpus
+                                                           if i in by_index), default=0)
+                writer.status("starting", gpus=choice.gpus, claim_bytes=claim)
                 return choice
             reason = choice.reason
             if ahead:

@@ -153,9 +153,14 @@ def heartbeat_path(run_path: Path, rank: int) -> Path:
     return Path(run_path) / "ranks" / f"alive-{rank}.json"
 
 
+HEARTBEAT_S = 2.0
+
+
 def beat(run_path: Path, rank: Rank, step: int) -> None:
-    """Each rank notes the step it finished and when: after a hang, the rank whose note is oldest is
-    the one that stopped (the others only timed out waiting for it)."""
+    """A rank's sign of life: its last finished step, and now. A thread writes it every few seconds
+    while the rank trains, so a rank frozen as a whole (stopped, swapped out, stuck in the kernel)
+    falls behind the others, which stay fresh while they wait for it in a collective: after the
+    collective timeout, the oldest note names the rank that stopped, not the one that gave up."""
     import json
 
     from sft_tui.core.run.rundir import write_atomic
@@ -234,6 +239,22 @@ def make_callback(rank: Rank, writer: EventWriter, device: str, stop: Any, run_p
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             self._hook(model)
             self._window_start = time.monotonic()
+            self._step = state.global_step
+            if run_path is not None:
+                import threading
+
+                self._alive = threading.Event()
+
+                def pulse() -> None:
+                    while not self._alive.wait(HEARTBEAT_S):
+                        beat(run_path, rank, self._step)
+
+                beat(run_path, rank, self._step)
+                threading.Thread(target=pulse, name="rank-heartbeat", daemon=True).start()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if getattr(self, "_alive", None) is not None:
+                self._alive.set()
 
         def on_step_begin(self, args, state, control, **kwargs):
             if self._step_end is not None:
@@ -241,8 +262,7 @@ def make_callback(rank: Rank, writer: EventWriter, device: str, stop: Any, run_p
 
         def on_step_end(self, args, state, control, **kwargs):
             self.steps += 1
-            if run_path is not None:
-                beat(run_path, rank, state.global_step)
+            self._step = state.global_step
             # A user's stop (not the end of training, which every rank reaches at the same step anyway).
             stop_now, save = agree(self.stop.requested, bool(control.should_save))
             if stop_now:

@@ -405,15 +405,18 @@ def run_training(run: RunDir, resume: bool = False, watcher: "ControlWatcher | N
                          f"{len(data.train)} now")
     from sft_tui.core.train.energy import EnergyCallback
 
-    callbacks = [callback, EnergyCallback(writer, device.kind, run)]  # GPU energy as `energy` events; none on CPU
-    from sft_tui.core.train.trackers import config_callbacks
-    from sft_tui.core.train.watchdog import WatchdogCallback
-
-    callbacks += [WatchdogCallback(writer, config.training, device.kind), *config_callbacks(config, writer)]
+    callbacks = [callback]
     if many:
         from sft_tui.core.train.ranks import make_callback
 
-        callbacks.append(make_callback(rank, writer, device.kind, watcher.stop, run.path))  # after EventCallback: the ranks agree on its stop
+        # Right after EventCallback, whose stop/save it makes every rank's, and before the watchdog,
+        # which must see an agreed save to give it a save's allowance.
+        callbacks.append(make_callback(rank, writer, device.kind, watcher.stop, run.path))
+    from sft_tui.core.train.trackers import config_callbacks
+    from sft_tui.core.train.watchdog import WatchdogCallback
+
+    callbacks += [EnergyCallback(writer, device.kind, run),  # GPU energy as `energy` events; none on CPU
+                  WatchdogCallback(writer, config.training, device.kind), *config_callbacks(config, writer)]
     if config.training.early_stopping_patience and has_eval:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.training.early_stopping_patience))
     trainer = build_trainer(config, model, tokenizer, data, args, fast, callbacks)

@@ -59,30 +59,69 @@ def place(run: RunDir, config: Config, writer: Any, watcher: Any, sampler: Any =
 
     sampler = sampler or default_sampler()
     snapshot = sampler.sample()
-    gpu_count = len(snapshot.gpus) if snapshot.available else 0
     t = config.training
     user_set = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if user_set is not None and snapshot.available and not isinstance(t.devices, list):
+        # The GPUs the user left visible are the ones to choose from (and to wait for).
+        from sft_tui.core.system.energy import visible_gpu_indices
+
+        allowed = visible_gpu_indices(user_set, snapshot)
+        if allowed is not None:
+            sampler = _Only(sampler, allowed)
+            snapshot = sampler.sample()
+    gpu_count = len(snapshot.gpus) if snapshot.available else 0
+    if not gpu_count:
+        gpu_count = _cuda_count_without_nvml(config, snapshot, writer)
     chosen: list[int] = []
-    if gpu_count and t.wait_for_gpu:
+    if snapshot.available and gpu_count and t.wait_for_gpu:
         need = need_per_gpu(config, _model_folder_for_estimate(config))
         choice = wait_for_gpus(run, config, writer, sampler, need, start_now=watcher.start_now.is_set,
                                holders_of=_holders_of(run))
         chosen = choice.gpus
-    elif gpu_count and not (user_set and t.devices == "auto"):
+    elif snapshot.available and gpu_count:
         choice = choose(config, snapshot, 0)
         chosen = choice.gpus
     if chosen:
         os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, chosen))
-        by_index = {g.index: g for g in sampler.sample().gpus} if gpu_count else {}
+        by_index = {g.index: g for g in sampler.sample().gpus}
         described = ", ".join(f"{i} ({human_bytes(by_index[i].mem_free)} free)" if i in by_index and
                               by_index[i].mem_free is not None else str(i) for i in chosen)
         writer.write("log", level="info", msg=f"GPU {described}" + (
             "" if isinstance(t.devices, list) else ": the most free memory"), gpus=chosen)
-    elif user_set and gpu_count:
-        writer.write("log", level="info", msg=f"using CUDA_VISIBLE_DEVICES={user_set} as set")
     world = resolve_world(config, gpu_count, chosen or None)
     return Placement(world, chosen)
+
+
+class _Only:
+    """A sampler that sees only some GPUs (those ``CUDA_VISIBLE_DEVICES`` left to this run)."""
+
+    def __init__(self, sampler: Any, allowed: list[int]) -> None:
+        self.sampler, self.allowed = sampler, set(allowed)
+
+    def sample(self) -> Any:
+        from sft_tui.core.system.gpus import GpuSnapshot
+
+        snap = self.sampler.sample()
+        return GpuSnapshot(snap.available, snap.reason, [g for g in snap.gpus if g.index in self.allowed],
+                           snap.driver_version, snap.time)
+
+
+def _cuda_count_without_nvml(config: Config, snapshot: Any, writer: Any) -> int:
+    """GPUs that CUDA sees when NVML cannot (nvidia-ml-py missing, a container without the library):
+    a multi-process run must not quietly become CPU processes on a GPU machine."""
+    from sft_tui.core.train.queue import wanted_count
+
+    if wanted_count(config) <= 1 and config.training.nodes == 1:
+        return 0
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0
+    count = torch.cuda.device_count()
+    writer.write("log", level="warning", msg=f"NVML cannot see the GPUs ({snapshot.reason}); {count} GPU(s) counted "
+                 "through CUDA instead: no free-memory choice, no queue, no holders (pip install nvidia-ml-py)")
+    return count
 
 
 def _holders_of(run: RunDir):
@@ -151,8 +190,8 @@ def _read_from(path, offset: int) -> str:
         return ""
 
 
-def _rank_error(run: RunDir, rank: int | None) -> str | None:
-    """The error a rank above 0 recorded in its own events file (its explained message)."""
+def _rank_error(run: RunDir, rank: int | None) -> dict[str, Any] | None:
+    """The error a rank above 0 recorded in its own events file (kind, message, hint)."""
     if rank is None or rank == 0:
         return None
     path = run.path / "ranks" / f"rank-{rank}.jsonl"
@@ -168,7 +207,7 @@ def _rank_error(run: RunDir, rank: int | None) -> str | None:
         except ValueError:
             continue
         if isinstance(ev, dict) and ev.get("type") == "error" and isinstance(ev.get("message"), str):
-            return ev["message"]
+            return ev
     return None
 
 
@@ -216,8 +255,16 @@ class Supervisor:
         st = self.run.status()
         if rc == 0:
             return (None if st.state in FINAL_STATES else "done"), 0
-        if st.state == "stopped" and self.watcher.stop.requested:
-            return None, 130  # stopped before training: rank 0 said so
+        if self.watcher.stop.requested and st.state != "failed":
+            # Stopped before training: each rank ends itself when it reads the stop, and torchrun
+            # tears down the slower ones — rank 0 may not have written `stopped` by then.
+            if st.state != "stopped":
+                self.writer.status("stopped", reason="stopped before training started: nothing to resume from; "
+                                                     "start the run again when you are ready")
+            return None, 130
+        if st.state == "failed" and (st.error or {}).get("kind") not in (None, "internal"):
+            return None, 1  # rank 0 failed and said why (out of memory, NaN, …): its words stand
+        # Otherwise rank 0's error, if any, is a consequence ("connection closed by peer"): name the cause.
         failure = parse_failure(_read_from(self.log_path, start))
         self._report(failure, rc, world)
         return "failed", 1
@@ -248,12 +295,17 @@ class Supervisor:
         where = f" on {failure.host}" if failure.host else ""
         own = _rank_error(self.run, failure.rank)
         tail = rank_log_tail(self.run, failure.local_rank if failure.local_rank is not None else failure.rank)
-        message = f"rank {failure.rank}{where} {failure.detail}" + (f": {own}" if own else "")
+        message = f"rank {failure.rank}{where} {failure.detail}" + (f": {own['message']}" if own else "")
         if failure.exitcode is not None and failure.exitcode < 0:
             message += "; torchrun stopped the other ranks"
+        resume = f"`sft-tui train --resume {self.run.name}`" + (" (with --node-rank K on node K)" if world.multi_node else "")
         hint = ("a killed rank is most often the kernel's out-of-memory killer (check `dmesg`) or someone's kill; "
-                if failure.exitcode == -9 else "") + f"every rank's output is in {self.log_path}; resume with " \
-                                                    f"`sft-tui train --resume {self.run.name}`"
-        self.writer.write("error", kind="rank_failed", message=message, hint=hint, rank=failure.rank,
+                if failure.exitcode == -9 else "") + f"every rank's output is in {self.log_path}; resume with {resume}"
+        kind = "rank_failed"
+        if own and own.get("kind") not in (None, "internal"):
+            # The rank explained its failure (out of memory, NaN loss, a full disk): keep its kind and fix.
+            kind = str(own["kind"])
+            hint = f"{own.get('hint') or ''}; every rank's output is in {self.log_path}".lstrip("; ")
+        self.writer.write("error", kind=kind, message=message, hint=hint, rank=failure.rank,
                           host=failure.host, exitcode=failure.exitcode, last_lines=tail,
                           world_size=world.world_size)
