@@ -127,7 +127,8 @@ async def test_error_event_opens_panel_with_message_and_hint(tmp_path):
                                "message": "CUDA ran out of memory at step 6",
                                "hint": "lower training.batch_size or enable gradient checkpointing"},
                          {"time": synthetic.T0 + 99, "type": "status", "state": "failed"})
-        assert await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        # pushed, then composed: wait for its message, not only for the screen (a busy machine saw the gap)
+        assert await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen) and app.screen.query("#error-message"))
         dialog = app.screen
         assert "CUDA ran out of memory at step 6" in str(dialog.query_one("#error-message").render())
         assert "gradient checkpointing" in str(dialog.query_one("#error-hint").render())

@@ -176,8 +176,8 @@ async def test_tokenize_keeps_the_ui_responsive(setup_env, monkeypatch, tmp_path
     """Fails when the UI event loop is blocked while the sample data tokenizes.
 
     Tokenizing on the event loop would stop it for the whole tokenization; a shared, noisy machine
-    can stall it for a few hundred ms anyway. So the longest stall must stay under half a second or,
-    when tokenizing takes long (a busy machine), under half of the tokenizing time."""
+    can stall it for a few hundred ms anyway. So the longest stall must stay under 0.8 s or,
+    when tokenizing takes long (a busy machine), under 70% of the tokenizing time."""
     import sft_tui.core.data.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "tokenized_cache_dir", lambda: tmp_path / "tok-cache")  # really tokenize
@@ -204,7 +204,9 @@ async def test_tokenize_keeps_the_ui_responsive(setup_env, monkeypatch, tmp_path
         await pilot.pause(0.2)
         timer.stop()
         assert gaps, "the interval never ticked"
-        bound = max(0.5, took / 2)
+        # Drawing the finished report (on the loop, after tokenizing) took up to 654 ms in a full suite
+        # run; tokenizing on the loop would block for the whole `took` (≥ 1 s here), above this bound.
+        bound = max(0.8, took * 0.7)
         assert max(gaps) < bound, (f"UI blocked for {max(gaps) * 1000:.0f} ms while tokenizing "
                                    f"(tokenizing took {took:.1f} s)")
         report = app.session.data_report
