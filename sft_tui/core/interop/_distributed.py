@@ -542,6 +542,15 @@ def deepspeed_header(config: Config, path: str) -> str:
             "the folder training starts in):\n" + "".join(f"#   {line}\n" for line in text.splitlines()))
 
 
+def deepspeed_out(config: Config, out: dict[str, Any], path: str | None) -> str:
+    """Point a YAML export's ``deepspeed`` key at the ZeRO file (``path`` when the export writes it,
+    else the name it would have) and return the header lines that hold it when no file is written."""
+    if not uses(config, "deepspeed"):
+        return ""
+    out["deepspeed"] = path or deepspeed_name(config)
+    return "" if path else deepspeed_header(config, out["deepspeed"])
+
+
 def fsdp_settings(config: Config) -> dict[str, Any]:
     """sft-tui's FSDP2 settings (core/train/launcher.py) as transformers' fsdp_config."""
     from sft_tui.core.train.launcher import fsdp_config
@@ -555,6 +564,6 @@ def uses(config: Config, strategy: str) -> bool:
 
 
 __all__ = ["axolotl_fsdp", "axolotl_trackers", "axolotl_trackers_out", "deepspeed_header", "deepspeed_json",
-           "deepspeed_name", "fsdp_settings", "map_deepspeed", "map_hf_fsdp", "map_report_to",
+           "deepspeed_name", "deepspeed_out", "fsdp_settings", "map_deepspeed", "map_hf_fsdp", "map_report_to",
            "map_trackio_project", "other_trackers", "report_to_out", "runtime_lost", "tracker_lost",
            "train_command", "uses"]

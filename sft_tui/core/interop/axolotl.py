@@ -27,7 +27,7 @@ from sft_tui.core.config import Config
 
 from ._common import (format_for_export, NO_EQUIVALENT, Builder, ImportResult, Skip, as_bool, data_paths, export_path, header,
                       is_local_path, loader_for, one_of, sample_name, warmup_from_steps)
-from ._distributed import (axolotl_fsdp, axolotl_trackers, axolotl_trackers_out, deepspeed_header, deepspeed_json,
+from ._distributed import (axolotl_fsdp, axolotl_trackers, axolotl_trackers_out, deepspeed_json, deepspeed_out,
                            deepspeed_name, fsdp_settings, map_deepspeed, runtime_lost, tracker_lost, train_command,
                            uses)
 from .hf import OPTIMIZERS, SCHEDULERS
@@ -387,11 +387,8 @@ def export_axolotl(config: Config, deepspeed_path: str | None = None) -> str:
     out.update(axolotl_trackers_out(config))
     lost += tracker_lost(config, "Axolotl")
     command = train_command(config, "axolotl", lost)
-    ds_head = ""
-    if uses(config, "deepspeed"):
-        out["deepspeed"] = deepspeed_path or deepspeed_name(config)
-        ds_head = "" if deepspeed_path else deepspeed_header(config, out["deepspeed"])
-    elif fsdp:
+    ds_head = deepspeed_out(config, out, deepspeed_path)
+    if fsdp:
         settings = fsdp_settings(config)
         out["fsdp_version"] = settings.pop("version")
         out["fsdp_config"] = {"offload_params": False, **settings}

@@ -25,7 +25,7 @@ from sft_tui.core.config import Config
 
 from ._common import (detected_format, format_for_export, Builder, ImportResult, Skip, as_bool, data_paths, export_path, fail, header, is_local_path,
                       one_of, sample_name)
-from ._distributed import (deepspeed_header, deepspeed_json, deepspeed_name, map_deepspeed, map_hf_fsdp,
+from ._distributed import (deepspeed_json, deepspeed_name, deepspeed_out, map_deepspeed, map_hf_fsdp,
                            map_report_to, other_trackers, report_to_out, runtime_lost, tracker_lost, train_command,
                            uses)
 from .hf import map_training_args, training_args
@@ -366,11 +366,8 @@ def export_llamafactory(config: Config, dataset_dir: str = ".", deepspeed_path: 
     out["report_to"] = report_to_out(config)
     lost += tracker_lost(config, "LLaMA-Factory")
     command = train_command(config, "llamafactory", lost)
-    ds_head = ""
-    if uses(config, "deepspeed"):
-        out["deepspeed"] = deepspeed_path or deepspeed_name(config)
-        ds_head = "" if deepspeed_path else deepspeed_header(config, out["deepspeed"])
-    elif uses(config, "fsdp"):
+    ds_head = deepspeed_out(config, out, deepspeed_path)
+    if uses(config, "fsdp"):
         lost.append("training.strategy fsdp: not written, and the command above trains with DDP; LLaMA-Factory "
                     "takes FSDP from an accelerate config instead (accelerate launch --config_file CONFIG "
                     "src/train.py FILE from its checkout, as in its examples/accelerate/)")
