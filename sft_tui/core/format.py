@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +162,14 @@ def display_path(path: str | Path, home: str | Path | None = None) -> str:
     if home and home != "/" and (text == home or text.startswith(home + "/")):
         return "~" + text[len(home):]
     return text
+
+
+# C0 controls, DEL and C1 controls: any of them, printed, can start or end a terminal escape
+# (U+009C is ST to a terminal in UTF-8 mode).
+CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]+")
+
+
+def without_controls(text: Any, replacement: str = " ") -> str:
+    """``text`` safe to print on a terminal: every run of control characters becomes ``replacement``."""
+    return CONTROL_CHARS.sub(replacement, str(text))
+

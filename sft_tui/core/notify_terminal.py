@@ -25,18 +25,16 @@ arrives, so an unknown terminal is the common case, and it gets both sequences.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
+
+from sft_tui.core.format import without_controls
 
 ESC, BEL = "\x1b", "\x07"
 ST = ESC + "\\"
 
 MODES = ("auto", "on", "off")
 
-# C0 controls, DEL and C1 controls: any of them could end the sequence early or start a new one
-# (U+009C is ST to a terminal in UTF-8 mode), so none survives into a title or body.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]+")
 TITLE_CHARS, BODY_CHARS = 120, 300
 
 # Terminals whose TERM says they show raw bytes for unknown sequences (the Linux and BSD consoles,
@@ -46,7 +44,7 @@ UNSUPPORTED_TERMS = ("dumb", "linux", "cons25", "eterm", "emacs")
 
 def clean(text: Any, limit: int = BODY_CHARS, field: bool = False) -> str:
     """``text`` made safe inside an OSC: no control characters (and for OSC 777 fields no ';')."""
-    out = _CONTROL.sub(" ", str(text))
+    out = without_controls(text)  # none may end the OSC early or start another
     if field:
         out = out.replace(";", ",")
     out = " ".join(out.split())

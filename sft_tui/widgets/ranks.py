@@ -15,6 +15,8 @@ from rich.text import Text
 from textual.widgets import Static
 
 from sft_tui.core.format import human_bytes
+from sft_tui.core.train.ranks import rank_work
+from sft_tui.core.train.ranks import slowest as slowest_rank
 from sft_tui.widgets.gauges import wrapped
 
 # (title, width) of the numeric columns after rank and host; each value is right-aligned.
@@ -31,26 +33,9 @@ def rank_rows(event: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["rank"])
 
 
-def work_s(row: dict[str, Any]) -> float | None:
-    """A rank's own work per step: forward pass plus waiting for data (what tells a straggler)."""
-    forward = _number(row.get("forward_s"))
-    if forward is None:
-        return None
-    return forward + (_number(row.get("data_s")) or 0.0)
-
-
 def slowest(event: dict[str, Any]) -> tuple[int, float] | None:
     """(rank, its work as a multiple of the median) for the slowest rank; None under two measured ranks."""
-    work = {r["rank"]: w for r in rank_rows(event) if (w := work_s(r)) is not None}
-    if len(work) < 2:
-        return None
-    ordered = sorted(work.values())
-    mid = len(ordered) // 2
-    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-    if median <= 0:
-        return None
-    rank = max(work, key=lambda r: (work[r], -r))
-    return rank, work[rank] / median
+    return slowest_rank(rank_rows(event))
 
 
 def stragglers(event: dict[str, Any]) -> set[int]:
@@ -121,7 +106,7 @@ def table_lines(event: dict[str, Any], width: int, max_rows: int | None = None) 
     shown = rows
     if max_rows is not None and len(rows) > max_rows:
         keep_n = max(max_rows - 1, 1)
-        by_work = sorted(rows, key=lambda r: (r["rank"] not in slow, -(work_s(r) or 0.0), r["rank"]))
+        by_work = sorted(rows, key=lambda r: (r["rank"] not in slow, -(rank_work(r) or 0.0), r["rank"]))
         keep = {r["rank"] for r in by_work[:keep_n]}
         shown = [r for r in rows if r["rank"] in keep]
     header = Text(no_wrap=True, style="dim")

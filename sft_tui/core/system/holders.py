@@ -11,11 +11,11 @@ from here", never as an error. ``gpus.py`` stays the NVML reader; this is the at
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sft_tui.core.format import without_controls
 from sft_tui.core.system.gpus import GpuSnapshot
 
 COMMAND_MAX = 60
@@ -50,9 +50,6 @@ class Holder:
         return data
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-
-
 def short_command(cmdline: list[str], limit: int = COMMAND_MAX) -> str:
     """A command line people recognise at a glance: folders dropped from the program and from path
     arguments ("/usr/bin/python3 /home/a/train.py" → "python3 train.py"), cut with "…" past ``limit``."""
@@ -65,7 +62,7 @@ def short_command(cmdline: list[str], limit: int = COMMAND_MAX) -> str:
         parts.append(arg)
     # Another user's process names its own command line: control characters in it (an escape
     # sequence that would rewrite your terminal or clipboard) are shown as spaces, never sent.
-    text = " ".join(_CONTROL.sub(" ", part) for part in parts if part)
+    text = " ".join(without_controls(part) for part in parts if part)
     return text if len(text) <= limit else text[: max(limit - 1, 1)] + "…"
 
 

@@ -118,22 +118,39 @@ def agree(stop: bool, save: bool) -> tuple[bool, bool]:
     return bool(flags[0].item()), bool(flags[1].item())
 
 
-def stragglers(rows: list[dict[str, Any]], ratio: float = STRAGGLER_RATIO) -> list[int]:
-    """Ranks whose own work per step (forward + data wait) is ``ratio`` × the median or more.
+def rank_work(row: dict[str, Any]) -> float | None:
+    """A rank's own work per step: its forward pass plus its wait for data (what tells a straggler,
+    since wall time per step is the same on every rank); None when it has no measurement."""
+    forward, data = row.get("forward_s"), row.get("data_s")
+    if isinstance(forward, bool) or not isinstance(forward, (int, float)):
+        return None
+    return float(forward) + (float(data) if isinstance(data, (int, float)) and not isinstance(data, bool) else 0.0)
 
-    Needs at least two ranks with a measurement; a rank with no figure is never named here (a rank
-    that stops reporting ends the run through the collective timeout instead).
-    """
-    work = {r["rank"]: (r.get("forward_s") or 0.0) + (r.get("data_s") or 0.0) for r in rows
-            if r.get("forward_s") is not None}
+
+def work_ratios(rows: list[dict[str, Any]]) -> dict[int, float]:
+    """Each measured rank's work as a multiple of the median of all; empty under two measured ranks."""
+    work = {r["rank"]: w for r in rows if type(r.get("rank")) is int and (w := rank_work(r)) is not None}
     if len(work) < 2:
-        return []
+        return {}
     ordered = sorted(work.values())
     mid = len(ordered) // 2
     median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-    if median <= 0:
-        return []
-    return sorted(r for r, w in work.items() if w >= ratio * median)
+    return {rank: w / median for rank, w in work.items()} if median > 0 else {}
+
+
+def slowest(rows: list[dict[str, Any]]) -> tuple[int, float] | None:
+    """(rank, its work as a multiple of the median) of the slowest rank, or None."""
+    ratios = work_ratios(rows)
+    if not ratios:
+        return None
+    rank = max(ratios, key=lambda r: (ratios[r], -r))
+    return rank, ratios[rank]
+
+
+def stragglers(rows: list[dict[str, Any]], ratio: float = STRAGGLER_RATIO) -> list[int]:
+    """Ranks whose own work per step is ``ratio`` × the median or more. A rank with no figure is
+    never named here (a rank that stops reporting ends the run through the collective timeout)."""
+    return sorted(r for r, x in work_ratios(rows).items() if x >= ratio)
 
 
 def _tokens_of(args: tuple, kwargs: dict) -> int:

@@ -194,21 +194,11 @@ def _rank_error(run: RunDir, rank: int | None) -> dict[str, Any] | None:
     """The error a rank above 0 recorded in its own events file (kind, message, hint)."""
     if rank is None or rank == 0:
         return None
-    path = run.path / "ranks" / f"rank-{rank}.jsonl"
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    import json
+    from sft_tui.core.run.events import EventTail
 
-    for line in reversed(lines):
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(ev, dict) and ev.get("type") == "error" and isinstance(ev.get("message"), str):
-            return ev
-    return None
+    path = run.path / "ranks" / f"rank-{rank}.jsonl"
+    events = EventTail(path).read_new() if path.is_file() else []
+    return next((ev for ev in reversed(events) if ev.get("type") == "error" and ev.get("message")), None)
 
 
 class Supervisor:
