@@ -80,13 +80,6 @@ def shown_in_log(events) -> list[dict[str, Any]]:
     return [ev for ev in events if ev.get("type") not in QUIET_EVENTS]
 
 
-def latest_of(events: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
-    for ev in reversed(events):
-        if ev.get("type") == kind:
-            return ev
-    return None
-
-
 class RankErrorScreen(ErrorScreen):
     """The error panel with a failed rank's last lines of output under the message, dimmed (in a box that
     scrolls, ending at the last line, so a short terminal still shows the title and the hint)."""
@@ -199,9 +192,6 @@ short, one line sums it up.
             self.generation, self.events, self.alive, self.metrics = generation, events, alive, metrics
             self.unreadable = unreadable  # lines of events.jsonl skipped so far (the tail's count)
             self.error: str | None = None
-            # The first read's latest per-rank report and stall (later reads bring them in ``events``).
-            self.ranks: dict[str, Any] | None = None
-            self.stall: dict[str, Any] | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -227,8 +217,16 @@ short, one line sums it up.
         self._last_sample: GpusSampled | None = None
         self._model_in_header = True
         self._status_cache: tuple | None = None
-        self.last_ranks: dict[str, Any] | None = None  # the latest ``ranks`` event (multi-process runs)
-        self.last_stall: dict[str, Any] | None = None  # the latest ``stall`` event, with its stacks
+
+    @property
+    def last_ranks(self) -> dict[str, Any] | None:
+        """The latest ``ranks`` event (multi-process runs), as RunMetrics folded it."""
+        return self.metrics.last_ranks
+
+    @property
+    def last_stall(self) -> dict[str, Any] | None:
+        """The latest ``stall`` event, with its thread stacks."""
+        return self.metrics.last_stall
 
     # ------------------------------------------------------------------ layout
     def compose_body(self) -> ComposeResult:
@@ -281,7 +279,6 @@ short, one line sums it up.
         self.stop_sent = False
         self._last_read_error = None
         self.unreadable = 0
-        self.last_ranks = self.last_stall = None
         self.query_one(EventLog).reset()
         self.query_one(EventLog).display = run is not None
         self._bind_chart()
@@ -311,11 +308,8 @@ short, one line sums it up.
                     metrics.status.method = config.method.type
                 except Exception:  # noqa: BLE001
                     pass
-                ranks = stall = None
                 while chunk := tail.read_new(max_bytes=self.CHUNK_BYTES):
                     metrics.feed(chunk)
-                    ranks = latest_of(chunk, "ranks") or ranks
-                    stall = latest_of(chunk, "stall") or stall
                 events = []
             else:
                 events = tail.read_new()
@@ -324,10 +318,7 @@ short, one line sums it up.
             message = self.EventsRead(gen, [], False)
             message.error = f"cannot read {run.events_path.name}: {exc.strerror or exc}"
             return message
-        message = self.EventsRead(gen, events, alive, metrics, tail.unreadable)
-        if first:
-            message.ranks, message.stall = ranks, stall
-        return message
+        return self.EventsRead(gen, events, alive, metrics, tail.unreadable)
 
     def work_failed(self, worker) -> None:
         if worker.group == "monitor-tail":
@@ -356,13 +347,10 @@ short, one line sums it up.
         if message.metrics is not None:
             self.metrics = message.metrics
             self.loaded = True
-            self.last_ranks, self.last_stall = message.ranks, message.stall
             self._bind_chart()
             log.reset(shown_in_log(self.metrics.logs))
         else:
             self.metrics.feed(message.events)
-            self.last_ranks = latest_of(message.events, "ranks") or self.last_ranks
-            self.last_stall = latest_of(message.events, "stall") or self.last_stall
             log.add(shown_in_log(message.events))
         if message.events or message.metrics is not None:
             self.query_one(LineChart).touch()

@@ -88,6 +88,8 @@ class RunMetrics:
         self.last_memory: dict[str, Any] | None = None
         self.last_checkpoint: dict[str, Any] | None = None
         self.last_progress: dict[str, Any] | None = None
+        self.last_ranks: dict[str, Any] | None = None  # the latest per-rank report (several processes)
+        self.last_stall: dict[str, Any] | None = None  # the latest stall, with its thread stacks
         self.last_status: dict[str, Any] | None = None
         self.eval_started: float | None = None  # when the evaluation now running began (worker's clock)
         self.last_saved: dict[str, Any] | None = None  # the worker saved the adapter (or the whole model)
@@ -162,7 +164,11 @@ class RunMetrics:
                     self.eval_started = ev.get("time")
             elif kind == "error":
                 self.errors.append(ev)
+            elif kind == "stall":
+                self.last_stall = ev
             elif kind in ("ranks", "energy"):
+                if kind == "ranks":
+                    self.last_ranks = ev
                 continue  # one a log step or minute: folded, not kept as log lines (they would push real ones out)
             logs.append(ev)
         if count:
