@@ -178,7 +178,7 @@ def test_dedupe_only_events_after_the_watch_began_fire(tmp_path):
 
 def test_dedupe_line_based_watch(tmp_path):
     """``since=None``: every event fed is new; the TUI's tail starts at the end of the file."""
-    from sft_tui.widgets.notifier import RunWatch
+    from sft_tui.core.notify import RunWatch
 
     run, _ = _resumed_run(tmp_path)
     with open(run.events_path, "a") as fh:

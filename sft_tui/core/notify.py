@@ -52,7 +52,7 @@ from sft_tui.core.run.rundir import RunDir, RunStatus
 from sft_tui.core.settings import load_settings
 
 __all__ = [
-    "HOOK_TIMEOUT_S", "MODES", "CommandHook", "Notification", "RunNotifier", "TerminalOutput", "TerminalSupport",
+    "HOOK_TIMEOUT_S", "MODES", "CommandHook", "Notification", "RunNotifier", "RunWatch", "TerminalOutput", "TerminalSupport",
     "describe", "escapes", "install_worker_hook", "notable_kind", "osc9", "osc777", "screen_passthrough",
     "terminal_notifier", "terminal_support", "tmux_passthrough", "worker_hook", "write_raw",
 ]
@@ -307,6 +307,27 @@ def terminal_notifier(run: RunDir, mode: str | None = None, stream: Any = None,
     if not support.enabled:
         return None
     return RunNotifier(run, TerminalOutput(stream, support))
+
+
+
+class RunWatch:
+    """One run watched from now on (the app's notifications): a tail from where the watch began, and
+    the notifier it feeds; a resumed run's old ``stopped`` is behind the tail, so it never fires."""
+
+    def __init__(self, run: RunDir) -> None:
+        from sft_tui.core.run.events import EventTail
+
+        self.run = run
+        self.tail = EventTail.at_end(run.events_path, thin=True)
+        self.notifier = RunNotifier(run, since=None)  # the tail already sees new lines only
+
+    def read(self) -> list[Notification]:
+        notes = self.notifier.feed_all(self.tail.read_new())
+        if self.run.pid() is not None and not self.run.is_alive():
+            note = self.notifier.finish()  # killed without a final status: 'died'
+            if note is not None:
+                notes.append(note)
+        return notes
 
 
 def worker_hook(settings: Any, timeout: float = HOOK_TIMEOUT_S) -> Callable[[dict[str, Any], Path], None] | None:

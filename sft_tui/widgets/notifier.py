@@ -14,21 +14,12 @@ write theirs.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from textual.message import Message
 
-from sft_tui.core.notify import (
-    Notification,
-    RunNotifier,
-    TerminalSupport,
-    escapes,
-    terminal_support,
-)
-from sft_tui.core.run.events import EventTail
-from sft_tui.core.run.rundir import RunDir
+from sft_tui.core.notify import Notification, RunWatch, TerminalSupport, escapes, terminal_support
 
 TOAST_SECONDS = 15.0
 
@@ -41,45 +32,6 @@ class RunNotifications(Message):
         self.notes = notes
 
 
-def end_of_complete_lines(path: Path) -> int:
-    """The offset just past the file's last newline: where 'new lines only' starts.
-
-    A line still being written when the watch begins is read in full once its newline arrives.
-    """
-    try:
-        with open(path, "rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            at = size
-            while at > 0:
-                step = min(at, 1 << 16)
-                fh.seek(at - step)
-                block = fh.read(step)
-                newline = block.rfind(b"\n")
-                if newline >= 0:
-                    return at - step + newline + 1
-                at -= step
-            return 0
-    except OSError:
-        return 0  # not written yet: everything that comes is new
-
-
-class RunWatch:
-    """One watched run: a tail from where the watch began, and the notifier it feeds."""
-
-    def __init__(self, run: RunDir) -> None:
-        self.run = run
-        self.tail = EventTail(run.events_path, offset=end_of_complete_lines(run.events_path), thin=True)
-        self.notifier = RunNotifier(run, since=None)  # the tail already sees new lines only
-
-    def read(self) -> list[Notification]:
-        notes = self.notifier.feed_all(self.tail.read_new())
-        if self.run.pid() is not None and not self.run.is_alive():
-            note = self.notifier.finish()  # killed without a final status: 'died'
-            if note is not None:
-                notes.append(note)
-        return notes
-
-
 class AppNotifier:
     """Owned by the app: ``start()`` on mount, ``show()`` for each ``RunNotifications`` message."""
 
@@ -87,7 +39,7 @@ class AppNotifier:
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        self.watches: dict[Path, RunWatch] = {}
+        self.watches: dict[Path, Any] = {}  # a RunDir until its RunWatch is made (in the reading thread)
         self.support = TerminalSupport()
         self._reading = False
 
@@ -100,7 +52,7 @@ class AppNotifier:
     def poll(self) -> None:
         run = getattr(getattr(self.app, "session", None), "run", None)
         if run is not None and run.path not in self.watches:
-            self.watches[run.path] = RunWatch(run)
+            self.watches[run.path] = run  # its watch (which reads the file) is made in the thread
         if self.watches and not self._reading:
             self._reading = True
             self.app.run_worker(self._read, thread=True, group="run-notify", exit_on_error=False,
@@ -110,8 +62,11 @@ class AppNotifier:
         """In a thread: every watch's new notable events. Never raises: a bad read only means no ping."""
         notes: list[Notification] = []
         try:
-            for watch in list(self.watches.values()):
+            for path, watch in list(self.watches.items()):
                 try:
+                    if not isinstance(watch, RunWatch):
+                        watch = self.watches[path] = RunWatch(watch)  # watched from now on
+                        continue
                     notes.extend(watch.read())
                 except Exception:  # noqa: BLE001 - one damaged run must not silence the others
                     continue

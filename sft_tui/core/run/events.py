@@ -178,6 +178,26 @@ class EventTail:
         self.thin = thin
         self.unreadable = 0
 
+    @classmethod
+    def at_end(cls, path: Path, thin: bool = False) -> "EventTail":
+        """A tail that reads only lines written from now on: it starts just past the file's last
+        newline, so a line still being written when it starts is read in full once it is done."""
+        offset = 0
+        try:
+            with open(path, "rb") as fh:
+                at = fh.seek(0, os.SEEK_END)
+                while at > 0:
+                    step = min(at, 1 << 16)
+                    fh.seek(at - step)
+                    newline = fh.read(step).rfind(b"\n")
+                    if newline >= 0:
+                        offset = at - step + newline + 1
+                        break
+                    at -= step
+        except OSError:
+            pass  # not written yet: everything that comes is new
+        return cls(path, offset=offset, thin=thin)
+
     def read_new(self, max_bytes: int | None = None) -> list[dict[str, Any]]:
         try:
             with open(self.path, "rb") as fh:
