@@ -103,10 +103,10 @@ def watched_gpu(environ: dict[str, str] | None = None) -> int | None:
     visible = environ.get("CUDA_VISIBLE_DEVICES")
     if visible is None:
         return local
-    items = [item.strip() for item in visible.split(",") if item.strip()]
-    if local >= len(items) or not items[local].isdigit():
-        return None
-    return int(items[local])
+    from sft_tui.core.system.energy import visible_gpu_indices
+
+    indices = visible_gpu_indices(visible)  # the one reading of CUDA_VISIBLE_DEVICES (no snapshot: no UUIDs)
+    return indices[local] if local < len(indices) else None
 
 
 def input_bound_message(recent_s: float, median_s: float, util: float, gpu: int | None) -> str:
