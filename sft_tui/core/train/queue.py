@@ -158,12 +158,12 @@ def queue_lock(runs_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _queued_at(run: RunDir) -> float | None:
-    """When the run's current wait began: the first ``queued`` of its latest run of them (a resumed
+def _queued_at(events: list[dict[str, Any]]) -> float | None:
+    """When a run's current wait began: the first ``queued`` of its latest run of them (a resumed
     run queues again at the back, not at the place it had the first time)."""
     began: float | None = None
     previous = None
-    for ev in run.events():
+    for ev in events:
         if ev.get("type") != "status":
             continue
         state = ev.get("state")
@@ -173,24 +173,24 @@ def _queued_at(run: RunDir) -> float | None:
     return began
 
 
-def ahead_and_claims(me: RunDir) -> tuple[list[tuple[float, RunDir, dict[str, Any]]], dict[int, int]]:
-    """Runs of the same folder queued before ``me`` (oldest first, with their last queued event) and
-    the memory claimed by runs that have just started and may not show in NVML yet."""
-    mine = _queued_at(me) or time.time()
-    ahead: list[tuple[float, RunDir, dict[str, Any]]] = []
+def ahead_and_claims(me: RunDir) -> tuple[list[tuple[float, RunDir, int | None]], dict[int, int]]:
+    """Runs of the same folder queued before ``me`` (oldest first, with the free memory each waits for)
+    and the memory claimed by runs that have just started and may not show in NVML yet."""
+    mine = _queued_at(me.events()) or time.time()
+    ahead: list[tuple[float, RunDir, int | None]] = []
     claims: dict[int, int] = {}
     for run in list_runs(me.path.parent):
         if run.path == me.path:
             continue
-        st = run.status()
+        events = run.events()
+        st = run.status(events)
         if not st.alive:
             continue
-        events = run.events()
-        last_status = next((e for e in reversed(events) if e.get("type") == "status"), {})
         if st.state == "queued":
-            at = _queued_at(run)
+            at = _queued_at(events)
             if at is not None and at < mine:
-                ahead.append((at, run, last_status))
+                need = next(e for e in reversed(events) if e.get("type") == "status").get("need_bytes")
+                ahead.append((at, run, int(need) if isinstance(need, (int, float)) else None))
         elif st.state in CLAIMING_STATES:
             at = next((i for i in range(len(events) - 1, -1, -1) if events[i].get("type") == "status"
                        and events[i].get("gpus")), None)
@@ -226,13 +226,13 @@ def wait_for_gpus(run: RunDir, config: Config, writer: Any, sampler: Any, need: 
                 # Nothing to wait for: the run uses the CPU (or fails later with the GPU's own reason).
                 return Choice([])
             ahead, claims = ahead_and_claims(run)
-            for _, other, _ in ahead:  # earlier runs take their GPUs first
+            for _, other, other_need in ahead:  # earlier runs take their GPUs first
                 try:
-                    their = choose(other.load_config(), snapshot, _claim_of(other), claims)
+                    their = choose(other.load_config(), snapshot, other_need, claims)
                 except Exception:  # noqa: BLE001 - a neighbour that cannot be placed does not block this run
                     continue
                 for index in their.gpus if their.ready else []:
-                    claims[index] = claims.get(index, 0) + (_claim_of(other) or 0)
+                    claims[index] = claims.get(index, 0) + (other_need or 0)
             holders = holders_of(snapshot) if holders_of is not None else None
             choice = choose(config, snapshot, need, claims, holders)
             forced = start_now()
@@ -258,14 +258,6 @@ def wait_for_gpus(run: RunDir, config: Config, writer: Any, sampler: Any, need: 
                             "raise training.wait_timeout_min, ask the holder to free the GPU, or choose "
                             "other GPUs in training.devices")
         _sleep(poll, start_now)
-
-
-def _claim_of(run: RunDir) -> int | None:
-    for ev in reversed(run.events()):
-        if ev.get("type") == "status" and ev.get("state") == "queued":
-            value = ev.get("need_bytes")
-            return int(value) if isinstance(value, (int, float)) else None
-    return None
 
 
 def _sleep(seconds: float, start_now: Callable[[], bool]) -> None:
